@@ -1,0 +1,179 @@
+//! The command line: one file per subcommand, human and JSON output.
+//!
+//! Exit codes (also in the README): 0 success; 1 the plan is invalid or the run
+//! failed; 2 usage error (bad flags, `apply` on a plan with state but neither
+//! `--resume` nor `--restart`); 3 the plan is locked by another run; 130 interrupted.
+
+pub mod graph;
+pub mod plan;
+pub mod schema;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::plan::check::{load, LoadOptions};
+use crate::plan::Plan;
+use crate::templates::Templates;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_LOCKED: u8 = 3;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+const EXAMPLES: &str = "\
+Examples:
+  flow validate plans/*.toml                 check plans offline (CI)
+  flow plan plans/trips.toml --offline       what would run, without a database
+  flow plan plans/trips.toml --format json   tasks with ids, kinds, dependencies, state
+  flow graph plans/trips.toml --format dot | dot -Tsvg > trips.svg
+  flow apply plans/trips.toml                run it
+  flow apply plans/trips.toml --resume       continue after a crash or Ctrl-C
+  flow status plans/trips.toml               done / pending / failed per task";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flow",
+    version,
+    about = "Declarative database data migrations: plan, verify, apply, resume",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--format` of commands that print results.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check plans offline: syntax, references, cycles, templates, verify-before-destroy.
+    Validate(validate::ValidateArgs),
+    /// Show what would run: tables, partitions, tasks, and their state.
+    Plan(plan::PlanArgs),
+    /// Print the task graph as Graphviz dot or Mermaid.
+    Graph(graph::GraphArgs),
+    /// Print the JSON Schema of plan files (for editors).
+    Schema,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Parses `NAME=VALUE` for `--var`.
+pub fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not NAME=VALUE")),
+    }
+}
+
+/// `--var` pairs as a map.
+pub fn vars_map(vars: &[(String, String)]) -> BTreeMap<String, String> {
+    vars.iter().cloned().collect()
+}
+
+/// Loads and checks a plan, printing diagnostics to stderr. Err carries the exit code.
+pub fn load_plan(path: &Path, vars: &[(String, String)]) -> Result<(Plan, Templates), u8> {
+    let options = LoadOptions {
+        vars: vars_map(vars),
+    };
+    let loaded = match load(path, &options) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read plan {}: {e}\n  help: check the path",
+                path.display()
+            );
+            return Err(EXIT_FAILED);
+        }
+    };
+    if !loaded.diagnostics.items.is_empty() {
+        eprint!("{}", loaded.diagnostics.render(&loaded.source));
+    }
+    let Some(plan) = loaded.plan else {
+        eprintln!(
+            "{}: {} error(s); nothing was run",
+            path.display(),
+            loaded.diagnostics.errors()
+        );
+        return Err(EXIT_FAILED);
+    };
+    match Templates::new(plan.templates_dir.as_deref()) {
+        Ok(t) => Ok((plan, t)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_FAILED)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_format);
+    let code = run(cli);
+    ExitCode::from(code)
+}
+
+fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Validate(args) => Ok(validate::run(&args)),
+        Command::Plan(args) => plan::run(&args),
+        Command::Graph(args) => Ok(graph::run(&args)),
+        Command::Schema => Ok(schema::run()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "flow", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}

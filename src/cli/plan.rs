@@ -1,0 +1,297 @@
+//! `flow plan`: what would run — per table the partitions, the step chain, which steps
+//! are destructive and where each runs — and, when the plan has state, what is done.
+//!
+//! `--offline` never reaches a database: partitions come from the plan (explicit list
+//! or range) or are shown as "listed at apply time". Without it, partitions listed by
+//! an earlier run's splits are read from the state, with each task's status.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{load_plan, OutputFormat, EXIT_FAILED, EXIT_OK};
+use crate::graph::expand::{expand, known_partitions, PartitionMap};
+use crate::graph::{Placement, TaskGraph, TaskKind};
+use crate::plan::{PartitionSource, Plan};
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    pub plan: PathBuf,
+    /// Do not read state or reach any server.
+    #[arg(long)]
+    pub offline: bool,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+    /// Override a plan variable: NAME=VALUE (repeatable).
+    #[arg(long = "var", value_parser = super::parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanJson {
+    pub plan: String,
+    pub concurrency: usize,
+    pub tables: Vec<TableJson>,
+    pub steps: Vec<String>,
+    pub tasks: Vec<TaskJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableJson {
+    pub name: String,
+    pub strategy: &'static str,
+    pub source: String,
+    pub target: Option<String>,
+    /// "declared", "listed" (from state), "online" (listed at apply time), "whole".
+    pub partitions_from: &'static str,
+    pub partitions: Vec<String>,
+    pub chain: Vec<ChainStep>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChainStep {
+    pub kind: TaskKind,
+    pub placement: Placement,
+    pub destructive: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskJson {
+    pub id: String,
+    pub kind: TaskKind,
+    pub placement: Placement,
+    pub destructive: bool,
+    pub connections: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub fingerprint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Partitions listed by splits of an earlier run, read from the plan's state.
+pub fn stored_partitions(plan: &Plan) -> Option<PartitionMap> {
+    // INTEGRATION: read from state once the state store lands.
+    let _ = plan;
+    None
+}
+
+/// Builds the JSON/text model of a plan's graph; `status` gives each task's state.
+pub fn describe(
+    plan: &Plan,
+    graph: &TaskGraph,
+    chain_graph: &TaskGraph,
+    listed: &PartitionMap,
+    status: &dyn Fn(&crate::graph::Task) -> Option<(String, Option<String>)>,
+) -> PlanJson {
+    let mut tables = Vec::new();
+    for table in &plan.tables {
+        let partitions_from = if listed.contains_key(&table.index) {
+            "listed"
+        } else {
+            match table.partitions {
+                PartitionSource::Whole => "whole",
+                PartitionSource::Declared(_) => "declared",
+                PartitionSource::Online => "online",
+            }
+        };
+        let partitions = known_partitions(table, listed)
+            .map(|ps| ps.iter().map(|p| p.id.clone()).collect())
+            .unwrap_or_default();
+        let mut chain: Vec<ChainStep> = Vec::new();
+        let mut seen = BTreeMap::new();
+        for t in chain_graph
+            .tasks()
+            .filter(|t| t.unit.table() == Some(table.index))
+        {
+            if seen.insert(t.kind, ()).is_none() {
+                chain.push(ChainStep {
+                    kind: t.kind,
+                    placement: t.placement,
+                    destructive: t.is_destructive(),
+                });
+            }
+        }
+        tables.push(TableJson {
+            name: table.name.clone(),
+            strategy: table.strategy.name(),
+            source: table.source.clone(),
+            target: table.target.clone(),
+            partitions_from,
+            partitions,
+            chain,
+        });
+    }
+    let tasks = graph
+        .topological()
+        .into_iter()
+        .map(|i| {
+            let t = graph.task(i);
+            let mut depends_on: Vec<String> = graph
+                .dependencies(i)
+                .map(|d| graph.task(d).id.0.clone())
+                .collect();
+            depends_on.sort();
+            let (status, reason) = match status(t) {
+                Some((s, r)) => (Some(s), r),
+                None => (None, None),
+            };
+            TaskJson {
+                id: t.id.0.clone(),
+                kind: t.kind,
+                placement: t.placement,
+                destructive: t.is_destructive(),
+                connections: t.connections.clone(),
+                depends_on,
+                fingerprint: t.fingerprint.0.clone(),
+                status,
+                reason,
+            }
+        })
+        .collect();
+    PlanJson {
+        plan: plan.name.clone(),
+        concurrency: plan.concurrency,
+        tables,
+        steps: plan.steps.iter().map(|s| s.id.clone()).collect(),
+        tasks,
+    }
+}
+
+fn placement_word(p: Placement) -> &'static str {
+    match p {
+        Placement::InServer => "in server",
+        Placement::Streamed => "streamed through flow",
+        Placement::Metadata => "metadata",
+        Placement::External => "external command",
+    }
+}
+
+/// Human rendering of [`PlanJson`].
+pub fn render_text(model: &PlanJson) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plan {} — {} task(s), concurrency {}",
+        model.plan,
+        model.tasks.len(),
+        model.concurrency
+    );
+    for t in &model.tables {
+        let _ = writeln!(out);
+        let target = t
+            .target
+            .as_ref()
+            .map(|x| format!(" → {x}"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "table {} [{}] {}{}", t.name, t.strategy, t.source, target);
+        let parts = match t.partitions_from {
+            "online" => "listed from the source at apply time".to_string(),
+            "whole" => "the whole table as one unit".to_string(),
+            from => {
+                let shown: Vec<&str> = t.partitions.iter().take(8).map(String::as_str).collect();
+                let more = t.partitions.len().saturating_sub(shown.len());
+                format!(
+                    "{} {} ({}){}",
+                    t.partitions.len(),
+                    if t.partitions.len() == 1 { "partition" } else { "partitions" },
+                    from,
+                    if shown.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}{}", shown.join(", "), if more > 0 { format!(", … +{more}") } else { String::new() })
+                    }
+                )
+            }
+        };
+        let _ = writeln!(out, "  partitions: {parts}");
+        for step in &t.chain {
+            let _ = writeln!(
+                out,
+                "  {:<10} {}{}",
+                step.kind.as_str(),
+                placement_word(step.placement),
+                if step.destructive {
+                    "  DESTRUCTIVE (runs only after its verify)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if !model.steps.is_empty() {
+        let _ = writeln!(out, "\nsteps: {}", model.steps.join(", "));
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &model.tasks {
+        if let Some(s) = &t.status {
+            *counts.entry(s.as_str()).or_default() += 1;
+        }
+    }
+    if !counts.is_empty() {
+        let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let _ = writeln!(out, "\nstate: {}", summary.join(", "));
+        for t in model.tasks.iter().filter(|t| t.status.as_deref() != Some("done") && t.reason.is_some()) {
+            let _ = writeln!(
+                out,
+                "  {} {}: {}",
+                t.status.as_deref().unwrap_or("?"),
+                t.id,
+                t.reason.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
+    let (plan, templates) = match load_plan(&args.plan, &args.vars) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let listed = if args.offline {
+        PartitionMap::new()
+    } else {
+        stored_partitions(&plan).unwrap_or_default()
+    };
+    let graph = match expand(&plan, &templates, &listed) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_FAILED);
+        }
+    };
+    // Tables whose partitions are listed at apply time show their chain on a placeholder.
+    let mut placeholder = listed.clone();
+    for table in &plan.tables {
+        if known_partitions(table, &listed).is_none() {
+            placeholder.insert(
+                table.index,
+                vec![std::sync::Arc::new(crate::graph::Partition {
+                    id: "<partition>".into(),
+                    value: None,
+                    filter: None,
+                    rows: None,
+                    bytes: None,
+                    chunks: vec![],
+                })],
+            );
+        }
+    }
+    let chain_graph = expand(&plan, &templates, &placeholder)?;
+    let statuses = if args.offline {
+        None
+    } else {
+        None::<std::collections::HashMap<crate::graph::TaskId, (String, Option<String>)>>
+    };
+    let status = |t: &crate::graph::Task| statuses.as_ref().and_then(|s| s.get(&t.id).cloned());
+    let model = describe(&plan, &graph, &chain_graph, &listed, &status);
+    match args.format {
+        OutputFormat::Text => print!("{}", render_text(&model)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&model)?),
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,362 @@
+//! Expansion: a checked plan (plus, at apply time, the partitions each split listed)
+//! becomes a frozen [`TaskGraph`].
+//!
+//! Each table is expanded by its strategy through a [`TableBuilder`], which names tasks
+//! (`<table>/<partition>/<kind>`), attaches the table's common inputs to every task's
+//! fingerprint, and remembers the table's tasks so steps can run `after` a table.
+//! Partitions come from the split's stored output at apply time, from the plan's
+//! declared list or range offline, or are not known yet (only the split is shown).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use petgraph::graph::NodeIndex;
+
+use super::{GraphError, Partition, Placement, Task, TaskGraph, TaskId, TaskKind, WorkUnit};
+use crate::plan::{Mode, PartitionSource, Plan, StepKind, TableSpec};
+use crate::templates::{env_value, Templates};
+
+/// Partitions listed by each table's split, by table index.
+pub type PartitionMap = BTreeMap<usize, Vec<Arc<Partition>>>;
+
+/// Expands `plan` into a checked task graph. Tables missing from `partitions` use the
+/// plan's declared partitions, or only their split task when partitions are listed
+/// online.
+pub fn expand(
+    plan: &Plan,
+    templates: &Templates,
+    partitions: &PartitionMap,
+) -> Result<TaskGraph, GraphError> {
+    let mut graph = TaskGraph::new();
+    let templates_hash = templates_hash(templates);
+    let mut table_tasks: HashMap<&str, Vec<NodeIndex>> = HashMap::new();
+    for table in &plan.tables {
+        let known = known_partitions(table, partitions);
+        let mut builder = TableBuilder::new(&mut graph, plan, templates, table, &templates_hash);
+        table
+            .strategy
+            .strategy()
+            .expand(plan, table, known.as_deref(), &mut builder)?;
+        let tasks = builder.tasks;
+        table_tasks.insert(table.name.as_str(), tasks);
+    }
+    for step in &plan.steps {
+        let task = step_task(plan, templates, step);
+        let index = graph.add(task)?;
+        for after in &step.after {
+            if let Some(tasks) = table_tasks.get(after.as_str()) {
+                for &t in tasks {
+                    graph.depend(index, t);
+                }
+            } else {
+                graph.depend_on_id(index, &TaskId(after.clone()))?;
+            }
+        }
+    }
+    graph.check()?;
+    Ok(graph)
+}
+
+/// The partitions of a table known without (more) querying the source.
+pub fn known_partitions(table: &TableSpec, listed: &PartitionMap) -> Option<Vec<Arc<Partition>>> {
+    if let Some(p) = listed.get(&table.index) {
+        return Some(p.clone());
+    }
+    match &table.partitions {
+        PartitionSource::Whole => Some(vec![Arc::new(Partition {
+            id: "all".into(),
+            value: None,
+            filter: None,
+            rows: None,
+            bytes: None,
+            chunks: vec![],
+        })]),
+        PartitionSource::Declared(ids) => Some(
+            ids.iter()
+                .map(|id| {
+                    Arc::new(Partition {
+                        id: id.clone(),
+                        value: Some(id.clone()),
+                        filter: table
+                            .partition_expr
+                            .as_ref()
+                            .map(|expr| format!("({expr}) = {}", literal_for_id(id))),
+                        rows: None,
+                        bytes: None,
+                        chunks: vec![],
+                    })
+                })
+                .collect(),
+        ),
+        PartitionSource::Online => None,
+    }
+}
+
+/// A declared id as an SQL literal: numbers stay numbers, anything else is quoted.
+fn literal_for_id(id: &str) -> String {
+    if !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) {
+        id.to_string()
+    } else {
+        crate::templates::quote_sql_string(id)
+    }
+}
+
+fn step_task(plan: &Plan, templates: &Templates, step: &crate::plan::StepSpec) -> Task {
+    let mut inputs = BTreeMap::new();
+    let kind = match step.kind {
+        StepKind::Sql => TaskKind::Sql,
+        StepKind::Exec => TaskKind::Exec,
+    };
+    // Rendered with env placeholders: the fingerprint follows the text, not secrets.
+    let rendered = render_step_text(plan, templates, step, false).unwrap_or_else(|_| step.text.clone());
+    inputs.insert(
+        match step.kind {
+            StepKind::Sql => "sql".to_string(),
+            StepKind::Exec => "run".to_string(),
+        },
+        rendered,
+    );
+    for (name, value) in &step.env {
+        inputs.insert(format!("env.{name}"), value.raw().to_string());
+    }
+    if let Some(cwd) = &step.cwd {
+        inputs.insert("cwd".into(), cwd.display().to_string());
+    }
+    let mut connections: Vec<String> = step.connection.iter().cloned().collect();
+    connections.extend(step.uses.iter().cloned());
+    let placement = match step.kind {
+        StepKind::Sql => Placement::InServer,
+        StepKind::Exec => Placement::External,
+    };
+    let mut task = Task::new(
+        step.id.clone(),
+        kind,
+        WorkUnit::Step { step: step.index },
+        connections,
+        placement,
+        inputs,
+    );
+    task.once = step.once;
+    task.destructive = step.destructive;
+    task.verifies = step.verifies;
+    task
+}
+
+/// Renders a step's text; `reveal` = true only for execution (real env values).
+pub fn render_step_text(
+    plan: &Plan,
+    templates: &Templates,
+    step: &crate::plan::StepSpec,
+    reveal: bool,
+) -> Result<String, crate::templates::TemplateError> {
+    let ctx = minijinja::context! {
+        plan => minijinja::context! { name => plan.name.clone() },
+        vars => plan.vars.clone(),
+        env => env_value(reveal),
+        step => minijinja::context! { id => step.id.clone() },
+    };
+    templates.render_str(&format!("step `{}`", step.id), &step.text, &ctx)
+}
+
+/// Builds one table's tasks; strategies call it.
+pub struct TableBuilder<'g> {
+    graph: &'g mut TaskGraph,
+    plan: &'g Plan,
+    templates: &'g Templates,
+    table: &'g TableSpec,
+    common: BTreeMap<String, String>,
+    /// Every task of the table, in insertion order.
+    pub tasks: Vec<NodeIndex>,
+}
+
+impl<'g> TableBuilder<'g> {
+    fn new(
+        graph: &'g mut TaskGraph,
+        plan: &'g Plan,
+        templates: &'g Templates,
+        table: &'g TableSpec,
+        templates_hash: &str,
+    ) -> Self {
+        TableBuilder {
+            graph,
+            plan,
+            templates,
+            table,
+            common: common_inputs(table, templates_hash),
+            tasks: Vec::new(),
+        }
+    }
+
+    pub fn table(&self) -> &TableSpec {
+        self.table
+    }
+
+    /// A task about the whole table: `<table>/<name>`.
+    pub fn table_task(
+        &mut self,
+        name: &str,
+        kind: TaskKind,
+        placement: Placement,
+        connections: Vec<String>,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError> {
+        let id = format!("{}/{name}", self.table.name);
+        let unit = WorkUnit::Table {
+            table: self.table.index,
+        };
+        self.add(id, kind, unit, placement, connections, inputs)
+    }
+
+    /// A task about one partition (or chunk): `<table>/<partition>[/cNNN]/<name>`.
+    /// `filter` (the full row condition of the unit) is added to the inputs.
+    pub fn partition_task(
+        &mut self,
+        partition: &Arc<Partition>,
+        chunk: Option<u32>,
+        name: &str,
+        kind: TaskKind,
+        placement: Placement,
+        connections: Vec<String>,
+        mut inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError> {
+        let id = match chunk {
+            Some(c) => format!("{}/{}/c{c:03}/{name}", self.table.name, partition.id),
+            None => format!("{}/{}/{name}", self.table.name, partition.id),
+        };
+        inputs.insert("partition".into(), partition.id.clone());
+        inputs.insert("filter".into(), self.unit_filter(partition, chunk));
+        let unit = WorkUnit::Partition {
+            table: self.table.index,
+            partition: partition.clone(),
+            chunk,
+        };
+        self.add(id, kind, unit, placement, connections, inputs)
+    }
+
+    fn add(
+        &mut self,
+        id: String,
+        kind: TaskKind,
+        unit: WorkUnit,
+        placement: Placement,
+        connections: Vec<String>,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError> {
+        let mut all = self.common.clone();
+        all.extend(inputs);
+        let index = self
+            .graph
+            .add(Task::new(id, kind, unit, connections, placement, all))?;
+        self.tasks.push(index);
+        Ok(index)
+    }
+
+    /// `task` runs after `after`.
+    pub fn depend(&mut self, task: NodeIndex, after: NodeIndex) {
+        self.graph.depend(task, after);
+    }
+
+    /// The row condition of a unit: partition AND bounds AND chunk (`1` when none).
+    pub fn unit_filter(&self, partition: &Partition, chunk: Option<u32>) -> String {
+        let mut parts = Vec::new();
+        if let Some(f) = &partition.filter {
+            parts.push(format!("({f})"));
+        }
+        if let Some(b) = self.table.bounds_filter() {
+            parts.push(b);
+        }
+        if let Some(c) = chunk.and_then(|c| partition.chunks.iter().find(|k| k.index == c)) {
+            parts.push(format!("({})", c.filter));
+        }
+        if parts.is_empty() {
+            "1".to_string()
+        } else {
+            parts.join(" AND ")
+        }
+    }
+
+    /// Renders the table's `path` template for one unit (export object key).
+    pub fn render_path(
+        &self,
+        default: &str,
+        partition: &Partition,
+        chunk: Option<u32>,
+    ) -> Result<String, GraphError> {
+        let template = self.table.path.as_deref().unwrap_or(default);
+        let ctx = path_context(self.plan, self.table, &partition.id, chunk);
+        self.templates
+            .render_str("path", template, &ctx)
+            .map_err(|e| GraphError::Template(e.to_string()))
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.table.mode == Mode::Partition
+    }
+}
+
+/// Context of a table's `path` template.
+pub fn path_context(
+    plan: &Plan,
+    table: &TableSpec,
+    partition_id: &str,
+    chunk: Option<u32>,
+) -> minijinja::Value {
+    minijinja::context! {
+        plan => minijinja::context! { name => plan.name.clone() },
+        table => minijinja::context! {
+            name => table.name.clone(),
+            database => table.database.clone(),
+            table => table.table.clone().unwrap_or_default(),
+        },
+        partition_id => partition_id,
+        partition => partition_id,
+        chunk => format!("{:03}", chunk.unwrap_or(0)),
+        ext => table.format.extension(),
+        format => table.format.clickhouse_name(),
+        vars => plan.vars.clone(),
+        options => table.options.clone(),
+        env => env_value(false),
+    }
+}
+
+/// Inputs every task of a table shares: a change to any of them dirties the table.
+fn common_inputs(table: &TableSpec, templates_hash: &str) -> BTreeMap<String, String> {
+    let mut inputs = BTreeMap::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            inputs.insert(k.to_string(), v);
+        }
+    };
+    put("strategy", Some(table.strategy.name().to_string()));
+    put("source", Some(table.source.clone()));
+    put("database", Some(table.database.clone()));
+    put("table", table.table.clone());
+    put("query", table.query.clone());
+    put("lower", table.lower.clone());
+    put("upper", table.upper.clone());
+    put("partition_expr", table.partition_expr.clone());
+    put("split_by", table.split_by.clone());
+    put("max_rows", table.max_rows.map(|v| v.to_string()));
+    put("max_bytes", table.max_bytes.map(|v| v.to_string()));
+    put("target", table.target.clone());
+    put("target_database", table.target_database.clone());
+    put("target_table", table.target_table.clone());
+    for (k, v) in &table.options {
+        inputs.insert(format!("options.{k}"), v.clone());
+    }
+    // Engine templates are part of what a task does: a changed template dirties tasks.
+    inputs.insert("templates".into(), templates_hash.to_string());
+    inputs
+}
+
+/// Hash of every engine template in effect (built-in or overridden).
+fn templates_hash(templates: &Templates) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for name in crate::templates::builtin_template_names() {
+        if let Some(src) = templates.source(&name) {
+            hasher.update(name.as_bytes());
+            hasher.update(src.as_bytes());
+        }
+    }
+    hasher.finalize().to_hex()[..16].to_string()
+}

@@ -1,0 +1,226 @@
+//! Plans: load a TOML file, check it, and produce a resolved, typed [`Plan`].
+//!
+//! Three layers, each with one job: `schema` is the file as written (serde, spans),
+//! `check` turns it into a [`Plan`] and collects *every* problem at once, each pointing
+//! at the file line with a fix, and `interpolate` resolves `${env:VAR}` only when a
+//! value is needed, so secrets stay out of the plan model, logs and state.
+
+pub mod check;
+pub mod diagnostic;
+pub mod interpolate;
+pub mod partitions;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use check::load;
+pub use diagnostic::{Diagnostic, Diagnostics, Severity, SourceFile};
+pub use interpolate::{Interpolated, Secret};
+pub use schema::{ConnectionKind, Mode, StepKind};
+
+/// A checked plan: every reference resolved, every value typed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub description: Option<String>,
+    /// The plan file, kept for error excerpts.
+    pub source: Arc<SourceFile>,
+    pub concurrency: usize,
+    pub state_dir: PathBuf,
+    pub templates_dir: Option<PathBuf>,
+    pub report_path: PathBuf,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    /// Template variables after `--var` overrides.
+    pub vars: BTreeMap<String, String>,
+    pub connections: BTreeMap<String, Connection>,
+    pub tables: Vec<TableSpec>,
+    pub steps: Vec<StepSpec>,
+}
+
+impl Plan {
+    /// The directory the plan file is in; relative paths in the plan are relative to it.
+    pub fn base_dir(&self) -> &Path {
+        self.source
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."))
+    }
+
+    pub fn connection(&self, name: &str) -> &Connection {
+        self.connections
+            .get(name)
+            .expect("connection references are resolved by the checker")
+    }
+
+    /// Path of the embedded state database.
+    pub fn state_db_path(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.db", self.name))
+    }
+}
+
+/// A connection; text values keep their `${env:…}` form until resolved.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    pub kind: ConnectionKind,
+    pub url: Option<Interpolated>,
+    pub user: Option<Interpolated>,
+    pub password: Option<Interpolated>,
+    pub database: Option<Interpolated>,
+    pub max_concurrency: Option<usize>,
+    pub pause_between: Option<Duration>,
+    pub endpoint: Option<Interpolated>,
+    pub bucket: Option<Interpolated>,
+    pub region: Option<Interpolated>,
+    pub prefix: Option<Interpolated>,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<Interpolated>,
+    pub secret_access_key: Option<Interpolated>,
+    pub path: Option<Interpolated>,
+    pub http_url: Option<Interpolated>,
+    pub settings: BTreeMap<String, String>,
+    pub span: Range<usize>,
+}
+
+/// Where a table's partitions come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionSource {
+    /// mode = "all": one unit, no split query.
+    Whole,
+    /// Declared ids (explicit list or generated range): known offline.
+    Declared(Vec<String>),
+    /// Listed from the source at apply time.
+    Online,
+}
+
+/// The strategies flow knows; each is one module under `strategy/`.
+pub use crate::strategy::StrategyKind;
+
+/// A checked `[[tables]]` entry.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Index in `Plan::tables`.
+    pub index: usize,
+    /// Prefix of every task id of this table (`default.trips`).
+    pub name: String,
+    pub source: String,
+    pub database: String,
+    /// None for a query table; "*" for a whole database.
+    pub table: Option<String>,
+    pub query: Option<String>,
+    pub mode: Mode,
+    pub partition_expr: Option<String>,
+    pub lower: Option<String>,
+    pub upper: Option<String>,
+    pub partitions: PartitionSource,
+    pub split_by: Option<String>,
+    pub max_rows: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub strategy: StrategyKind,
+    pub target: Option<String>,
+    pub target_database: Option<String>,
+    pub target_table: Option<String>,
+    pub format: ExportFormat,
+    pub path: Option<String>,
+    pub storage_policy: String,
+    pub swap: bool,
+    pub keep_old: bool,
+    pub server_side: ServerSide,
+    pub options: BTreeMap<String, String>,
+    pub span: Range<usize>,
+}
+
+impl TableSpec {
+    /// The combined row filter from the bounds, or None when unbounded.
+    pub fn bounds_filter(&self) -> Option<String> {
+        match (&self.lower, &self.upper) {
+            (Some(l), Some(u)) => Some(format!("({l}) AND ({u})")),
+            (Some(l), None) => Some(format!("({l})")),
+            (None, Some(u)) => Some(format!("({u})")),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Export file formats; each maps to a ClickHouse format name and a file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Csv,
+    Tsv,
+    Native,
+    Parquet,
+    JsonEachRow,
+}
+
+impl ExportFormat {
+    pub const NAMES: &'static [&'static str] = &["csv", "tsv", "native", "parquet", "jsoneachrow"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "csv" | "csvwithnames" => Some(ExportFormat::Csv),
+            "tsv" | "tsvwithnames" | "tabseparatedwithnames" => Some(ExportFormat::Tsv),
+            "native" => Some(ExportFormat::Native),
+            "parquet" => Some(ExportFormat::Parquet),
+            "jsoneachrow" | "json" | "ndjson" => Some(ExportFormat::JsonEachRow),
+            _ => None,
+        }
+    }
+
+    /// The ClickHouse format name used to produce the file.
+    pub fn clickhouse_name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "CSVWithNames",
+            ExportFormat::Tsv => "TabSeparatedWithNames",
+            ExportFormat::Native => "Native",
+            ExportFormat::Parquet => "Parquet",
+            ExportFormat::JsonEachRow => "JSONEachRow",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Tsv => "tsv",
+            ExportFormat::Native => "native",
+            ExportFormat::Parquet => "parquet",
+            ExportFormat::JsonEachRow => "jsonl",
+        }
+    }
+}
+
+/// Whether an export may run inside the server (INSERT INTO FUNCTION s3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerSide {
+    Auto,
+    Always,
+    Never,
+}
+
+/// A checked `[[steps]]` entry.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub index: usize,
+    pub id: String,
+    pub kind: StepKind,
+    /// The command (exec) or statement (sql) template source.
+    pub text: String,
+    pub connection: Option<String>,
+    /// Step ids and table names, resolved to task ids at expansion.
+    pub after: Vec<String>,
+    pub env: BTreeMap<String, Interpolated>,
+    pub cwd: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub once: bool,
+    pub destructive: bool,
+    pub verifies: bool,
+    pub uses: Option<String>,
+    pub span: Range<usize>,
+}

@@ -1,0 +1,111 @@
+//! `copy`: ClickHouse → ClickHouse (same or another server), partition by partition.
+//!
+//! prepare (create the target from the source DDL if absent) → per partition load
+//! (staging table + REPLACE PARTITION, so a re-run replaces instead of duplicating) →
+//! verify (count + order-independent checksum) → optional swap after every verify.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Requirements, Strategy};
+use crate::graph::expand::TableBuilder;
+use crate::graph::{GraphError, Partition, Placement, TaskKind};
+use crate::plan::schema::ConnectionKind;
+use crate::plan::{Plan, TableSpec};
+
+pub struct Copy;
+
+impl Strategy for Copy {
+    fn summary(&self) -> &'static str {
+        "ClickHouse → ClickHouse per partition via staging + REPLACE PARTITION, verified by checksum"
+    }
+
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            source_kinds: &[ConnectionKind::Clickhouse],
+            target_kinds: &[ConnectionKind::Clickhouse],
+            target_required: false,
+            allows_query: false,
+            allows_whole_database: false,
+        }
+    }
+
+    fn expand(
+        &self,
+        _plan: &Plan,
+        table: &TableSpec,
+        partitions: Option<&[Arc<Partition>]>,
+        b: &mut TableBuilder<'_>,
+    ) -> Result<(), GraphError> {
+        let source = table.source.clone();
+        let target = table.target.clone().unwrap_or_else(|| source.clone());
+        let same_server = source == target;
+        let both = vec![source.clone(), target.clone()];
+        let split = b
+            .is_partitioned()
+            .then(|| {
+                b.table_task(
+                    "split",
+                    TaskKind::Split,
+                    Placement::Metadata,
+                    vec![source.clone()],
+                    BTreeMap::new(),
+                )
+            })
+            .transpose()?;
+        let prepare = b.table_task(
+            "prepare",
+            TaskKind::Prepare,
+            Placement::Metadata,
+            both.clone(),
+            BTreeMap::new(),
+        )?;
+        let Some(partitions) = partitions else {
+            return Ok(());
+        };
+        let mut verifies = Vec::new();
+        for partition in partitions {
+            let load = b.partition_task(
+                partition,
+                None,
+                "load",
+                TaskKind::Load,
+                if same_server {
+                    Placement::InServer
+                } else {
+                    Placement::Streamed
+                },
+                both.clone(),
+                BTreeMap::new(),
+            )?;
+            b.depend(load, prepare);
+            if let Some(split) = split {
+                b.depend(load, split);
+            }
+            let verify = b.partition_task(
+                partition,
+                None,
+                "verify",
+                TaskKind::Verify,
+                Placement::InServer,
+                both.clone(),
+                BTreeMap::new(),
+            )?;
+            b.depend(verify, load);
+            verifies.push(verify);
+        }
+        if table.swap {
+            let swap = b.table_task(
+                "swap",
+                TaskKind::Swap,
+                Placement::Metadata,
+                vec![target.clone()],
+                BTreeMap::new(),
+            )?;
+            for v in verifies {
+                b.depend(swap, v);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! Strategies: what a `[[tables]]` entry turns into.
+//!
+//! A strategy does two things at plan time: it checks the table entry (connection
+//! kinds, required keys) and it expands the table into tasks. Engines do the work at
+//! run time. Adding a strategy is one module here plus one line in [`StrategyKind`].
+
+pub mod copy;
+pub mod export;
+pub mod s3_policy;
+
+use std::sync::Arc;
+
+use crate::graph::expand::TableBuilder;
+use crate::graph::{GraphError, Partition};
+use crate::plan::schema::ConnectionKind;
+use crate::plan::{Plan, TableSpec};
+
+/// The registry of strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyKind {
+    Export,
+    Copy,
+    S3Policy,
+}
+
+/// What a strategy needs from a plan's table entry, checked before expansion.
+pub struct Requirements {
+    /// Connection kinds allowed as the source.
+    pub source_kinds: &'static [ConnectionKind],
+    /// Connection kinds allowed as the target; empty = no target.
+    pub target_kinds: &'static [ConnectionKind],
+    /// Whether `target` must be set.
+    pub target_required: bool,
+    /// Whether a `query` may replace `table`.
+    pub allows_query: bool,
+    /// Whether `table = "*"` (every table of the database) is allowed.
+    pub allows_whole_database: bool,
+}
+
+/// One strategy.
+pub trait Strategy: Sync {
+    /// What the strategy is for, one line (`flow plan`, `flow schema`).
+    fn summary(&self) -> &'static str;
+    fn requirements(&self) -> Requirements;
+    /// Adds the table's tasks. `partitions` is None when they are listed at apply time.
+    fn expand(
+        &self,
+        plan: &Plan,
+        table: &TableSpec,
+        partitions: Option<&[Arc<Partition>]>,
+        builder: &mut TableBuilder<'_>,
+    ) -> Result<(), GraphError>;
+}
+
+impl StrategyKind {
+    pub const ALL: &'static [StrategyKind] =
+        &[StrategyKind::Export, StrategyKind::Copy, StrategyKind::S3Policy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyKind::Export => "export",
+            StrategyKind::Copy => "copy",
+            StrategyKind::S3Policy => "s3-policy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|k| format!("\"{}\"", k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn strategy(self) -> &'static dyn Strategy {
+        match self {
+            StrategyKind::Export => &export::Export,
+            StrategyKind::Copy => &copy::Copy,
+            StrategyKind::S3Policy => &s3_policy::S3Policy,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Templates: one minijinja environment for every piece of text flow renders.
+//!
+//! Built-in templates (SQL and command templates under `templates/` in the source tree)
+//! are embedded at build time; a plan's `templates_dir` overrides any of them by
+//! relative name (`clickhouse/export.sql.j2`). Undefined variables are errors, so a
+//! typo in a template is caught by `flow validate`, not at 3 a.m. during a run.
+//!
+//! Templates see `env` as an object: when rendering for display, fingerprints and
+//! checks it yields `${env:NAME}` placeholders; only rendering for execution reveals
+//! values, and that text is never logged or stored.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use include_dir::{include_dir, Dir};
+use minijinja::value::{Enumerator, Object, Value};
+use minijinja::{Environment, UndefinedBehavior};
+
+static BUILTIN: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/templates");
+
+/// Errors rendering a template; the message names the template and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template `{name}`: {message}")]
+    Render { name: String, message: String },
+    #[error("template `{0}` does not exist (built-in names: {1})")]
+    Missing(String, String),
+}
+
+/// The environment of built-in and user templates.
+#[derive(Clone)]
+pub struct Templates {
+    env: Arc<Environment<'static>>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Templates")
+    }
+}
+
+fn builtin_names(dir: &Dir<'_>, out: &mut Vec<String>) {
+    for file in dir.files() {
+        out.push(file.path().to_string_lossy().replace('\\', "/"));
+    }
+    for sub in dir.dirs() {
+        builtin_names(sub, out);
+    }
+}
+
+/// Names of the built-in templates (`clickhouse/export.sql.j2`, …).
+pub fn builtin_template_names() -> Vec<String> {
+    let mut names = Vec::new();
+    builtin_names(&BUILTIN, &mut names);
+    names.sort();
+    names
+}
+
+fn new_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(false);
+    env.add_filter("sql_string", |s: String| quote_sql_string(&s));
+    env.add_filter("ident", |s: String| quote_identifier(&s));
+    env
+}
+
+impl Templates {
+    /// Built-in templates, overridden by files under `user_dir` when given.
+    pub fn new(user_dir: Option<&Path>) -> Result<Self, TemplateError> {
+        let mut env = new_environment();
+        let mut names = Vec::new();
+        builtin_names(&BUILTIN, &mut names);
+        for name in names {
+            let file = BUILTIN
+                .get_file(&name)
+                .expect("listed names come from the embedded directory");
+            let text = file.contents_utf8().unwrap_or_default().to_string();
+            env.add_template_owned(name.clone(), text)
+                .map_err(|e| TemplateError::Render {
+                    name: name.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        if let Some(dir) = user_dir {
+            for path in walk(dir) {
+                let name = path
+                    .strip_prefix(dir)
+                    .expect("walked paths are below dir")
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                let text = std::fs::read_to_string(&path).map_err(|e| TemplateError::Render {
+                    name: name.clone(),
+                    message: format!("cannot read {}: {e}", path.display()),
+                })?;
+                env.add_template_owned(name.clone(), text)
+                    .map_err(|e| TemplateError::Render {
+                        name: name.clone(),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(Templates { env: Arc::new(env) })
+    }
+
+    /// Renders a named template (`clickhouse/export.sql.j2`).
+    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
+        let template = self.env.get_template(name).map_err(|_| {
+            let mut names = Vec::new();
+            builtin_names(&BUILTIN, &mut names);
+            TemplateError::Missing(name.to_string(), names.join(", "))
+        })?;
+        template
+            .render(ctx)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| TemplateError::Render {
+                name: name.to_string(),
+                message: describe(&e),
+            })
+    }
+
+    /// The source text of a named template (part of task fingerprints).
+    pub fn source(&self, name: &str) -> Option<String> {
+        self.env
+            .get_template(name)
+            .ok()
+            .map(|t| t.source().to_string())
+    }
+
+    /// Renders inline template text from a plan (`path`, `run`, `sql`).
+    pub fn render_str(&self, what: &str, text: &str, ctx: &Value) -> Result<String, TemplateError> {
+        self.env
+            .render_str(text, ctx)
+            .map_err(|e| TemplateError::Render {
+                name: what.to_string(),
+                message: describe(&e),
+            })
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `env` inside templates. `reveal = false` yields `${env:NAME}` placeholders.
+#[derive(Debug)]
+pub struct EnvObject {
+    pub reveal: bool,
+}
+
+impl Object for EnvObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let name = key.as_str()?;
+        if self.reveal {
+            std::env::var(name).ok().map(Value::from)
+        } else {
+            Some(Value::from(format!("${{env:{name}}}")))
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::NonEnumerable
+    }
+}
+
+/// The `env` value for a template context.
+pub fn env_value(reveal: bool) -> Value {
+    Value::from_object(EnvObject { reveal })
+}
+
+/// A single-quoted SQL string literal with backslash and quote escaped (ClickHouse and
+/// MySQL both read this form).
+pub fn quote_sql_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A back-quoted identifier (ClickHouse, MySQL, StarRocks).
+pub fn quote_identifier(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('`');
+    for c in s.chars() {
+        match c {
+            '`' => out.push_str("\\`"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('`');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_escapes_what_would_break_out() {
+        assert_eq!(quote_sql_string("it's \\ ok"), "'it\\'s \\\\ ok'");
+        assert_eq!(quote_identifier("we`ird"), "`we\\`ird`");
+    }
+
+    #[test]
+    fn env_placeholders_hide_values() {
+        std::env::set_var("FLOW_TEMPLATES_TEST_SECRET", "hunter2");
+        let t = Templates::new(None).unwrap();
+        let ctx = minijinja::context! { env => env_value(false) };
+        let shown = t
+            .render_str("run", "pg_dump {{ env.FLOW_TEMPLATES_TEST_SECRET }}", &ctx)
+            .unwrap();
+        assert_eq!(shown, "pg_dump ${env:FLOW_TEMPLATES_TEST_SECRET}");
+        let ctx = minijinja::context! { env => env_value(true) };
+        let real = t
+            .render_str("run", "pg_dump {{ env.FLOW_TEMPLATES_TEST_SECRET }}", &ctx)
+            .unwrap();
+        assert_eq!(real, "pg_dump hunter2");
+    }
+
+    #[test]
+    fn undefined_variables_are_errors() {
+        let t = Templates::new(None).unwrap();
+        let err = t
+            .render_str("path", "{{ partiton_id }}", &minijinja::context! {})
+            .unwrap_err();
+        assert!(err.to_string().contains("undefined"), "{err}");
+    }
+}
