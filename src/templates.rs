@@ -129,12 +129,49 @@ impl Templates {
 
     /// Renders inline template text from a plan (`path`, `run`, `sql`).
     pub fn render_str(&self, what: &str, text: &str, ctx: &Value) -> Result<String, TemplateError> {
-        self.env
-            .render_str(text, ctx)
-            .map_err(|e| TemplateError::Render {
+        self.env.render_str(text, ctx).map_err(|e| {
+            let unknown = self.undefined_names(text, ctx);
+            let message = if unknown.is_empty() {
+                describe(&e)
+            } else {
+                format!(
+                    "{} not defined",
+                    unknown
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + if unknown.len() == 1 { " is" } else { " are" }
+                )
+            };
+            TemplateError::Render {
                 name: what.to_string(),
-                message: describe(&e),
+                message,
+            }
+        })
+    }
+
+    /// Variables a template uses that the context does not have (for error messages).
+    fn undefined_names(&self, text: &str, ctx: &Value) -> Vec<String> {
+        let Ok(template) = self.env.template_from_str(text) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = template
+            .undeclared_variables(true)
+            .into_iter()
+            .filter(|path| {
+                let mut value = ctx.clone();
+                for part in path.split('.') {
+                    match value.get_attr(part) {
+                        Ok(v) if !v.is_undefined() => value = v,
+                        _ => return true,
+                    }
+                }
+                false
             })
+            .collect();
+        names.sort();
+        names
     }
 }
 
@@ -258,6 +295,9 @@ mod tests {
         let err = t
             .render_str("path", "{{ partiton_id }}", &minijinja::context! {})
             .unwrap_err();
-        assert!(err.to_string().contains("undefined"), "{err}");
+        assert!(
+            err.to_string().contains("`partiton_id` is not defined"),
+            "{err}"
+        );
     }
 }

@@ -27,7 +27,13 @@ pub fn run(args: &GraphArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let partitions = super::plan::stored_partitions(&plan).unwrap_or_default();
+    let partitions = match super::plan::stored_partitions(&plan, &templates) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot read the state of plan {}: {e:#}", plan.name);
+            return EXIT_FAILED;
+        }
+    };
     let graph = match expand(&plan, &templates, &partitions) {
         Ok(g) => g,
         Err(e) => {
@@ -36,8 +42,8 @@ pub fn run(args: &GraphArgs) -> u8 {
         }
     };
     match args.format {
-        GraphFormat::Dot => print!("{}", render::dot(&graph, &plan.name)),
-        GraphFormat::Mermaid => print!("{}", render::mermaid(&graph)),
+        GraphFormat::Dot => super::emit(&render::dot(&graph, &plan.name)),
+        GraphFormat::Mermaid => super::emit(&render::mermaid(&graph)),
     }
     EXIT_OK
 }

@@ -4,9 +4,13 @@
 //! failed; 2 usage error (bad flags, `apply` on a plan with state but neither
 //! `--resume` nor `--restart`); 3 the plan is locked by another run; 130 interrupted.
 
+pub mod apply;
 pub mod graph;
 pub mod plan;
 pub mod schema;
+pub mod state_cmd;
+pub mod status;
+pub mod unlock;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -75,6 +79,14 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Print the task graph as Graphviz dot or Mermaid.
     Graph(graph::GraphArgs),
+    /// Run the plan: bounded concurrency, verify before destroy, durable state.
+    Apply(apply::ApplyArgs),
+    /// Show each task's state from the last run.
+    Status(status::StatusArgs),
+    /// Change recorded task state (reset tasks to pending).
+    State(state_cmd::StateArgs),
+    /// Break the lock of a run that died.
+    Unlock(unlock::UnlockArgs),
     /// Print the JSON Schema of plan files (for editors).
     Schema,
     /// Print shell completions.
@@ -158,12 +170,30 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Writes command output to stdout; a closed pipe (`| head`) ends output quietly.
+pub fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
 fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Validate(args) => Ok(validate::run(&args)),
         Command::Plan(args) => plan::run(&args),
         Command::Graph(args) => Ok(graph::run(&args)),
         Command::Schema => Ok(schema::run()),
+        Command::Apply(args) => block_on(apply::run(&args)),
+        Command::Status(args) => block_on(status::run(&args)),
+        Command::State(args) => block_on(state_cmd::run(&args)),
+        Command::Unlock(args) => block_on(unlock::run(&args)),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "flow", &mut std::io::stdout());
             Ok(EXIT_OK)

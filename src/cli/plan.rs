@@ -5,15 +5,16 @@
 //! or range) or are shown as "listed at apply time". Without it, partitions listed by
 //! an earlier run's splits are read from the state, with each task's status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::{load_plan, OutputFormat, EXIT_FAILED, EXIT_OK};
 use crate::graph::expand::{expand, known_partitions, PartitionMap};
-use crate::graph::{Placement, TaskGraph, TaskKind};
+use crate::graph::{Placement, TaskGraph, TaskId, TaskKind};
 use crate::plan::{PartitionSource, Plan};
+use crate::templates::Templates;
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -72,10 +73,17 @@ pub struct TaskJson {
 }
 
 /// Partitions listed by splits of an earlier run, read from the plan's state.
-pub fn stored_partitions(plan: &Plan) -> Option<PartitionMap> {
-    // INTEGRATION: read from state once the state store lands.
-    let _ = plan;
-    None
+pub fn stored_partitions(plan: &Plan, templates: &Templates) -> anyhow::Result<PartitionMap> {
+    let db = plan.state_db_path();
+    let Some(records) = crate::state::read_records(&db)? else {
+        return Ok(PartitionMap::new());
+    };
+    let splits = expand(plan, templates, &PartitionMap::new())?;
+    Ok(crate::state::listed_partitions(
+        &splits,
+        &crate::state::by_id(records),
+        &db,
+    )?)
 }
 
 /// Builds the JSON/text model of a plan's graph; `status` gives each task's state.
@@ -84,7 +92,7 @@ pub fn describe(
     graph: &TaskGraph,
     chain_graph: &TaskGraph,
     listed: &PartitionMap,
-    status: &dyn Fn(&crate::graph::Task) -> Option<(String, Option<String>)>,
+    statuses: Option<&HashMap<TaskId, (String, Option<String>)>>,
 ) -> PlanJson {
     let mut tables = Vec::new();
     for table in &plan.tables {
@@ -134,8 +142,8 @@ pub fn describe(
                 .map(|d| graph.task(d).id.0.clone())
                 .collect();
             depends_on.sort();
-            let (status, reason) = match status(t) {
-                Some((s, r)) => (Some(s), r),
+            let (status, reason) = match statuses.and_then(|s| s.get(&t.id)) {
+                Some((s, r)) => (Some(s.clone()), r.clone()),
                 None => (None, None),
             };
             TaskJson {
@@ -187,7 +195,11 @@ pub fn render_text(model: &PlanJson) -> String {
             .as_ref()
             .map(|x| format!(" → {x}"))
             .unwrap_or_default();
-        let _ = writeln!(out, "table {} [{}] {}{}", t.name, t.strategy, t.source, target);
+        let _ = writeln!(
+            out,
+            "table {} [{}] {}{}",
+            t.name, t.strategy, t.source, target
+        );
         let parts = match t.partitions_from {
             "online" => "listed from the source at apply time".to_string(),
             "whole" => "the whole table as one unit".to_string(),
@@ -197,12 +209,24 @@ pub fn render_text(model: &PlanJson) -> String {
                 format!(
                     "{} {} ({}){}",
                     t.partitions.len(),
-                    if t.partitions.len() == 1 { "partition" } else { "partitions" },
+                    if t.partitions.len() == 1 {
+                        "partition"
+                    } else {
+                        "partitions"
+                    },
                     from,
                     if shown.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}{}", shown.join(", "), if more > 0 { format!(", … +{more}") } else { String::new() })
+                        format!(
+                            ": {}{}",
+                            shown.join(", "),
+                            if more > 0 {
+                                format!(", … +{more}")
+                            } else {
+                                String::new()
+                            }
+                        )
                     }
                 )
             }
@@ -234,7 +258,11 @@ pub fn render_text(model: &PlanJson) -> String {
     if !counts.is_empty() {
         let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
         let _ = writeln!(out, "\nstate: {}", summary.join(", "));
-        for t in model.tasks.iter().filter(|t| t.status.as_deref() != Some("done") && t.reason.is_some()) {
+        for t in model
+            .tasks
+            .iter()
+            .filter(|t| t.status.as_deref() != Some("done") && t.reason.is_some())
+        {
             let _ = writeln!(
                 out,
                 "  {} {}: {}",
@@ -255,7 +283,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
     let listed = if args.offline {
         PartitionMap::new()
     } else {
-        stored_partitions(&plan).unwrap_or_default()
+        stored_partitions(&plan, &templates)?
     };
     let graph = match expand(&plan, &templates, &listed) {
         Ok(g) => g,
@@ -285,13 +313,17 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
     let statuses = if args.offline {
         None
     } else {
-        None::<std::collections::HashMap<crate::graph::TaskId, (String, Option<String>)>>
+        crate::state::plan_status_at(&plan.state_db_path(), &graph)?.map(|decisions| {
+            decisions
+                .into_iter()
+                .map(|d| (d.id.clone(), (d.label().to_string(), d.reason())))
+                .collect::<HashMap<_, _>>()
+        })
     };
-    let status = |t: &crate::graph::Task| statuses.as_ref().and_then(|s| s.get(&t.id).cloned());
-    let model = describe(&plan, &graph, &chain_graph, &listed, &status);
+    let model = describe(&plan, &graph, &chain_graph, &listed, statuses.as_ref());
     match args.format {
-        OutputFormat::Text => print!("{}", render_text(&model)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&model)?),
+        OutputFormat::Text => super::emit(&render_text(&model)),
+        OutputFormat::Json => super::emit(&(serde_json::to_string_pretty(&model)? + "\n")),
     }
     Ok(EXIT_OK)
 }

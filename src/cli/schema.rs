@@ -9,6 +9,6 @@ pub fn schema_json() -> String {
 }
 
 pub fn run() -> u8 {
-    println!("{}", schema_json());
+    super::emit(&(schema_json() + "\n"));
     EXIT_OK
 }

@@ -108,7 +108,8 @@ fn step_task(plan: &Plan, templates: &Templates, step: &crate::plan::StepSpec) -
         StepKind::Exec => TaskKind::Exec,
     };
     // Rendered with env placeholders: the fingerprint follows the text, not secrets.
-    let rendered = render_step_text(plan, templates, step, false).unwrap_or_else(|_| step.text.clone());
+    let rendered =
+        render_step_text(plan, templates, step, false).unwrap_or_else(|_| step.text.clone());
     inputs.insert(
         match step.kind {
             StepKind::Sql => "sql".to_string(),
@@ -155,7 +156,11 @@ pub fn render_step_text(
         env => env_value(reveal),
         step => minijinja::context! { id => step.id.clone() },
     };
-    templates.render_str(&format!("step `{}`", step.id), &step.text, &ctx)
+    let what = match step.kind {
+        StepKind::Sql => "sql",
+        StepKind::Exec => "run",
+    };
+    templates.render_str(what, &step.text, &ctx)
 }
 
 /// Builds one table's tasks; strategies call it.
@@ -211,8 +216,7 @@ impl<'g> TableBuilder<'g> {
     /// `filter` (the full row condition of the unit) is added to the inputs.
     pub fn partition_task(
         &mut self,
-        partition: &Arc<Partition>,
-        chunk: Option<u32>,
+        (partition, chunk): (&Arc<Partition>, Option<u32>),
         name: &str,
         kind: TaskKind,
         placement: Placement,

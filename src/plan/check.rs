@@ -82,7 +82,11 @@ pub fn check_source(source: SourceFile, options: &LoadOptions) -> Loaded {
 }
 
 fn parse_diagnostic(e: &toml::de::Error) -> Diagnostic {
-    let message = e.message().trim().to_string();
+    let message = e
+        .message()
+        .trim()
+        .replace("expected i64", "expected an integer")
+        .replace("expected a boolean", "expected true or false");
     let help = if message.starts_with("unknown field") {
         "remove the key or fix its spelling; `flow schema` lists every key"
     } else if message.starts_with("missing field") {
@@ -121,21 +125,49 @@ fn valid_name(name: &str) -> bool {
 fn keys_for(kind: ConnectionKind) -> &'static [&'static str] {
     match kind {
         ConnectionKind::Clickhouse => &[
-            "url", "user", "password", "database", "settings", "max_concurrency", "pause_between",
+            "url",
+            "user",
+            "password",
+            "database",
+            "settings",
+            "max_concurrency",
+            "pause_between",
         ],
         ConnectionKind::Mysql => &[
-            "url", "user", "password", "database", "max_concurrency", "pause_between",
+            "url",
+            "user",
+            "password",
+            "database",
+            "max_concurrency",
+            "pause_between",
         ],
         ConnectionKind::Starrocks => &[
-            "url", "user", "password", "database", "http_url", "max_concurrency", "pause_between",
+            "url",
+            "user",
+            "password",
+            "database",
+            "http_url",
+            "max_concurrency",
+            "pause_between",
         ],
         ConnectionKind::S3 => &[
-            "endpoint", "bucket", "region", "prefix", "path_style", "access_key_id",
-            "secret_access_key", "max_concurrency", "pause_between",
+            "endpoint",
+            "bucket",
+            "region",
+            "prefix",
+            "path_style",
+            "access_key_id",
+            "secret_access_key",
+            "max_concurrency",
+            "pause_between",
         ],
         ConnectionKind::Fs => &["path", "max_concurrency", "pause_between"],
         ConnectionKind::Ec2 => &[
-            "endpoint", "region", "access_key_id", "secret_access_key", "max_concurrency",
+            "endpoint",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "max_concurrency",
             "pause_between",
         ],
     }
@@ -158,7 +190,8 @@ impl Checker {
         label: impl Into<String>,
         help: impl Into<String>,
     ) {
-        self.diags.push(Diagnostic::error(span, message, label, help));
+        self.diags
+            .push(Diagnostic::error(span, message, label, help));
     }
 
     fn check(&mut self, file: PlanFile, options: &LoadOptions) -> Option<Plan> {
@@ -245,7 +278,10 @@ impl Checker {
                     let (line, _) = self.source.line_col(first.start);
                     self.error(
                         Some(t.span.clone()),
-                        format!("table name \"{}\" is used twice (first at line {line})", t.name),
+                        format!(
+                            "table name \"{}\" is used twice (first at line {line})",
+                            t.name
+                        ),
                         "duplicate",
                         "give one of them `name = \"…\"` so task ids stay unique",
                     );
@@ -358,18 +394,33 @@ impl Checker {
                 ("user", def.user.as_ref().map(|s| s.span())),
                 ("password", def.password.as_ref().map(|s| s.span())),
                 ("database", def.database.as_ref().map(|s| s.span())),
-                ("max_concurrency", def.max_concurrency.as_ref().map(|s| s.span())),
-                ("pause_between", def.pause_between.as_ref().map(|s| s.span())),
+                (
+                    "max_concurrency",
+                    def.max_concurrency.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "pause_between",
+                    def.pause_between.as_ref().map(|s| s.span()),
+                ),
                 ("endpoint", def.endpoint.as_ref().map(|s| s.span())),
                 ("bucket", def.bucket.as_ref().map(|s| s.span())),
                 ("region", def.region.as_ref().map(|s| s.span())),
                 ("prefix", def.prefix.as_ref().map(|s| s.span())),
                 ("path_style", def.path_style.map(|_| def_span.clone())),
-                ("access_key_id", def.access_key_id.as_ref().map(|s| s.span())),
-                ("secret_access_key", def.secret_access_key.as_ref().map(|s| s.span())),
+                (
+                    "access_key_id",
+                    def.access_key_id.as_ref().map(|s| s.span()),
+                ),
+                (
+                    "secret_access_key",
+                    def.secret_access_key.as_ref().map(|s| s.span()),
+                ),
                 ("path", def.path.as_ref().map(|s| s.span())),
                 ("http_url", def.http_url.as_ref().map(|s| s.span())),
-                ("settings", (!def.settings.is_empty()).then(|| def_span.clone())),
+                (
+                    "settings",
+                    (!def.settings.is_empty()).then(|| def_span.clone()),
+                ),
             ]
             .into_iter()
             .filter_map(|(k, s)| s.map(|s| (k, Some(s))))
@@ -444,7 +495,10 @@ impl Checker {
                         };
                         self.error(
                             span(raw),
-                            format!("connection \"{name_str}\": url \"{}\" has the wrong scheme", u.raw()),
+                            format!(
+                                "connection \"{name_str}\": url \"{}\" has the wrong scheme",
+                                u.raw()
+                            ),
                             "wrong scheme",
                             format!("write it as {example}"),
                         );
@@ -456,7 +510,10 @@ impl Checker {
                 if b.is_literal() && !(3..=63).contains(&b.raw().len()) {
                     self.error(
                         span(raw),
-                        format!("connection \"{name_str}\": bucket \"{}\" must be 3 to 63 characters", b.raw()),
+                        format!(
+                            "connection \"{name_str}\": bucket \"{}\" must be 3 to 63 characters",
+                            b.raw()
+                        ),
                         "invalid bucket name",
                         "use a valid S3 bucket name",
                     );
@@ -481,7 +538,8 @@ impl Checker {
                 region: self.interpolated(def.region.as_ref(), &what("region")),
                 prefix: self.interpolated(def.prefix.as_ref(), &what("prefix")),
                 path_style: def.path_style,
-                access_key_id: self.interpolated(def.access_key_id.as_ref(), &what("access_key_id")),
+                access_key_id: self
+                    .interpolated(def.access_key_id.as_ref(), &what("access_key_id")),
                 secret_access_key: self
                     .interpolated(def.secret_access_key.as_ref(), &what("secret_access_key")),
                 path: self.interpolated(def.path.as_ref(), &what("path")),
@@ -556,10 +614,12 @@ impl Checker {
             .map(|t| format!("{database}.{t}"))
             .or_else(|| text(&def.name))
             .unwrap_or_else(|| format!("tables[{index}]"));
-        let source_kind = self.reference(&def.source, &format!("table {label}: source"), connections);
-        let target_kind = def.target.as_ref().and_then(|t| {
-            self.reference(t, &format!("table {label}: target"), connections)
-        });
+        let source_kind =
+            self.reference(&def.source, &format!("table {label}: source"), connections);
+        let target_kind = def
+            .target
+            .as_ref()
+            .and_then(|t| self.reference(t, &format!("table {label}: target"), connections));
 
         match (&table_name, &query) {
             (Some(_), Some(_)) => self.error(
@@ -616,13 +676,22 @@ impl Checker {
             match (&def.target, target_kind) {
                 (None, _) if req.target_required => self.error(
                     Some(table_span.clone()),
-                    format!("table {label}: strategy \"{}\" needs a `target`", strategy.name()),
+                    format!(
+                        "table {label}: strategy \"{}\" needs a `target`",
+                        strategy.name()
+                    ),
                     "no target",
-                    format!("add `target = \"…\"` naming a {} connection", kinds(req.target_kinds)),
+                    format!(
+                        "add `target = \"…\"` naming a {} connection",
+                        kinds(req.target_kinds)
+                    ),
                 ),
                 (Some(t), _) if req.target_kinds.is_empty() => self.error(
                     span(t),
-                    format!("table {label}: strategy \"{}\" has no target", strategy.name()),
+                    format!(
+                        "table {label}: strategy \"{}\" has no target",
+                        strategy.name()
+                    ),
                     "not used",
                     "remove `target`; the strategy works on the source itself",
                 ),
@@ -643,7 +712,10 @@ impl Checker {
             if query.is_some() && !req.allows_query {
                 self.error(
                     def.query.as_ref().map(|q| q.span()),
-                    format!("table {label}: strategy \"{}\" cannot take a `query`", strategy.name()),
+                    format!(
+                        "table {label}: strategy \"{}\" cannot take a `query`",
+                        strategy.name()
+                    ),
                     "query not allowed",
                     "use strategy = \"export\" for a query, or name a `table`",
                 );
@@ -651,7 +723,10 @@ impl Checker {
             if table_name.as_deref() == Some("*") && !req.allows_whole_database {
                 self.error(
                     def.table.as_ref().map(|t| t.span()),
-                    format!("table {label}: strategy \"{}\" cannot take table = \"*\"", strategy.name()),
+                    format!(
+                        "table {label}: strategy \"{}\" cannot take table = \"*\"",
+                        strategy.name()
+                    ),
                     "whole database not allowed",
                     "name one table, or use strategy = \"s3-policy\" for a whole database",
                 );
@@ -669,7 +744,11 @@ impl Checker {
         } else {
             Mode::All
         };
-        let mode = def.mode.as_ref().map(|m| *m.get_ref()).unwrap_or(default_mode);
+        let mode = def
+            .mode
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .unwrap_or(default_mode);
         if query.is_some() && mode == Mode::Partition {
             self.error(
                 def.mode.as_ref().map(|m| m.span()),
@@ -680,9 +759,15 @@ impl Checker {
         }
         if mode == Mode::All {
             for (key, present) in [
-                ("partition_expr", def.partition_expr.as_ref().map(|s| s.span())),
+                (
+                    "partition_expr",
+                    def.partition_expr.as_ref().map(|s| s.span()),
+                ),
                 ("partitions", def.partitions.as_ref().map(|s| s.span())),
-                ("partition_range", def.partition_range.as_ref().map(|s| s.span())),
+                (
+                    "partition_range",
+                    def.partition_range.as_ref().map(|s| s.span()),
+                ),
                 ("split_by", def.split_by.as_ref().map(|s| s.span())),
             ] {
                 if let Some(s) = present {
@@ -697,7 +782,10 @@ impl Checker {
             if strategy.is_some_and(|s| s != StrategyKind::Export) {
                 self.error(
                     def.mode.as_ref().map(|m| m.span()),
-                    format!("table {label}: strategy \"{}\" works partition by partition", def.strategy.get_ref()),
+                    format!(
+                        "table {label}: strategy \"{}\" works partition by partition",
+                        def.strategy.get_ref()
+                    ),
                     "mode all not supported",
                     "remove mode = \"all\"",
                 );
@@ -783,7 +871,11 @@ impl Checker {
             ),
             _ => {}
         }
-        for (key, v) in [("lower", &def.lower), ("upper", &def.upper), ("partition_expr", &def.partition_expr)] {
+        for (key, v) in [
+            ("lower", &def.lower),
+            ("upper", &def.upper),
+            ("partition_expr", &def.partition_expr),
+        ] {
             if let Some(v) = v {
                 if v.get_ref().trim().is_empty() {
                     self.error(
@@ -836,9 +928,15 @@ impl Checker {
             ("path", def.path.as_ref().map(|s| s.span())),
             ("server_side", def.server_side.as_ref().map(|s| s.span())),
         ];
-        let policy_only = [("storage_policy", def.storage_policy.as_ref().map(|s| s.span()))];
+        let policy_only = [(
+            "storage_policy",
+            def.storage_policy.as_ref().map(|s| s.span()),
+        )];
         let copy_only = [
-            ("target_database", def.target_database.as_ref().map(|s| s.span())),
+            (
+                "target_database",
+                def.target_database.as_ref().map(|s| s.span()),
+            ),
             ("target_table", def.target_table.as_ref().map(|s| s.span())),
         ];
         for (keys, owner) in [
@@ -863,7 +961,10 @@ impl Checker {
             }
         }
         if let Some(t) = &def.target_table {
-            if def.target.is_none() && def.target_database.is_none() && Some(t.get_ref().as_str()) == table_name.as_deref() {
+            if def.target.is_none()
+                && def.target_database.is_none()
+                && Some(t.get_ref().as_str()) == table_name.as_deref()
+            {
                 self.error(
                     span(t),
                     format!("table {label}: copy onto itself"),
@@ -1057,7 +1158,10 @@ impl Checker {
                     known.sort();
                     self.error(
                         span(a),
-                        format!("step \"{id}\": `after` names \"{}\", which is no step or table", a.get_ref()),
+                        format!(
+                            "step \"{id}\": `after` names \"{}\", which is no step or table",
+                            a.get_ref()
+                        ),
                         "unknown dependency",
                         format!("use one of: {}", known.join(", ")),
                     );
@@ -1134,7 +1238,10 @@ impl Checker {
                     let to_id = defs[graph[to]].get_ref().id.get_ref();
                     edges.push(format!("\"{from_id}\" from the `after` of \"{to_id}\""));
                     let s = graph[e].clone();
-                    if first_span.as_ref().is_none_or(|f: &Range<usize>| s.start < f.start) {
+                    if first_span
+                        .as_ref()
+                        .is_none_or(|f: &Range<usize>| s.start < f.start)
+                    {
                         first_span = Some(s);
                     }
                 }
@@ -1146,7 +1253,14 @@ impl Checker {
             names.sort();
             self.error(
                 first_span,
-                format!("steps {} wait for each other in a cycle", names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "steps {} wait for each other in a cycle",
+                    names
+                        .iter()
+                        .map(|n| format!("\"{n}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 "part of the cycle",
                 format!("remove one of: {}", edges.join("; ")),
             );
@@ -1154,7 +1268,11 @@ impl Checker {
     }
 
     /// A destructive step needs a table or a verifying step among its `after` closure.
-    fn unverified_destructive(&mut self, steps: &[StepSpec], tables: &HashMap<String, Range<usize>>) {
+    fn unverified_destructive(
+        &mut self,
+        steps: &[StepSpec],
+        tables: &HashMap<String, Range<usize>>,
+    ) {
         let by_id: HashMap<&str, &StepSpec> = steps.iter().map(|s| (s.id.as_str(), s)).collect();
         for step in steps.iter().filter(|s| s.destructive) {
             let mut stack: Vec<&str> = step.after.iter().map(String::as_str).collect();
@@ -1206,7 +1324,15 @@ impl Checker {
             if let Err(e) = crate::graph::expand::render_step_text(plan, templates, step, false) {
                 self.error(
                     Some(step.span.clone()),
-                    format!("step \"{}\": the {} template does not render: {e}", step.id, if step.kind == StepKind::Sql { "sql" } else { "run" }),
+                    format!(
+                        "step \"{}\": the {} template does not render: {e}",
+                        step.id,
+                        if step.kind == StepKind::Sql {
+                            "sql"
+                        } else {
+                            "run"
+                        }
+                    ),
                     "in this step",
                     "use the variables plan.name, vars.*, env.NAME, step.id",
                 );
@@ -1216,7 +1342,9 @@ impl Checker {
 
     fn graph_error(&mut self, plan: &Plan, e: GraphError) {
         let span = match &e {
-            GraphError::DuplicateId(id) | GraphError::Cycle(id) | GraphError::UnverifiedDestructive(id) => plan
+            GraphError::DuplicateId(id)
+            | GraphError::Cycle(id)
+            | GraphError::UnverifiedDestructive(id) => plan
                 .steps
                 .iter()
                 .find(|s| s.id == id.0)
@@ -1239,7 +1367,10 @@ impl Checker {
 }
 
 fn kinds(k: &[ConnectionKind]) -> String {
-    k.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" or ")
+    k.iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// The first destructive keyword of an SQL statement, if it is one.

@@ -163,7 +163,10 @@ impl Diagnostics {
                 source_code: NamedSource::new(source.display_name(), source.text.clone()),
                 span: d.span.clone().map(|s| {
                     let len = s.len().max(1);
-                    SourceSpan::from((s.start.min(source.text.len()), len.min(source.text.len().saturating_sub(s.start).max(0))))
+                    SourceSpan::from((
+                        s.start.min(source.text.len()),
+                        len.min(source.text.len().saturating_sub(s.start)),
+                    ))
                 }),
                 label: d.label.clone(),
                 help: (!d.help.is_empty()).then(|| d.help.clone()),

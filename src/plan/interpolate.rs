@@ -17,7 +17,10 @@ pub struct Interpolated {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece {
     Text(String),
-    Env { name: String, default: Option<String> },
+    Env {
+        name: String,
+        default: Option<String>,
+    },
 }
 
 /// Why a value could not be parsed or resolved. Messages never contain values.
@@ -181,7 +184,10 @@ mod tests {
     #[test]
     fn resolves_values_defaults_and_escapes() {
         let v = Interpolated::parse("a${env:SET}b${env:UNSET:-dflt}$${env:X}").unwrap();
-        assert_eq!(v.resolve_with(env).unwrap().expose(), "as3cr3tbdflt${env:X}");
+        assert_eq!(
+            v.resolve_with(env).unwrap().expose(),
+            "as3cr3tbdflt${env:X}"
+        );
         assert_eq!(v.raw(), "a${env:SET}b${env:UNSET:-dflt}$${env:X}");
         assert_eq!(v.env_names().collect::<Vec<_>>(), vec!["SET", "UNSET"]);
     }

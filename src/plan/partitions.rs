@@ -68,10 +68,16 @@ fn parse_month(v: &toml::Value) -> Result<(i32, u32), String> {
     };
     let digits: String = text.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits.len() != 6 {
-        return Err(format!("`{text}` is not a month; write \"2015-06\" or 201506"));
+        return Err(format!(
+            "`{text}` is not a month; write \"2015-06\" or 201506"
+        ));
     }
-    let y: i32 = digits[..4].parse().map_err(|_| format!("bad year in `{text}`"))?;
-    let m: u32 = digits[4..].parse().map_err(|_| format!("bad month in `{text}`"))?;
+    let y: i32 = digits[..4]
+        .parse()
+        .map_err(|_| format!("bad year in `{text}`"))?;
+    let m: u32 = digits[4..]
+        .parse()
+        .map_err(|_| format!("bad month in `{text}`"))?;
     if !(1..=12).contains(&m) {
         return Err(format!("`{text}`: month must be 01–12"));
     }

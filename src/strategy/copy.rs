@@ -66,8 +66,7 @@ impl Strategy for Copy {
         let mut verifies = Vec::new();
         for partition in partitions {
             let load = b.partition_task(
-                partition,
-                None,
+                (partition, None),
                 "load",
                 TaskKind::Load,
                 if same_server {
@@ -83,8 +82,7 @@ impl Strategy for Copy {
                 b.depend(load, split);
             }
             let verify = b.partition_task(
-                partition,
-                None,
+                (partition, None),
                 "verify",
                 TaskKind::Verify,
                 Placement::InServer,

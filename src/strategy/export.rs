@@ -71,15 +71,17 @@ impl Strategy for Export {
             let mut exports = Vec::new();
             for chunk in chunks {
                 let mut inputs = BTreeMap::new();
-                inputs.insert("path".into(), b.render_path(DEFAULT_PATH, partition, chunk)?);
+                inputs.insert(
+                    "path".into(),
+                    b.render_path(DEFAULT_PATH, partition, chunk)?,
+                );
                 inputs.insert("format".into(), table.format.clickhouse_name().into());
                 inputs.insert(
                     "server_side".into(),
                     format!("{:?}", table.server_side).to_lowercase(),
                 );
                 let export = b.partition_task(
-                    partition,
-                    chunk,
+                    (partition, chunk),
                     "export",
                     TaskKind::Export,
                     placement,
@@ -92,8 +94,7 @@ impl Strategy for Export {
                 exports.push(export);
             }
             let verify = b.partition_task(
-                partition,
-                None,
+                (partition, None),
                 "verify",
                 TaskKind::Verify,
                 Placement::Metadata,

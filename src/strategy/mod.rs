@@ -54,8 +54,11 @@ pub trait Strategy: Sync {
 }
 
 impl StrategyKind {
-    pub const ALL: &'static [StrategyKind] =
-        &[StrategyKind::Export, StrategyKind::Copy, StrategyKind::S3Policy];
+    pub const ALL: &'static [StrategyKind] = &[
+        StrategyKind::Export,
+        StrategyKind::Copy,
+        StrategyKind::S3Policy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

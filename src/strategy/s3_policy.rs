@@ -67,8 +67,7 @@ impl Strategy for S3Policy {
         let mut drops = Vec::new();
         for partition in partitions {
             let load = b.partition_task(
-                partition,
-                None,
+                (partition, None),
                 "load",
                 TaskKind::Load,
                 Placement::InServer,
@@ -78,8 +77,7 @@ impl Strategy for S3Policy {
             b.depend(load, prepare);
             b.depend(load, split);
             let verify = b.partition_task(
-                partition,
-                None,
+                (partition, None),
                 "verify",
                 TaskKind::Verify,
                 Placement::InServer,
@@ -88,8 +86,7 @@ impl Strategy for S3Policy {
             )?;
             b.depend(verify, load);
             let drop = b.partition_task(
-                partition,
-                None,
+                (partition, None),
                 "drop",
                 TaskKind::Drop,
                 Placement::Metadata,

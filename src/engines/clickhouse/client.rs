@@ -1,0 +1,362 @@
+//! A ClickHouse connection over HTTP, on the `clickhouse` crate.
+//!
+//! Two ways data comes back, each chosen for robustness across server versions (18.x
+//! has no RowBinaryWithNamesAndTypes and rejects the settings typed validation sends):
+//! small metadata results as JSONEachRow (64-bit integers may come quoted or not),
+//! bulk data as a byte stream in the format the user asked for. Statements are sent
+//! verbatim (`query_raw`): a `?` inside a user's filter is text, not a bind marker.
+//!
+//! Bulk transfers to a loopback server go uncompressed (compression costs CPU and
+//! buys nothing on one machine); remote servers get LZ4.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use clickhouse::query::BytesCursor;
+use serde_json::{Map, Value};
+
+use super::caps::Caps;
+use super::errors::{exception_in_tail, from_client, ChError, Redactor};
+use crate::plan::schema::ConnectionKind;
+use crate::plan::Connection;
+
+/// One row of a JSONEachRow result.
+pub type JsonRow = Map<String, Value>;
+
+/// A ClickHouse HTTP endpoint plus what flow learned about it.
+#[derive(Clone)]
+pub struct ChClient {
+    name: String,
+    client: clickhouse::Client,
+    bulk: clickhouse::Client,
+    redactor: Redactor,
+    caps: Arc<tokio::sync::OnceCell<Caps>>,
+    host: String,
+}
+
+impl std::fmt::Debug for ChClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChClient")
+            .field("connection", &self.name)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parameters of a client; built from a plan connection or directly in tests.
+#[derive(Clone, Default)]
+pub struct ChParams {
+    pub name: String,
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub database: Option<String>,
+    pub settings: BTreeMap<String, String>,
+}
+
+impl ChClient {
+    /// A client for a `kind = "clickhouse"` connection. Resolves `${env:…}` values.
+    pub fn from_connection(conn: &Connection) -> Result<Self, ChError> {
+        let fail = |msg: String| ChError::flow(&conn.name, "connect", msg);
+        if conn.kind != ConnectionKind::Clickhouse {
+            return Err(fail(format!(
+                "connection is of kind `{}`, not clickhouse",
+                conn.kind.as_str()
+            )));
+        }
+        let resolve = |v: &Option<crate::plan::Interpolated>, what: &str| {
+            v.as_ref()
+                .map(|v| {
+                    v.resolve()
+                        .map(|s| s.into_inner())
+                        .map_err(|e| fail(format!("`{what}`: {e}")))
+                })
+                .transpose()
+        };
+        let url = resolve(&conn.url, "url")?
+            .ok_or_else(|| fail("a clickhouse connection needs `url` (http://host:8123)".into()))?;
+        Self::new(ChParams {
+            name: conn.name.clone(),
+            url,
+            user: resolve(&conn.user, "user")?,
+            password: resolve(&conn.password, "password")?,
+            database: resolve(&conn.database, "database")?,
+            settings: conn.settings.clone(),
+        })
+    }
+
+    pub fn new(params: ChParams) -> Result<Self, ChError> {
+        let mut redactor = Redactor::new();
+        if let Some(p) = &params.password {
+            redactor.add(p);
+        }
+        let (url, host) =
+            split_url(&params.url).map_err(|m| ChError::flow(&params.name, "connect", m))?;
+        let mut client = clickhouse::Client::default()
+            .with_url(url)
+            .with_validation(false);
+        if let Some(user) = &params.user {
+            client = client.with_user(user.clone());
+        }
+        if let Some(password) = &params.password {
+            client = client.with_password(password.clone());
+        }
+        if let Some(db) = &params.database {
+            client = client.with_database(db.clone());
+        }
+        for (k, v) in &params.settings {
+            client = client.with_setting(k.clone(), v.clone());
+        }
+        let loopback = is_loopback(&host);
+        let client = client.with_compression(clickhouse::Compression::None);
+        let bulk = if loopback {
+            client.clone()
+        } else {
+            client
+                .clone()
+                .with_compression(clickhouse::Compression::Lz4)
+        };
+        Ok(ChClient {
+            name: params.name,
+            client,
+            bulk,
+            redactor,
+            caps: Arc::new(tokio::sync::OnceCell::new()),
+            host,
+        })
+    }
+
+    /// The connection name from the plan.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Host (and port) of the server, for comparisons and messages; no credentials.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Hides `secret` in every error message of this client.
+    pub fn add_secret(&mut self, secret: &str) {
+        self.redactor.add(secret);
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    fn err(&self, action: &str, e: &clickhouse::error::Error) -> ChError {
+        from_client(&self.name, action, e, &self.redactor)
+    }
+
+    /// The server's capabilities; `version_sql` is asked once per client.
+    pub async fn caps(&self, version_sql: &str) -> Result<Caps, ChError> {
+        self.caps
+            .get_or_try_init(|| async {
+                let rows = self
+                    .json_rows("ask the server version", version_sql)
+                    .await?;
+                let text = rows
+                    .first()
+                    .and_then(|r| r.values().next())
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                Caps::from_version(&text).ok_or_else(|| {
+                    ChError::flow(
+                        &self.name,
+                        "ask the server version",
+                        format!("cannot read a version from `{text}`"),
+                    )
+                })
+            })
+            .await
+            .copied()
+    }
+
+    /// Runs a statement that returns nothing (DDL, ALTER, INSERT … SELECT).
+    pub async fn execute(&self, action: &str, sql: &str) -> Result<(), ChError> {
+        tracing::debug!(connection = %self.name, action, "clickhouse execute");
+        self.client
+            .query_raw(sql)
+            .execute()
+            .await
+            .map_err(|e| self.err(action, &e))
+    }
+
+    /// Runs a query and returns its rows as JSON objects (small results only).
+    pub async fn json_rows(&self, action: &str, sql: &str) -> Result<Vec<JsonRow>, ChError> {
+        let text = self.text(action, sql, "JSONEachRow").await?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| match serde_json::from_str::<Value>(line) {
+                Ok(Value::Object(map)) => Ok(map),
+                _ => Err(ChError::flow(
+                    &self.name,
+                    action,
+                    format!("unexpected JSONEachRow line `{}`", truncate(line, 200)),
+                )),
+            })
+            .collect()
+    }
+
+    /// Runs a query and returns its whole result as text in `format` (small results).
+    pub async fn text(&self, action: &str, sql: &str, format: &str) -> Result<String, ChError> {
+        tracing::debug!(connection = %self.name, action, "clickhouse query");
+        let mut cursor = self
+            .client
+            .query_raw(sql)
+            .fetch_bytes(format)
+            .map_err(|e| self.err(action, &e))?;
+        let bytes = cursor.collect().await.map_err(|e| self.err(action, &e))?;
+        if let Some(exception) = exception_in_tail(tail(&bytes, 4096)) {
+            return Err(server_error(&self.name, action, &exception, &self.redactor));
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ChError::flow(&self.name, action, "the server answered with invalid UTF-8")
+        })
+    }
+
+    /// Starts a streamed query; the caller reads chunks and must check the tail for a
+    /// late exception (see [`exception_in_tail`]).
+    pub fn stream(&self, action: &str, sql: &str, format: &str) -> Result<BytesCursor, ChError> {
+        tracing::debug!(connection = %self.name, action, format, "clickhouse stream");
+        self.bulk
+            .query_raw(sql)
+            .fetch_bytes(format)
+            .map_err(|e| self.err(action, &e))
+    }
+
+    /// Starts a streamed query whose body comes in ClickHouse's compressed framing
+    /// (`compress=1`); decode it with [`super::blocks::BlockDecoder`].
+    pub fn stream_framed(
+        &self,
+        action: &str,
+        sql: &str,
+        format: &str,
+    ) -> Result<BytesCursor, ChError> {
+        tracing::debug!(connection = %self.name, action, format, "clickhouse stream (compress=1)");
+        self.client
+            .query_raw(sql)
+            .with_setting("compress", "1")
+            .fetch_bytes(format)
+            .map_err(|e| self.err(action, &e))
+    }
+
+    /// Starts an `INSERT … FORMAT X` that takes its data in chunks.
+    pub fn insert(&self, sql: &str) -> clickhouse::insert_formatted::InsertFormatted {
+        self.bulk.insert_formatted_with(sql.to_string())
+    }
+
+    /// Maps an error of a stream or insert started by this client.
+    pub fn map_err(&self, action: &str, e: &clickhouse::error::Error) -> ChError {
+        self.err(action, e)
+    }
+}
+
+/// Builds a ChError from exception text found in a body.
+pub fn server_error(connection: &str, action: &str, text: &str, redactor: &Redactor) -> ChError {
+    let code = super::errors::parse_code(text);
+    ChError {
+        connection: connection.to_string(),
+        action: action.to_string(),
+        code,
+        message: redactor.redact(text.trim()),
+        retryable: code.is_some_and(super::errors::is_transient_code),
+    }
+}
+
+fn tail(bytes: &Bytes, n: usize) -> &[u8] {
+    &bytes[bytes.len().saturating_sub(n)..]
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Splits `http://user:pass@host:port/path` into a credential-free URL and `host:port`.
+/// Credentials in the URL are refused (they would leak into messages): use `user` and
+/// `password = "${env:…}"`.
+fn split_url(url: &str) -> Result<(String, String), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "`url` must look like http://host:8123".to_string())?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("`url` scheme `{scheme}` is not http or https"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "`url` must not contain credentials; use `user` and `password = \"${env:…}\"`".into(),
+        );
+    }
+    if authority.is_empty() {
+        return Err("`url` has no host".into());
+    }
+    Ok((url.trim_end_matches('/').to_string(), authority.to_string()))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    name == "localhost"
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads an unsigned integer that JSONEachRow may quote (64-bit integers on old servers).
+pub fn json_u64(row: &JsonRow, key: &str) -> Option<u64> {
+    match row.get(key)? {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a string column.
+pub fn json_str(row: &JsonRow, key: &str) -> Option<String> {
+    match row.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_without_credentials_only() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8123/").unwrap(),
+            ("http://127.0.0.1:8123".into(), "127.0.0.1:8123".into())
+        );
+        assert!(split_url("http://u:p@h:1")
+            .unwrap_err()
+            .contains("credentials"));
+        assert!(is_loopback("127.0.0.1:8123"));
+        assert!(is_loopback("localhost:8123"));
+        assert!(!is_loopback("10.0.0.1:8123"));
+    }
+
+    #[test]
+    fn quoted_and_plain_integers() {
+        let row: JsonRow = serde_json::from_str(r#"{"a":"18446744073709551615","b":3}"#).unwrap();
+        assert_eq!(json_u64(&row, "a"), Some(u64::MAX));
+        assert_eq!(json_u64(&row, "b"), Some(3));
+    }
+}

@@ -1,0 +1,706 @@
+//! Strategy `export`: one partition or chunk → one file or object (seed 004, and the
+//! query copy of seed 000).
+//!
+//! Two paths, chosen per unit and reported in the outcome's note:
+//! - **streamed**: `SELECT … WHERE <unit filter>` with the format as `default_format`
+//!   and `compress=1` (LZ4 blocks, see [`super::blocks`]); each decompressed block goes
+//!   into the store's writer, while a
+//!   [`StreamTracker`] counts rows (CSV-aware), hashes the bytes (blake3) and keeps the
+//!   tail, where a server that fails mid-stream writes its exception. Memory is the
+//!   store writer's bound plus one HTTP chunk, whatever the partition size. The object
+//!   is committed only if the stream ended cleanly.
+//! - **server-side**: on a modern server that can reach the target bucket,
+//!   `INSERT INTO FUNCTION s3(…) SELECT …` — the data never passes through flow. The
+//!   object is read back through `s3()` with the source's column types, and its rows
+//!   and row checksum must equal the source's. With `server_side = "auto"` a tiny probe object decides once per
+//!   source and target whether the server can write there.
+//!
+//! After writing, the source's `count()` for the same filter must equal the rows
+//! written; a difference means rows changed during the export (bound the table with
+//! `upper`). The per-partition verify re-reads what the store holds (size, and for
+//! `fs` the bytes: blake3 and rows again) and compares the partition's total with the
+//! source. The manifest, written last, lists every file with rows, bytes and hash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use minijinja::context;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::blocks::{BlockDecoder, BlockError};
+use super::checksum::{checksum_expr, Column};
+use super::errors::exception_in_tail;
+use super::rows::StreamTracker;
+use super::{Ch, Feature};
+use crate::engines::store::{ObjectWriter, PutMode, ServerSideTarget, Store, StoreError};
+use crate::exec::runner::TaskFailure;
+use crate::plan::{ExportFormat, ServerSide};
+
+/// How a unit was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportPath {
+    Streamed,
+    ServerSide,
+}
+
+/// One written file or object; stored as an export task's `detail`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedFile {
+    pub key: String,
+    pub location: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// blake3 of the bytes (streamed exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Row checksum of the object read back through the server (server-side exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_checksum: Option<String>,
+    pub path: ExportPath,
+    /// Chunk index when the unit is a chunk of a partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u32>,
+}
+
+/// What one export unit needs.
+#[derive(Clone, Debug)]
+pub struct ExportUnit {
+    /// `db`.`table` or `(<query>)`.
+    pub from: String,
+    /// The unit's whole row filter (partition AND bounds AND chunk); None = all rows.
+    pub filter: Option<String>,
+    pub key: String,
+    pub format: ExportFormat,
+    pub server_side: ServerSide,
+    pub chunk: Option<u32>,
+}
+
+/// Remembers, per source and target, whether the server could write there.
+#[derive(Default, Debug)]
+pub struct ProbeCache {
+    results: Mutex<HashMap<(String, String), Result<(), String>>>,
+}
+
+fn block_failure(
+    action: &str,
+    e: BlockError,
+    late_exception: &dyn Fn(&str) -> TaskFailure,
+) -> TaskFailure {
+    match e {
+        BlockError::Exception(text) => late_exception(&text),
+        // Corruption in transit: a new request gets a new stream.
+        BlockError::Corrupt(why) => TaskFailure::transient(format!("{action}: {why}")),
+    }
+}
+
+fn store_failure(e: StoreError) -> TaskFailure {
+    TaskFailure {
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+/// Exports one unit; returns the file written and a note on the path taken.
+pub async fn export_unit(
+    ch: &Ch,
+    store: &dyn Store,
+    unit: &ExportUnit,
+    probes: &ProbeCache,
+    cancel: &CancellationToken,
+) -> Result<(ExportedFile, String), TaskFailure> {
+    let caps = ch.caps().await?;
+    let target = store.server_side_target(&unit.key);
+    let server_side = match (unit.server_side, &target) {
+        (ServerSide::Never, _) => Err("server_side = \"never\"".to_string()),
+        (_, None) => Err(format!("{} is not an S3 store", store.describe())),
+        (_, Some(_)) => caps
+            .require(Feature::InsertIntoS3, "a server-side export")
+            .and_then(|_| {
+                if unit.format == ExportFormat::Parquet {
+                    caps.require(Feature::Parquet, "a Parquet export")
+                } else {
+                    Ok(())
+                }
+            }),
+    };
+    let server_side = match server_side {
+        Ok(()) if unit.server_side == ServerSide::Always => Ok(()),
+        Ok(()) => probe(ch, store, &unit.key, probes).await,
+        Err(why) => Err(why),
+    };
+    match (server_side, unit.server_side) {
+        (Ok(()), _) => {
+            let target = target.expect("checked above");
+            let file = export_server_side(ch, store, unit, &target).await?;
+            let note = format!(
+                "server-side INSERT INTO FUNCTION s3 → {} ({} rows)",
+                file.location, file.rows
+            );
+            Ok((file, note))
+        }
+        (Err(why), ServerSide::Always) => Err(TaskFailure::permanent(format!(
+            "export to {}: server_side = \"always\" but the server cannot write there: {why}; \
+             use server_side = \"auto\" to stream through flow instead",
+            store.location(&unit.key)
+        ))),
+        (Err(why), _) => {
+            if unit.format == ExportFormat::Parquet {
+                caps.require(Feature::Parquet, "a Parquet export")
+                    .map_err(TaskFailure::permanent)?;
+            }
+            let file = export_streamed(ch, store, unit, cancel).await?;
+            let mut note = format!(
+                "streamed through flow → {} ({} rows, {} bytes)",
+                file.location, file.rows, file.bytes
+            );
+            if target.is_some() && unit.server_side != ServerSide::Never {
+                note.push_str(&format!("; not server-side: {why}"));
+            }
+            Ok((file, note))
+        }
+    }
+}
+
+/// Streams the query's result into a new object (not yet committed). With
+/// `compressed`, the body is in ClickHouse's block framing (fewer, larger chunks).
+async fn receive(
+    ch: &Ch,
+    store: &dyn Store,
+    unit: &ExportUnit,
+    sql: &str,
+    action: &str,
+    compressed: bool,
+    cancel: &CancellationToken,
+) -> Result<(Box<dyn ObjectWriter>, StreamTracker), TaskFailure> {
+    let format = unit.format.clickhouse_name();
+    let mut cursor = if compressed {
+        ch.client.stream_framed(action, sql, format)?
+    } else {
+        ch.client.stream(action, sql, format)?
+    };
+    let mut writer = store.create(&unit.key).await.map_err(store_failure)?;
+    let mut decoder = compressed.then(BlockDecoder::new);
+    let mut tracker = StreamTracker::new(unit.format);
+    let late_exception = |text: &str| -> TaskFailure {
+        super::client::server_error(ch.name(), action, text, ch.client.redactor()).into()
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                writer.abort().await;
+                return Err(TaskFailure::transient(format!("{action}: cancelled")));
+            }
+            next = cursor.next() => next,
+        };
+        let raw = match next {
+            Ok(Some(raw)) => raw,
+            Ok(None) => break,
+            Err(e) => {
+                writer.abort().await;
+                return Err(ch.client.map_err(action, &e).into());
+            }
+        };
+        let blocks = match decoder.as_mut().map(|d| d.push(&raw)) {
+            None => vec![raw],
+            Some(Ok(blocks)) => blocks,
+            Some(Err(e)) => {
+                writer.abort().await;
+                return Err(block_failure(action, e, &late_exception));
+            }
+        };
+        for block in blocks {
+            tracker.feed(&block);
+            if let Err(e) = writer.write(block).await {
+                writer.abort().await;
+                return Err(store_failure(e));
+            }
+        }
+    }
+    if let Some(Err(e)) = decoder.map(BlockDecoder::finish) {
+        writer.abort().await;
+        return Err(block_failure(action, e, &late_exception));
+    }
+    if let Some(exception) = exception_in_tail(&tracker.tail()) {
+        writer.abort().await;
+        return Err(late_exception(&exception));
+    }
+    Ok((writer, tracker))
+}
+
+/// Streams the unit from the server into the store.
+pub async fn export_streamed(
+    ch: &Ch,
+    store: &dyn Store,
+    unit: &ExportUnit,
+    cancel: &CancellationToken,
+) -> Result<ExportedFile, TaskFailure> {
+    let action = format!("export {} to {}", unit.from, store.location(&unit.key));
+    let sql = ch.sql(
+        "select",
+        context! { columns => "*", from => &unit.from, filter => &unit.filter },
+    )?;
+    let mut written = receive(ch, store, unit, &sql, &action, true, cancel).await?;
+    if written.1.bytes() == 0 {
+        // ClickHouse 18.x sends nothing at all for a compressed result smaller than one
+        // block; an empty compressed answer is asked again uncompressed (cheap: it is
+        // small or truly empty).
+        written.0.abort().await;
+        written = receive(ch, store, unit, &sql, &action, false, cancel).await?;
+    }
+    let (writer, tracker) = written;
+    let summary = tracker.finish();
+    let meta = writer.commit().await.map_err(store_failure)?;
+    let source = ch
+        .stats(
+            &format!("count source rows for {}", unit.key),
+            &unit.from,
+            unit.filter.as_deref(),
+            None,
+        )
+        .await?;
+    let rows = match summary.rows {
+        Some(written) if written != source.rows => {
+            return Err(TaskFailure::permanent(format!(
+                "{action}: wrote {written} rows but the source now has {} rows for the same \
+                 filter: rows changed during the export (still arriving? bound the table with \
+                 `upper`); the object was written and will be replaced by the next attempt",
+                source.rows
+            )))
+        }
+        Some(written) => written,
+        // Native: the completed stream and the server's count.
+        None => source.rows,
+    };
+    Ok(ExportedFile {
+        key: unit.key.clone(),
+        location: store.location(&unit.key),
+        rows,
+        bytes: meta.size,
+        blake3: Some(summary.blake3),
+        row_checksum: None,
+        path: ExportPath::Streamed,
+        chunk: unit.chunk,
+    })
+}
+
+/// A client that hides the target's secret in its messages.
+fn redacting_client(ch: &Ch, target: &ServerSideTarget) -> Ch {
+    let mut ch = ch.clone();
+    if let Some(s) = &target.secret_access_key {
+        ch.client.add_secret(s.expose());
+    }
+    if let Some(s) = &target.access_key_id {
+        ch.client.add_secret(s.expose());
+    }
+    ch
+}
+
+fn s3_context(target: &ServerSideTarget) -> (String, Option<String>, Option<String>) {
+    (
+        target.url.clone(),
+        target
+            .access_key_id
+            .as_ref()
+            .map(|s| s.expose().to_string()),
+        target
+            .secret_access_key
+            .as_ref()
+            .map(|s| s.expose().to_string()),
+    )
+}
+
+/// The `structure` argument for reading an exported object back with the source's
+/// column names and types, so the server can checksum what it reads like the source.
+fn structure(columns: &[Column]) -> String {
+    columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                crate::templates::quote_identifier(&c.name),
+                c.data_type
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Has the server write the unit to S3 itself, then reads it back.
+pub async fn export_server_side(
+    ch: &Ch,
+    store: &dyn Store,
+    unit: &ExportUnit,
+    target: &ServerSideTarget,
+) -> Result<ExportedFile, TaskFailure> {
+    let ch = redacting_client(ch, target);
+    let action = format!("server-side export to {}", store.location(&unit.key));
+    let select = ch.sql(
+        "select",
+        context! { columns => "*", from => &unit.from, filter => &unit.filter },
+    )?;
+    let (url, key_id, secret) = s3_context(target);
+    let sql = ch.sql(
+        "export_s3",
+        context! {
+            url => &url, access_key_id => &key_id, secret_access_key => &secret,
+            format => unit.format.clickhouse_name(), select => select,
+        },
+    )?;
+    ch.client.execute(&action, &sql).await?;
+    // Read back with the source's types: every format ClickHouse writes reads back to
+    // the same values, so rows and checksum must equal the source's.
+    let columns = ch.columns(&unit.from).await?;
+    let structure = Some(structure(&columns));
+    let checksum = Some(checksum_expr(&columns));
+    let read_back = ch.sql(
+        "count_s3",
+        context! {
+            url => &url, access_key_id => &key_id, secret_access_key => &secret,
+            format => unit.format.clickhouse_name(), structure => structure, checksum => &checksum,
+        },
+    )?;
+    let rows = ch
+        .client
+        .json_rows(
+            &format!("read back {}", store.location(&unit.key)),
+            &read_back,
+        )
+        .await?;
+    let row = rows.first().ok_or_else(|| {
+        TaskFailure::transient(format!(
+            "{action}: reading the object back returned nothing"
+        ))
+    })?;
+    let written = super::json_u64(row, "rows").unwrap_or(0);
+    let source = ch
+        .stats(
+            &format!("count source rows for {}", unit.key),
+            &unit.from,
+            unit.filter.as_deref(),
+            checksum.as_deref(),
+        )
+        .await?;
+    if written != source.rows {
+        return Err(TaskFailure::permanent(format!(
+            "{action}: the object holds {written} rows but the source has {} for the same filter \
+             (rows still arriving? bound the table with `upper`)",
+            source.rows
+        )));
+    }
+    let row_checksum = match checksum {
+        Some(_) => {
+            let got = super::json_u64(row, "checksum").unwrap_or(0);
+            if got != source.checksum {
+                return Err(TaskFailure::permanent(format!(
+                    "{action}: the object's row checksum {got:016x} differs from the source's \
+                     {:016x} over the same {written} rows",
+                    source.checksum
+                )));
+            }
+            Some(format!("{got:016x}"))
+        }
+        None => None,
+    };
+    let meta = store
+        .head(&unit.key)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| {
+            TaskFailure::transient(format!(
+                "{action}: the server reported success but {} is not in the bucket",
+                store.location(&unit.key)
+            ))
+        })?;
+    Ok(ExportedFile {
+        key: unit.key.clone(),
+        location: store.location(&unit.key),
+        rows: written,
+        bytes: meta.size,
+        blake3: None,
+        row_checksum,
+        path: ExportPath::ServerSide,
+        chunk: unit.chunk,
+    })
+}
+
+/// Checks once per (source, store) whether the server can write into the store.
+async fn probe(ch: &Ch, store: &dyn Store, key: &str, cache: &ProbeCache) -> Result<(), String> {
+    let cache_key = (ch.name().to_string(), store.describe());
+    if let Some(r) = cache
+        .results
+        .lock()
+        .expect("probe cache lock")
+        .get(&cache_key)
+    {
+        return r.clone();
+    }
+    let dir = key
+        .rsplit_once('/')
+        .map(|(d, _)| format!("{d}/"))
+        .unwrap_or_default();
+    let probe_key = format!("{dir}.flow-probe-{:016x}", fastrand::u64(..));
+    let result = async {
+        let target = store
+            .server_side_target(&probe_key)
+            .ok_or_else(|| "the store has no server-side URL".to_string())?;
+        let ch = redacting_client(ch, &target);
+        let (url, key_id, secret) = s3_context(&target);
+        let select = ch
+            .sql(
+                "select",
+                context! { columns => "1 AS flow_probe", from => "system.one", filter => None::<String> },
+            )
+            .map_err(|e| e.to_string())?;
+        let sql = ch
+            .sql(
+                "export_s3",
+                context! {
+                    url => &url, access_key_id => &key_id, secret_access_key => &secret,
+                    format => "CSV", select => select,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        ch.client
+            .execute("probe server-side export", &sql)
+            .await
+            .map_err(|e| format!("the server could not write a probe object: {}", e.message))?;
+        let found = store.head(&probe_key).await.map_err(|e| e.to_string())?;
+        let _ = store.delete(&probe_key).await;
+        match found {
+            Some(_) => Ok(()),
+            None => Err("the server wrote a probe object that flow cannot see (different endpoint?)".into()),
+        }
+    }
+    .await;
+    if let Err(why) = &result {
+        tracing::info!(connection = %ch.name(), store = %store.describe(), reason = %why, "server-side export unavailable; streaming");
+    }
+    cache
+        .results
+        .lock()
+        .expect("probe cache lock")
+        .insert(cache_key, result.clone());
+    result
+}
+
+/// The outcome of a partition's verify; its `detail`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifiedPartition {
+    pub partition: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub source_rows: u64,
+    pub files: Vec<ExportedFile>,
+}
+
+/// What a partition's verify checks.
+#[derive(Debug)]
+pub struct VerifyRequest<'a> {
+    pub partition: &'a crate::graph::Partition,
+    /// `db`.`table` or `(<query>)`.
+    pub from: &'a str,
+    /// The partition's row filter (partition AND bounds).
+    pub filter: Option<&'a str>,
+    pub format: ExportFormat,
+    pub files: Vec<ExportedFile>,
+    /// Re-read and re-hash every streamed file.
+    pub read_back: bool,
+}
+
+/// Re-checks a partition's files against the store and the source.
+pub async fn verify_partition(
+    ch: &Ch,
+    store: &dyn Store,
+    req: VerifyRequest<'_>,
+    cancel: &CancellationToken,
+) -> Result<(VerifiedPartition, String), TaskFailure> {
+    let VerifyRequest {
+        partition,
+        from,
+        filter,
+        format,
+        files,
+        read_back,
+    } = req;
+    let mut problems = Vec::new();
+    let mut reread = 0;
+    for f in &files {
+        match store.head(&f.key).await.map_err(store_failure)? {
+            None => problems.push(format!("{} is missing", f.location)),
+            Some(meta) if meta.size != f.bytes => problems.push(format!(
+                "{} has {} bytes, the export wrote {}",
+                f.location, meta.size, f.bytes
+            )),
+            Some(_) => {}
+        }
+        if read_back && problems.is_empty() {
+            if let Some(expected) = &f.blake3 {
+                let mut stream = store.open(&f.key).await.map_err(store_failure)?;
+                let mut tracker = StreamTracker::new(format);
+                while let Some(chunk) = stream.next().await {
+                    if cancel.is_cancelled() {
+                        return Err(TaskFailure::transient("verify cancelled"));
+                    }
+                    let chunk: Bytes = chunk.map_err(store_failure)?;
+                    tracker.feed(&chunk);
+                }
+                let summary = tracker.finish();
+                if &summary.blake3 != expected {
+                    problems.push(format!(
+                        "{} does not hash to what the export wrote (blake3 {} ≠ {})",
+                        f.location,
+                        &summary.blake3[..16],
+                        &expected[..16.min(expected.len())]
+                    ));
+                } else if summary.rows.is_some_and(|r| r != f.rows) {
+                    problems.push(format!(
+                        "{} holds {} rows, the export recorded {}",
+                        f.location,
+                        summary.rows.unwrap_or(0),
+                        f.rows
+                    ));
+                }
+                reread += 1;
+            }
+        }
+    }
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let source = ch
+        .stats(
+            &format!("count source rows of partition {}", partition.id),
+            from,
+            filter,
+            None,
+        )
+        .await?;
+    if source.rows != rows {
+        problems.push(format!(
+            "the source has {} rows for partition {} but its files hold {rows} (rows changed \
+             since the export? bound the table with `upper`)",
+            source.rows, partition.id
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(TaskFailure::permanent(format!(
+            "verify partition {}: {}; re-run the partition's export tasks (flow apply --resume \
+             after fixing the cause)",
+            partition.id,
+            problems.join("; ")
+        )));
+    }
+    let note = format!(
+        "{} file(s), {rows} rows = source; {}",
+        files.len(),
+        if reread > 0 {
+            format!("{reread} re-read and re-hashed")
+        } else {
+            "sizes checked".into()
+        }
+    );
+    Ok((
+        VerifiedPartition {
+            partition: partition.id.clone(),
+            value: partition.value.clone(),
+            rows,
+            bytes,
+            source_rows: source.rows,
+            files,
+        },
+        note,
+    ))
+}
+
+/// The manifest written after every partition is verified.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub plan: String,
+    pub table: String,
+    pub source: BTreeMap<String, String>,
+    pub format: String,
+    pub created_at: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub files: usize,
+    pub partitions: Vec<VerifiedPartition>,
+}
+
+/// Where the manifest goes: beside the files (their common directory), or
+/// `<table>.manifest.json` at the root when they share none.
+pub fn manifest_key(table_name: &str, keys: &[&str]) -> String {
+    let mut common: Option<Vec<&str>> = None;
+    for k in keys {
+        let dirs: Vec<&str> = match k.rsplit_once('/') {
+            Some((d, _)) => d.split('/').collect(),
+            None => vec![],
+        };
+        common = Some(match common {
+            None => dirs,
+            Some(c) => c
+                .iter()
+                .zip(dirs.iter())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| *a)
+                .collect(),
+        });
+    }
+    match common {
+        Some(c) if !c.is_empty() => format!("{}/_manifest.json", c.join("/")),
+        _ => format!("{}.manifest.json", table_name.replace('/', "_")),
+    }
+}
+
+/// Writes the manifest (replacing one from an earlier run).
+pub async fn write_manifest(
+    store: &dyn Store,
+    key: &str,
+    manifest: &Manifest,
+) -> Result<String, TaskFailure> {
+    let json = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| TaskFailure::permanent(format!("manifest: {e}")))?;
+    store
+        .put(key, Bytes::from(json), PutMode::Overwrite)
+        .await
+        .map_err(store_failure)?;
+    Ok(store.location(key))
+}
+
+/// Shared state of export tasks in one run.
+#[derive(Default, Debug)]
+pub struct ExportState {
+    pub probes: ProbeCache,
+}
+
+impl ExportState {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_sit_beside_the_files() {
+        assert_eq!(
+            manifest_key(
+                "default.trips",
+                &["trips/201506/part-000.csv", "trips/201507/part-000.csv"]
+            ),
+            "trips/_manifest.json"
+        );
+        assert_eq!(
+            manifest_key("default.trips", &["a.csv", "b.csv"]),
+            "default.trips.manifest.json"
+        );
+        assert_eq!(manifest_key("q", &["x/y/a.csv"]), "x/y/_manifest.json");
+    }
+}

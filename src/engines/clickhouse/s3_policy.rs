@@ -1,0 +1,1057 @@
+//! Strategy `s3-policy` (seed 001): move a table from a local storage policy to an S3
+//! one, inside a modern server, partition by partition, without losing or duplicating
+//! a row whatever instant flow is killed at.
+//!
+//! Tables (in the source database, `S` = the table):
+//! - `new_table` (default `S__flow_new`): same structure, `storage_policy = <policy>`;
+//!   after the swap it holds the *old* data until cleanup.
+//! - `S__flow_quarantine`: same structure and policy as the old table; partitions
+//!   leave the old table by an atomic `MOVE PARTITION … TO TABLE` into it, are compared
+//!   there, and dropped only if they equal the copy — rows that arrive in the old table
+//!   after the move land in a new part of the old table, never in what is dropped.
+//! - `S__flow_load_<id>`, `S__flow_append_<id>`: per-partition staging tables.
+//! - `S__flow_lock`: a marker whose comment names the plan that moves `S`; a second
+//!   plan refuses to touch the table (drop the marker if its run is dead).
+//!
+//! Which table is old and which new is read from their storage policies every time, so
+//! a task that runs again after the swap sees the right roles.
+//!
+//! Per partition (rows compared as count + the checksum of [`super::checksum`]):
+//! - load: source empty → done; target equals source → done (killed after the insert);
+//!   target empty → `INSERT … SELECT` into a fresh staging table, then `REPLACE
+//!   PARTITION` into the new table (a kill mid-insert leaves only a staging table);
+//!   both non-empty and different → permanent failure, the target is never cleared.
+//! - verify: target equals source (or the source is gone and the target has rows: the
+//!   drop ran after a passed verify and re-checked).
+//! - drop: move the source partition into quarantine, compare it with the copy, drop
+//!   it there if equal, move it back and fail if not.
+//!
+//! Catch-up, and rows that arrive during the swap, use one additive procedure per
+//! partition: move the old partition into quarantine; copy it into an append staging
+//! table (same policy as the new table) and check it equals the quarantined rows;
+//! drop the quarantined partition (commit: the rows now live in the staging table);
+//! `MOVE PARTITION` the staging rows into the new table (atomic, so "already moved" is
+//! simply "staging is empty"); drop the staging table. Every step can be repeated
+//! after a kill and decides from what the tables hold.
+
+use std::collections::BTreeSet;
+
+use minijinja::context;
+
+use super::checksum::checksum_expr;
+use super::{partition_id_filter, qualified, Ch, ChError, Feature, Stats};
+use crate::exec::runner::TaskFailure;
+
+/// Passes of the catch-up before it reports what is still arriving.
+const CATCH_UP_PASSES: usize = 3;
+
+/// One table's move.
+#[derive(Clone, Debug)]
+pub struct PolicyMove {
+    pub ch: Ch,
+    pub database: String,
+    pub table: String,
+    pub new_table: String,
+    pub policy: String,
+    /// Who holds the lock (the plan name).
+    pub holder: String,
+}
+
+/// Which physical table plays which role right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Roles {
+    /// Before the swap (or while preparing): old = `S`, new = `new_table`.
+    Moving { new_exists: bool },
+    /// After the swap: old = `new_table`, new = `S`.
+    Swapped,
+    /// `S` is on the policy and no other table is left: nothing to move.
+    Done,
+}
+
+/// What a step did.
+#[derive(Clone, Debug, Default)]
+pub struct StepResult {
+    pub rows: u64,
+    pub checksum: Option<String>,
+    pub note: String,
+}
+
+fn fail(msg: String) -> TaskFailure {
+    TaskFailure::permanent(msg)
+}
+
+impl PolicyMove {
+    pub fn default_new_table(table: &str) -> String {
+        format!("{table}__flow_new")
+    }
+
+    fn q(&self, name: &str) -> String {
+        qualified(&self.database, name)
+    }
+
+    fn s(&self) -> String {
+        self.q(&self.table)
+    }
+
+    fn quarantine_name(&self) -> String {
+        format!("{}__flow_quarantine", self.table)
+    }
+
+    fn lock_name(&self) -> String {
+        format!("{}__flow_lock", self.table)
+    }
+
+    fn load_prefix(&self) -> String {
+        format!("{}__flow_load_", self.table)
+    }
+
+    fn append_prefix(&self) -> String {
+        format!("{}__flow_append_", self.table)
+    }
+
+    /// (old, new) qualified names for the current roles.
+    fn names(&self, roles: &Roles) -> (String, String) {
+        match roles {
+            Roles::Swapped => (self.q(&self.new_table), self.s()),
+            _ => (self.s(), self.q(&self.new_table)),
+        }
+    }
+
+    pub async fn roles(&self) -> Result<Roles, TaskFailure> {
+        let tables = self
+            .ch
+            .tables(
+                &self.database,
+                &[self.table.as_str(), self.new_table.as_str()],
+            )
+            .await?;
+        let s = tables.get(&self.table).ok_or_else(|| {
+            fail(format!(
+                "s3-policy: table {} does not exist; check `database` and `table`",
+                self.s()
+            ))
+        })?;
+        let on_policy = |p: &Option<String>| p.as_deref() == Some(self.policy.as_str());
+        Ok(
+            match (on_policy(&s.storage_policy), tables.get(&self.new_table)) {
+                (false, n) => {
+                    if let Some(n) = n {
+                        if !on_policy(&n.storage_policy) {
+                            return Err(fail(format!(
+                            "s3-policy: {} exists but uses storage policy `{}`, not `{}`; it is \
+                             not flow's copy — drop or rename it, or set options.new_table",
+                            self.q(&self.new_table),
+                            n.storage_policy.clone().unwrap_or_default(),
+                            self.policy
+                        )));
+                        }
+                    }
+                    Roles::Moving {
+                        new_exists: n.is_some(),
+                    }
+                }
+                (true, Some(n)) if !on_policy(&n.storage_policy) => Roles::Swapped,
+                (true, Some(_)) => {
+                    return Err(fail(format!(
+                    "s3-policy: both {} and {} use storage policy `{}`; flow cannot tell which \
+                     holds the original — inspect them and drop the one that is not needed",
+                    self.s(),
+                    self.q(&self.new_table),
+                    self.policy
+                )))
+                }
+                (true, None) => Roles::Done,
+            },
+        )
+    }
+
+    /// Takes the table lock for this plan, or fails naming its holder.
+    pub async fn lock(&self) -> Result<(), TaskFailure> {
+        let name = self.lock_name();
+        let marker = self.q(&name);
+        let comment = format!("flow plan {}", self.holder);
+        let created = self
+            .ch
+            .run(
+                &format!("lock {}", self.s()),
+                "create_marker",
+                context! { table => &marker, if_not_exists => false, comment => &comment },
+            )
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code == Some(57) => {
+                let holder = super::copy::marker_comment(&self.ch, &self.database, &name).await?;
+                if holder == comment {
+                    Ok(())
+                } else {
+                    Err(fail(format!(
+                        "s3-policy: {} is being moved by `{holder}` (marker table {marker}); if \
+                         that run is dead, drop {marker} and resume",
+                        self.s()
+                    )))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fails when another plan holds the lock (a free table stays free: only
+    /// prepare takes the lock, so a task repeated after cleanup leaves no marker).
+    pub async fn check_lock(&self) -> Result<(), TaskFailure> {
+        let name = self.lock_name();
+        if !self.exists(&name).await? {
+            return Ok(());
+        }
+        let holder = super::copy::marker_comment(&self.ch, &self.database, &name).await?;
+        if holder == format!("flow plan {}", self.holder) {
+            Ok(())
+        } else {
+            let marker = self.q(&name);
+            Err(fail(format!(
+                "s3-policy: {} is being moved by `{holder}` (marker table {marker}); if that \
+                 run is dead, drop {marker} and resume",
+                self.s()
+            )))
+        }
+    }
+
+    pub async fn unlock(&self) -> Result<(), TaskFailure> {
+        self.ch
+            .run(
+                "release the table lock",
+                "drop_table",
+                context! { table => self.q(&self.lock_name()) },
+            )
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn checksum(&self, table: &str) -> Result<String, ChError> {
+        Ok(checksum_expr(&self.ch.columns(table).await?))
+    }
+
+    async fn stats(
+        &self,
+        table: &str,
+        partition_id: &str,
+        checksum: &str,
+    ) -> Result<Stats, ChError> {
+        self.ch
+            .stats(
+                &format!("checksum partition {partition_id} of {table}"),
+                table,
+                Some(&partition_id_filter(partition_id)),
+                Some(checksum),
+            )
+            .await
+    }
+
+    async fn exists(&self, name: &str) -> Result<bool, ChError> {
+        Ok(self
+            .ch
+            .tables(&self.database, &[name])
+            .await?
+            .contains_key(name))
+    }
+
+    async fn list_prefixed(&self, prefix: &str) -> Result<Vec<String>, ChError> {
+        let sql = self.ch.sql(
+            "list_tables",
+            context! { database => &self.database, prefix => prefix },
+        )?;
+        Ok(self
+            .ch
+            .client
+            .json_rows("list staging tables", &sql)
+            .await?
+            .iter()
+            .filter_map(|r| super::json_str(r, "name"))
+            .collect())
+    }
+
+    /// Partition ids of a table that hold rows.
+    async fn partitions_with_rows(&self, name: &str) -> Result<BTreeSet<String>, ChError> {
+        Ok(super::split::size_report(&self.ch, &self.database, name)
+            .await?
+            .into_iter()
+            .filter(|p| p.rows > 0)
+            .map(|p| p.partition_id)
+            .collect())
+    }
+
+    /// Checks the server and policy, takes the lock, creates the new and quarantine tables.
+    pub async fn prepare(&self) -> Result<StepResult, TaskFailure> {
+        self.ch
+            .require(Feature::StoragePolicies, "strategy s3-policy")
+            .await?;
+        self.ch
+            .require(Feature::MovePartitionToTable, "strategy s3-policy")
+            .await?;
+        let sql = self
+            .ch
+            .sql("storage_policy", context! { policy => &self.policy })?;
+        let volumes = self
+            .ch
+            .client
+            .json_rows(&format!("look up storage policy {}", self.policy), &sql)
+            .await?;
+        if volumes.is_empty() {
+            return Err(fail(format!(
+                "s3-policy: storage policy `{}` does not exist on the server (system.storage_policies); \
+                 define it in the server's storage_configuration or fix `storage_policy`",
+                self.policy
+            )));
+        }
+        self.lock().await?;
+        let roles = self.roles().await?;
+        match roles {
+            Roles::Done => {
+                return Ok(StepResult {
+                    note: format!(
+                        "{} is already on storage policy `{}`",
+                        self.s(),
+                        self.policy
+                    ),
+                    ..Default::default()
+                })
+            }
+            Roles::Swapped => {
+                return Ok(StepResult {
+                    note: "already swapped".into(),
+                    ..Default::default()
+                })
+            }
+            Roles::Moving { .. } => {}
+        }
+        let new = self.q(&self.new_table);
+        self.ch
+            .run(
+                &format!("create {new}"),
+                "create_like",
+                context! { table => &new, like => self.s(), storage_policy => &self.policy },
+            )
+            .await?;
+        let quarantine = self.q(&self.quarantine_name());
+        self.ch
+            .run(
+                &format!("create {quarantine}"),
+                "create_like",
+                context! { table => &quarantine, like => self.s(), storage_policy => None::<String> },
+            )
+            .await?;
+        // The server must have applied the policy.
+        let roles = self.roles().await?;
+        if roles != (Roles::Moving { new_exists: true }) {
+            return Err(fail(format!(
+                "s3-policy: {new} was created but is not on storage policy `{}`",
+                self.policy
+            )));
+        }
+        Ok(StepResult {
+            note: format!("{new} created on storage policy `{}`", self.policy),
+            ..Default::default()
+        })
+    }
+
+    /// Copies one partition into the new table (see the module notes for each case).
+    pub async fn load(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+        self.check_lock().await?;
+        let roles = self.roles().await?;
+        if roles == Roles::Done {
+            return Ok(StepResult {
+                note: "table already on the policy".into(),
+                ..Default::default()
+            });
+        }
+        let (old, new) = self.names(&roles);
+        let checksum = self.checksum(&old).await?;
+        let src = self.stats(&old, partition_id, &checksum).await?;
+        let dst = self.stats(&new, partition_id, &checksum).await?;
+        if src.is_empty() {
+            return Ok(StepResult {
+                rows: dst.rows,
+                note: format!(
+                    "source partition {partition_id} is empty (already moved); target holds {} rows",
+                    dst.rows
+                ),
+                ..Default::default()
+            });
+        }
+        if src == dst {
+            return Ok(StepResult {
+                rows: dst.rows,
+                checksum: Some(dst.checksum_text()),
+                note: format!("already loaded: target = source ({})", dst.describe()),
+            });
+        }
+        if !dst.is_empty() {
+            return Err(fail(format!(
+                "load partition {partition_id} into {new}: the target partition holds {} but the \
+                 source {}. Rows may still be arriving in this partition (bound the table with \
+                 `upper` so that hot partitions are moved by the catch-up), or something else \
+                 wrote into {new}. flow never clears a target partition: inspect it, drop it by \
+                 hand (ALTER TABLE {new} DROP PARTITION ID '{partition_id}') and resume",
+                dst.describe(),
+                src.describe()
+            )));
+        }
+        let staging = self.q(&format!("{}{partition_id}", self.load_prefix()));
+        let action = format!("load partition {partition_id} into {new}");
+        self.ch
+            .run(&action, "drop_table", context! { table => &staging })
+            .await?;
+        self.ch
+            .run(
+                &action,
+                "create_like",
+                context! { table => &staging, like => &new, storage_policy => None::<String> },
+            )
+            .await?;
+        let cols = column_list(&self.ch, &old).await?;
+        self.ch
+            .run(
+                &action,
+                "insert_select",
+                context! {
+                    target => &staging, columns => &cols, from => &old,
+                    filter => partition_id_filter(partition_id),
+                },
+            )
+            .await?;
+        let staged = self.stats(&staging, partition_id, &checksum).await?;
+        if staged.is_empty() {
+            return Err(TaskFailure::transient(format!(
+                "{action}: the staging copy is empty although the source had {} rows",
+                src.rows
+            )));
+        }
+        // The target partition was empty a moment ago and only flow writes into the new
+        // table before the swap: REPLACE adds the staged rows atomically.
+        self.ch
+            .run(
+                &action,
+                "replace_partition",
+                context! { target => &new, source => &staging, partition_id => partition_id },
+            )
+            .await?;
+        self.ch
+            .run(&action, "drop_table", context! { table => &staging })
+            .await?;
+        Ok(StepResult {
+            rows: staged.rows,
+            checksum: Some(staged.checksum_text()),
+            note: format!(
+                "INSERT … SELECT into staging, REPLACE PARTITION ID '{partition_id}' ({})",
+                staged.describe()
+            ),
+        })
+    }
+
+    /// Compares the partition in both tables.
+    pub async fn verify(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+        self.check_lock().await?;
+        let roles = self.roles().await?;
+        if roles == Roles::Done {
+            return Ok(StepResult {
+                note: "table already on the policy".into(),
+                ..Default::default()
+            });
+        }
+        let (old, new) = self.names(&roles);
+        let checksum = self.checksum(&old).await?;
+        let src = self.stats(&old, partition_id, &checksum).await?;
+        let dst = self.stats(&new, partition_id, &checksum).await?;
+        if src == dst {
+            return Ok(StepResult {
+                rows: dst.rows,
+                checksum: Some(dst.checksum_text()),
+                note: format!("target = source ({})", dst.describe()),
+            });
+        }
+        if src.is_empty() {
+            return Ok(StepResult {
+                rows: dst.rows,
+                checksum: Some(dst.checksum_text()),
+                note: format!(
+                    "source partition already dropped after a passed check; target holds {}",
+                    dst.describe()
+                ),
+            });
+        }
+        Err(fail(format!(
+            "verify partition {partition_id}: source {} but {new} {}; rows changed since the \
+             load (still arriving? bound the table with `upper`); nothing was dropped",
+            src.describe(),
+            dst.describe()
+        )))
+    }
+
+    /// Drops the source partition after re-checking it against the copy.
+    pub async fn drop_partition(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+        self.check_lock().await?;
+        let roles = self.roles().await?;
+        if roles == Roles::Done {
+            return Ok(StepResult {
+                note: "table already on the policy".into(),
+                ..Default::default()
+            });
+        }
+        let (old, new) = self.names(&roles);
+        let quarantine = self.q(&self.quarantine_name());
+        let checksum = self.checksum(&old).await?;
+        let action = format!("drop partition {partition_id} of {old}");
+        let dst = self.stats(&new, partition_id, &checksum).await?;
+        let mut dropped_before = false;
+        // A previous attempt may have moved the partition into quarantine and died.
+        let q = self.stats(&quarantine, partition_id, &checksum).await?;
+        if !q.is_empty() {
+            if q == dst {
+                self.drop_quarantined(&quarantine, partition_id, &action)
+                    .await?;
+                dropped_before = true;
+            } else {
+                self.move_back(&quarantine, &old, partition_id, &action)
+                    .await?;
+            }
+        }
+        let src = self.stats(&old, partition_id, &checksum).await?;
+        if src.is_empty() {
+            return Ok(StepResult {
+                rows: dst.rows,
+                checksum: Some(dst.checksum_text()),
+                note: if dropped_before {
+                    format!("dropped after a re-check ({})", dst.describe())
+                } else {
+                    "source partition already dropped".into()
+                },
+            });
+        }
+        if dropped_before {
+            // What is left arrived after the verified rows were moved: catch-up's job.
+            return Ok(StepResult {
+                rows: dst.rows,
+                checksum: Some(dst.checksum_text()),
+                note: format!(
+                    "dropped the verified rows; {} rows arrived since and are left for the catch-up",
+                    src.rows
+                ),
+            });
+        }
+        if src != dst {
+            return Err(fail(format!(
+                "{action}: the source {} but {new} {}; rows changed after the verify (still \
+                 arriving? bound the table with `upper`); nothing was dropped",
+                src.describe(),
+                dst.describe()
+            )));
+        }
+        self.ch
+            .run(
+                &action,
+                "move_partition",
+                context! { source => &old, target => &quarantine, partition_id => partition_id },
+            )
+            .await?;
+        let moved = self.stats(&quarantine, partition_id, &checksum).await?;
+        if moved == dst {
+            self.drop_quarantined(&quarantine, partition_id, &action)
+                .await?;
+            let left = self.stats(&old, partition_id, &checksum).await?;
+            let mut note = format!("re-checked and dropped ({})", dst.describe());
+            if !left.is_empty() {
+                note.push_str(&format!(
+                    "; {} rows arrived meanwhile and are left for the catch-up",
+                    left.rows
+                ));
+            }
+            return Ok(StepResult {
+                rows: dst.rows,
+                checksum: Some(dst.checksum_text()),
+                note,
+            });
+        }
+        self.move_back(&quarantine, &old, partition_id, &action)
+            .await?;
+        Err(fail(format!(
+            "{action}: rows arrived between the check and the move ({} moved, copy {}); they \
+             are back in {old} and nothing was dropped; bound the table with `upper`",
+            moved.describe(),
+            dst.describe()
+        )))
+    }
+
+    async fn drop_quarantined(
+        &self,
+        quarantine: &str,
+        partition_id: &str,
+        action: &str,
+    ) -> Result<(), ChError> {
+        self.ch
+            .run(
+                action,
+                "drop_partition",
+                context! { table => quarantine, partition_id => partition_id },
+            )
+            .await
+    }
+
+    async fn move_back(
+        &self,
+        quarantine: &str,
+        old: &str,
+        partition_id: &str,
+        action: &str,
+    ) -> Result<(), ChError> {
+        self.ch
+            .run(
+                action,
+                "move_partition",
+                context! { source => quarantine, target => old, partition_id => partition_id },
+            )
+            .await
+    }
+
+    /// Moves whatever the old table (and quarantine, and unfinished staging tables)
+    /// still hold into the new table, partition by partition, additively.
+    /// Returns (rows moved, partitions moved).
+    pub async fn move_leftovers(&self, roles: &Roles) -> Result<(u64, usize), TaskFailure> {
+        let (old, new) = self.names(roles);
+        let old_name = match roles {
+            Roles::Swapped => self.new_table.clone(),
+            _ => self.table.clone(),
+        };
+        // Load staging tables left by killed loads are garbage now (every load is done).
+        for name in self.list_prefixed(&self.load_prefix()).await? {
+            self.ch
+                .run(
+                    "drop a stale staging table",
+                    "drop_table",
+                    context! { table => self.q(&name) },
+                )
+                .await?;
+        }
+        let mut ids = self.partitions_with_rows(&old_name).await?;
+        ids.extend(self.partitions_with_rows(&self.quarantine_name()).await?);
+        let prefix = self.append_prefix();
+        for name in self.list_prefixed(&prefix).await? {
+            ids.insert(name[prefix.len()..].to_string());
+        }
+        let checksum = self.checksum(&old).await?;
+        let mut rows = 0;
+        let mut partitions = 0;
+        for id in ids {
+            let moved = self.append_partition(&old, &new, &id, &checksum).await?;
+            if moved > 0 {
+                rows += moved;
+                partitions += 1;
+            }
+        }
+        Ok((rows, partitions))
+    }
+
+    /// The additive, restartable move of one partition (module notes).
+    async fn append_partition(
+        &self,
+        old: &str,
+        new: &str,
+        partition_id: &str,
+        checksum: &str,
+    ) -> Result<u64, TaskFailure> {
+        let action = format!("move arriving rows of partition {partition_id} into {new}");
+        let quarantine = self.q(&self.quarantine_name());
+        let staging_name = format!("{}{partition_id}", self.append_prefix());
+        let staging = self.q(&staging_name);
+        let mut staging_exists = self.exists(&staging_name).await?;
+        let mut q = self.stats(&quarantine, partition_id, checksum).await?;
+        if staging_exists && !q.is_empty() {
+            // Killed while filling the staging table: start over from the quarantine.
+            self.ch
+                .run(&action, "drop_table", context! { table => &staging })
+                .await?;
+            staging_exists = false;
+        }
+        if !staging_exists {
+            if q.is_empty() {
+                let src = self.stats(old, partition_id, checksum).await?;
+                if src.is_empty() {
+                    return Ok(0);
+                }
+                self.ch
+                    .run(
+                        &action,
+                        "move_partition",
+                        context! { source => old, target => &quarantine, partition_id => partition_id },
+                    )
+                    .await?;
+                q = self.stats(&quarantine, partition_id, checksum).await?;
+                if q.is_empty() {
+                    return Ok(0);
+                }
+            }
+            self.ch
+                .run(
+                    &action,
+                    "create_like",
+                    context! { table => &staging, like => new, storage_policy => None::<String> },
+                )
+                .await?;
+            let cols = column_list(&self.ch, old).await?;
+            self.ch
+                .run(
+                    &action,
+                    "insert_select",
+                    context! {
+                        target => &staging, columns => &cols, from => &quarantine,
+                        filter => partition_id_filter(partition_id),
+                    },
+                )
+                .await?;
+            let staged = self.stats(&staging, partition_id, checksum).await?;
+            if staged != q {
+                self.ch
+                    .run(&action, "drop_table", context! { table => &staging })
+                    .await?;
+                return Err(TaskFailure::transient(format!(
+                    "{action}: the staging copy ({}) differs from the quarantined rows ({}); retrying",
+                    staged.describe(),
+                    q.describe()
+                )));
+            }
+            // Commit: from here the rows live in the staging table only.
+            self.drop_quarantined(&quarantine, partition_id, &action)
+                .await?;
+        }
+        let staged = self.stats(&staging, partition_id, checksum).await?;
+        if !staged.is_empty() {
+            self.ch
+                .run(
+                    &action,
+                    "move_partition",
+                    context! { source => &staging, target => new, partition_id => partition_id },
+                )
+                .await?;
+        }
+        self.ch
+            .run(&action, "drop_table", context! { table => &staging })
+            .await?;
+        Ok(staged.rows)
+    }
+
+    /// Moves rows that arrived since their partition was copied, in a few passes.
+    pub async fn catch_up(&self) -> Result<StepResult, TaskFailure> {
+        self.check_lock().await?;
+        let roles = self.roles().await?;
+        if roles == Roles::Done {
+            return Ok(StepResult {
+                note: "table already on the policy".into(),
+                ..Default::default()
+            });
+        }
+        let mut total = 0;
+        let mut parts = 0;
+        let mut passes = 0;
+        for _ in 0..CATCH_UP_PASSES {
+            passes += 1;
+            let (rows, partitions) = self.move_leftovers(&roles).await?;
+            total += rows;
+            parts += partitions;
+            if rows == 0 {
+                break;
+            }
+        }
+        let (old, _) = self.names(&roles);
+        let still = self.ch.stats("count rows left", &old, None, None).await?;
+        let mut note = format!("{total} rows in {parts} partition(s) moved in {passes} pass(es)");
+        if !still.is_empty() {
+            note.push_str(&format!(
+                "; {} rows are still arriving in {old}: the swap moves what is left",
+                still.rows
+            ));
+        }
+        Ok(StepResult {
+            rows: total,
+            checksum: None,
+            note,
+        })
+    }
+
+    /// The whole-table check before the swap.
+    pub async fn full_verify(&self) -> Result<StepResult, TaskFailure> {
+        self.check_lock().await?;
+        let roles = self.roles().await?;
+        if roles == Roles::Done {
+            return Ok(StepResult {
+                note: "table already on the policy".into(),
+                ..Default::default()
+            });
+        }
+        let (old, new) = self.names(&roles);
+        let mut problems = Vec::new();
+        let quarantine = self.q(&self.quarantine_name());
+        let q = self
+            .ch
+            .stats("count quarantined rows", &quarantine, None, None)
+            .await?;
+        if !q.is_empty() {
+            problems.push(format!("{} rows wait in {quarantine}", q.rows));
+        }
+        let pending = self.list_prefixed(&self.append_prefix()).await?;
+        if !pending.is_empty() {
+            problems.push(format!("unfinished moves in {}", pending.join(", ")));
+        }
+        let (_, new_name) = match roles {
+            Roles::Swapped => (self.new_table.clone(), self.table.clone()),
+            _ => (self.table.clone(), self.new_table.clone()),
+        };
+        let disks = self.disks_of(&new_name).await?;
+        let policy_disks = self.policy_disks().await?;
+        let off_policy: Vec<&String> = disks
+            .iter()
+            .filter(|d| !policy_disks.contains(*d))
+            .collect();
+        if !off_policy.is_empty() {
+            problems.push(format!(
+                "{new} has parts on disks outside policy `{}`: {:?}",
+                self.policy, off_policy
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(fail(format!(
+                "verify {}: {}; resume to let the catch-up finish them",
+                self.s(),
+                problems.join("; ")
+            )));
+        }
+        let checksum = self.checksum(&new).await?;
+        let moved = self
+            .ch
+            .stats("checksum the new table", &new, None, Some(&checksum))
+            .await?;
+        let left = self.ch.stats("count rows left", &old, None, None).await?;
+        let mut note = format!(
+            "{new}: {} on disks {:?}; {} holds {} rows",
+            moved.describe(),
+            disks,
+            old,
+            left.rows
+        );
+        if !left.is_empty() {
+            note.push_str(" (arrived after the catch-up; the swap moves them)");
+        }
+        Ok(StepResult {
+            rows: moved.rows,
+            checksum: Some(moved.checksum_text()),
+            note,
+        })
+    }
+
+    async fn disks_of(&self, table: &str) -> Result<Vec<String>, ChError> {
+        let sql = self.ch.sql(
+            "part_disks",
+            context! { database => &self.database, table => table },
+        )?;
+        Ok(self
+            .ch
+            .client
+            .json_rows(&format!("list disks of {table}"), &sql)
+            .await?
+            .iter()
+            .filter_map(|r| super::json_str(r, "disk_name"))
+            .collect())
+    }
+
+    async fn policy_disks(&self) -> Result<Vec<String>, ChError> {
+        let sql = self
+            .ch
+            .sql("storage_policy", context! { policy => &self.policy })?;
+        let rows = self
+            .ch
+            .client
+            .json_rows(&format!("look up storage policy {}", self.policy), &sql)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get("disks"))
+            .filter_map(|d| d.as_array())
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Cuts over: the table's name then holds the S3 copy.
+    pub async fn swap(&self, release_lock: bool) -> Result<StepResult, TaskFailure> {
+        self.check_lock().await?;
+        let roles = self.roles().await?;
+        let mut note = match roles {
+            Roles::Done => "table already on the policy".to_string(),
+            Roles::Swapped => "already swapped".to_string(),
+            Roles::Moving { new_exists: false } => {
+                return Err(fail(format!(
+                    "swap {}: {} does not exist (prepare has not run)",
+                    self.s(),
+                    self.q(&self.new_table)
+                )))
+            }
+            Roles::Moving { new_exists: true } => {
+                // One more pass for rows that arrived since the catch-up, then refuse to
+                // swap if the old table still holds rows the new one lacks.
+                let (moved, _) = self.move_leftovers(&roles).await?;
+                let (old, new) = self.names(&roles);
+                let left = self.ch.stats("count rows left", &old, None, None).await?;
+                let q = self
+                    .ch
+                    .stats(
+                        "count quarantined rows",
+                        &self.q(&self.quarantine_name()),
+                        None,
+                        None,
+                    )
+                    .await?;
+                if !left.is_empty() || !q.is_empty() {
+                    return Err(TaskFailure::transient(format!(
+                        "swap {}: {old} still holds {} rows ({} in quarantine) that {new} lacks — \
+                         rows are arriving faster than they are moved; flow does not swap rows \
+                         away. Pause the writers or retry",
+                        self.s(),
+                        left.rows,
+                        q.rows
+                    )));
+                }
+                let caps = self.ch.caps().await?;
+                let engine = super::copy::database_engine(&self.ch, &self.database).await?;
+                let (a, b) = (self.s(), self.q(&self.new_table));
+                if caps.has(Feature::ExchangeTables)
+                    && matches!(engine.as_str(), "Atomic" | "Replicated")
+                {
+                    self.ch
+                        .run(
+                            "swap tables",
+                            "exchange_tables",
+                            context! { a => &a, b => &b },
+                        )
+                        .await?;
+                    format!("{moved} late rows moved, then EXCHANGE TABLES {a} AND {b}")
+                } else {
+                    let tmp = self.q(&format!("{}__flow_swap_tmp", self.table));
+                    self.ch
+                        .run(
+                            "swap tables",
+                            "rename_swap",
+                            context! { a => &a, b => &b, tmp => &tmp, markers => Vec::<minijinja::Value>::new() },
+                        )
+                        .await?;
+                    format!("{moved} late rows moved, then RENAME chain {a} ⇄ {b}")
+                }
+            }
+        };
+        if roles != Roles::Done {
+            // Rows written into the old table in the instant before the exchange.
+            let swapped = self.roles().await?;
+            if swapped == Roles::Swapped {
+                let (rows, _) = self.move_leftovers(&swapped).await?;
+                if rows > 0 {
+                    note.push_str(&format!("; {rows} rows written during the swap moved over"));
+                }
+            }
+        }
+        if release_lock {
+            self.unlock().await?;
+        }
+        Ok(StepResult {
+            rows: 0,
+            checksum: None,
+            note,
+        })
+    }
+
+    /// Drops the old table (and flow's helper tables) once it is empty.
+    pub async fn cleanup(&self) -> Result<StepResult, TaskFailure> {
+        self.check_lock().await?;
+        let roles = self.roles().await?;
+        if roles == (Roles::Moving { new_exists: true }) {
+            return Err(fail(format!(
+                "cleanup {}: the swap has not happened; refusing to drop anything",
+                self.s()
+            )));
+        }
+        let mut note = String::new();
+        if roles == Roles::Swapped {
+            let (rows, _) = self.move_leftovers(&roles).await?;
+            let (old, _) = self.names(&roles);
+            let left = self.ch.stats("count rows left", &old, None, None).await?;
+            if !left.is_empty() {
+                return Err(TaskFailure::transient(format!(
+                    "cleanup: {old} still holds {} rows; not dropping it",
+                    left.rows
+                )));
+            }
+            self.ch
+                .run(
+                    "drop the old table",
+                    "drop_table",
+                    context! { table => &old },
+                )
+                .await?;
+            note = format!("{rows} late rows moved; dropped {old}");
+        }
+        let quarantine = self.q(&self.quarantine_name());
+        if self.exists(&self.quarantine_name()).await? {
+            let q = self
+                .ch
+                .stats("count quarantined rows", &quarantine, None, None)
+                .await?;
+            if !q.is_empty() {
+                return Err(fail(format!(
+                    "cleanup: {quarantine} holds {} rows; resume so they are moved first",
+                    q.rows
+                )));
+            }
+            self.ch
+                .run(
+                    "drop the quarantine table",
+                    "drop_table",
+                    context! { table => &quarantine },
+                )
+                .await?;
+        }
+        self.unlock().await?;
+        if note.is_empty() {
+            note = "nothing left to drop".into();
+        }
+        Ok(StepResult {
+            rows: 0,
+            checksum: None,
+            note,
+        })
+    }
+}
+
+/// The tables a whole-database move (`table = "*"`) covers: MergeTree tables of
+/// `database` not yet on `policy`, without flow's own helper tables.
+pub async fn tables_to_move(ch: &Ch, database: &str, policy: &str) -> Result<Vec<String>, ChError> {
+    ch.require(Feature::StoragePolicies, "strategy s3-policy")
+        .await?;
+    let sql = ch.sql(
+        "policy_candidates",
+        context! { database => database, policy => policy },
+    )?;
+    Ok(ch
+        .client
+        .json_rows(&format!("list tables of {database}"), &sql)
+        .await?
+        .iter()
+        .filter_map(|r| super::json_str(r, "name"))
+        .collect())
+}
+
+/// Quoted, comma-separated ordinary columns of a table.
+async fn column_list(ch: &Ch, table: &str) -> Result<String, ChError> {
+    Ok(ch
+        .columns(table)
+        .await?
+        .iter()
+        .map(|c| crate::templates::quote_identifier(&c.name))
+        .collect::<Vec<_>>()
+        .join(", "))
+}

@@ -1,0 +1,393 @@
+//! `exec` steps: a rendered command line run with `sh -c`.
+//!
+//! The runner gets the command already rendered (templates are someone else's job),
+//! plus extra environment, working directory and timeout ([`ExecCommand`]). Output is
+//! captured to `<log_dir>/<task id>.out` and `.err` — the first attempt truncates,
+//! retries append — and the exit code is recorded in the outcome's detail.
+//!
+//! Classification: exit 0 is success; the exit codes in `transient_exit_codes`
+//! (default: 75, `EX_TEMPFAIL` from sysexits.h, "try again later") and a timeout are
+//! transient and retried; any other non-zero exit or a death by signal is permanent.
+//!
+//! Process hygiene: the command runs in its own process group, so a Ctrl-C on the
+//! terminal reaches flow (which lets running steps finish) but not the step; a cancel
+//! (second Ctrl-C) or a timeout sends SIGTERM to the whole group, then SIGKILL after
+//! [`KILL_GRACE`]. On Linux the shell also gets SIGKILL if flow itself dies, so a
+//! `kill -9` of flow does not leave a step running beside the next `--resume`.
+//!
+//! Environment seen by the command: flow's own, plus `FLOW_TASK_ID`, `FLOW_ATTEMPT`
+//! and `FLOW_LOG_DIR`, plus the step's `env` (resolved secrets, never logged).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
+use crate::graph::{Task, TaskId};
+use crate::plan::Secret;
+
+/// Exit code treated as transient by default (`EX_TEMPFAIL`).
+pub const EX_TEMPFAIL: i32 = 75;
+/// Time between SIGTERM and SIGKILL when a step is stopped.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// A command ready to run.
+#[derive(Clone, Debug)]
+pub struct ExecCommand {
+    /// The rendered command line, run with `sh -c`.
+    pub command: String,
+    /// Extra environment; values may be secrets.
+    pub env: BTreeMap<String, Secret>,
+    /// Working directory; None = flow's.
+    pub cwd: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    /// Exit codes that mean "try again later".
+    pub transient_exit_codes: Vec<i32>,
+}
+
+impl ExecCommand {
+    pub fn new(command: impl Into<String>) -> Self {
+        ExecCommand {
+            command: command.into(),
+            env: BTreeMap::new(),
+            cwd: None,
+            timeout: None,
+            transient_exit_codes: vec![EX_TEMPFAIL],
+        }
+    }
+}
+
+/// File name stem for a task's logs: the id with each `/`-separated part made safe.
+pub fn log_stem(id: &TaskId) -> PathBuf {
+    let mut path = PathBuf::new();
+    for part in id.as_str().split('/') {
+        let clean: String = part
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '=') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let clean = match clean.as_str() {
+            "" | "." | ".." => "_".to_string(),
+            _ => clean,
+        };
+        path.push(clean);
+    }
+    path
+}
+
+/// The stdout and stderr log paths of a task.
+pub fn log_paths(log_dir: &Path, id: &TaskId) -> (PathBuf, PathBuf) {
+    let stem = log_dir.join(log_stem(id));
+    let name = stem
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (
+        stem.with_file_name(format!("{name}.out")),
+        stem.with_file_name(format!("{name}.err")),
+    )
+}
+
+fn open_log(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+}
+
+/// The last lines of a log, for error messages.
+fn tail(path: &Path, max_lines: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(4096);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(max_lines)..].join(" | ")
+}
+
+fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), signal);
+    }
+}
+
+/// Stops the process group: SIGTERM, then SIGKILL after the grace period.
+async fn stop(child: &mut tokio::process::Child) -> Option<ExitStatus> {
+    let pid = child.id()?;
+    signal_group(pid, nix::sys::signal::Signal::SIGTERM);
+    match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+/// Runs one command for task `id`.
+pub async fn run_command(
+    id: &TaskId,
+    cmd: &ExecCommand,
+    ctx: &TaskContext,
+) -> Result<TaskOutcome, TaskFailure> {
+    let (out_path, err_path) = log_paths(&ctx.log_dir, id);
+    let append = ctx.attempt > 1;
+    let open = |p: &Path| {
+        open_log(p, append).map_err(|e| {
+            TaskFailure::permanent(format!(
+                "cannot open the log file {}: {e}; check that the state folder is writable",
+                p.display()
+            ))
+        })
+    };
+    let stdout = open(&out_path)?;
+    let stderr = open(&err_path)?;
+
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(&cmd.command)
+        .env("FLOW_TASK_ID", id.as_str())
+        .env("FLOW_ATTEMPT", ctx.attempt.to_string())
+        .env("FLOW_LOG_DIR", &ctx.log_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(true);
+    for (name, value) in &cmd.env {
+        command.env(name, value.expose());
+    }
+    if let Some(cwd) = &cmd.cwd {
+        command.current_dir(cwd);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)?;
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    // flow died before the death signal was armed.
+                    nix::libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn().map_err(|e| {
+        let hint = match &cmd.cwd {
+            Some(cwd) if !cwd.is_dir() => {
+                format!("; the working directory {} does not exist", cwd.display())
+            }
+            _ => String::new(),
+        };
+        TaskFailure::permanent(format!("cannot start `sh -c`: {e}{hint}"))
+    })?;
+
+    let timeout = async {
+        match cmd.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let status = tokio::select! {
+        status = child.wait() => status.map_err(|e| TaskFailure::permanent(format!("waiting for the command failed: {e}")))?,
+        _ = ctx.cancel.cancelled() => {
+            stop(&mut child).await;
+            return Err(TaskFailure::permanent("cancelled (interrupt); the command was stopped"));
+        }
+        _ = timeout => {
+            stop(&mut child).await;
+            let t = cmd.timeout.unwrap_or_default();
+            return Err(TaskFailure::transient(format!(
+                "timed out after {}; the command was stopped (raise the step's `timeout` if it needs longer)",
+                humantime::format_duration(t)
+            )));
+        }
+    };
+
+    let outputs = vec![
+        out_path.display().to_string(),
+        err_path.display().to_string(),
+    ];
+    match status.code() {
+        Some(0) => Ok(TaskOutcome {
+            outputs,
+            detail: serde_json::json!({ "exit_code": 0 }),
+            ..TaskOutcome::default()
+        }),
+        Some(code) => {
+            let transient = cmd.transient_exit_codes.contains(&code);
+            let stderr_tail = tail(&err_path, 3);
+            let mut message = format!("command exited with code {code}");
+            if transient {
+                message.push_str(" (transient)");
+            }
+            if !stderr_tail.is_empty() {
+                message.push_str(&format!("; stderr: {stderr_tail}"));
+            }
+            message.push_str(&format!(" (full output: {})", err_path.display()));
+            Err(TaskFailure {
+                message,
+                retryable: transient,
+            })
+        }
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            let signal = status.signal().unwrap_or_default();
+            Err(TaskFailure::permanent(format!(
+                "command was killed by signal {signal} (full output: {})",
+                err_path.display()
+            )))
+        }
+    }
+}
+
+/// A runner for exec tasks; `resolve` turns a task into its command (rendering the
+/// step's template, resolving its environment).
+pub struct ExecRunner<F> {
+    resolve: F,
+}
+
+impl<F> ExecRunner<F>
+where
+    F: Fn(&Task) -> Result<ExecCommand, TaskFailure> + Send + Sync + 'static,
+{
+    pub fn new(resolve: F) -> Self {
+        ExecRunner { resolve }
+    }
+}
+
+#[async_trait::async_trait]
+impl<F> TaskRunner for ExecRunner<F>
+where
+    F: Fn(&Task) -> Result<ExecCommand, TaskFailure> + Send + Sync + 'static,
+{
+    async fn run(&self, task: &Task, ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
+        let cmd = (self.resolve)(task)?;
+        run_command(&task.id, &cmd, &ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx(dir: &Path, attempt: u32) -> TaskContext {
+        TaskContext {
+            cancel: CancellationToken::new(),
+            attempt,
+            log_dir: dir.to_path_buf(),
+            dependencies: vec![],
+        }
+    }
+
+    fn id(s: &str) -> TaskId {
+        TaskId(s.to_string())
+    }
+
+    #[tokio::test]
+    async fn captures_output_env_and_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = ExecCommand::new("echo \"$GREETING $FLOW_TASK_ID\"; echo oops >&2");
+        cmd.env.insert("GREETING".into(), Secret::new("hello"));
+        let out = run_command(&id("t/a"), &cmd, &ctx(dir.path(), 1))
+            .await
+            .unwrap();
+        assert_eq!(out.detail["exit_code"], 0);
+        let text = std::fs::read_to_string(dir.path().join("t/a.out")).unwrap();
+        assert_eq!(text, "hello t/a\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("t/a.err")).unwrap(),
+            "oops\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn exit_75_is_transient_other_codes_are_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = run_command(&id("a"), &ExecCommand::new("exit 75"), &ctx(dir.path(), 1))
+            .await
+            .unwrap_err();
+        assert!(err.retryable, "{err}");
+        let err = run_command(
+            &id("b"),
+            &ExecCommand::new("echo bad thing >&2; exit 3"),
+            &ctx(dir.path(), 1),
+        )
+        .await
+        .unwrap_err();
+        assert!(!err.retryable);
+        assert!(err.message.contains("code 3"), "{err}");
+        assert!(err.message.contains("bad thing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn timeout_stops_the_command_and_is_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = ExecCommand::new("sleep 30");
+        cmd.timeout = Some(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let err = run_command(&id("a"), &cmd, &ctx(dir.path(), 1))
+            .await
+            .unwrap_err();
+        assert!(err.retryable);
+        assert!(err.message.contains("timed out"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(dir.path(), 1);
+        let cancel = c.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cancel.cancel();
+        });
+        let err = run_command(&id("a"), &ExecCommand::new("sleep 30"), &c)
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("cancelled"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retries_append_to_the_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = ExecCommand::new("echo run $FLOW_ATTEMPT");
+        run_command(&id("a"), &cmd, &ctx(dir.path(), 1))
+            .await
+            .unwrap();
+        run_command(&id("a"), &cmd, &ctx(dir.path(), 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.out")).unwrap(),
+            "run 1\nrun 2\n"
+        );
+    }
+
+    #[test]
+    fn log_names_are_safe() {
+        assert_eq!(
+            log_stem(&id("db.t/2015 06/../x")),
+            PathBuf::from("db.t/2015_06/_/x")
+        );
+    }
+}

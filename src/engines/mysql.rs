@@ -1,0 +1,181 @@
+//! MySQL-protocol connections (MySQL, MariaDB, StarRocks) on `mysql_async`, for `sql`
+//! steps.
+//!
+//! One connection per step: steps are few and long, a pool would only hold sockets
+//! open between them. Retries are decided from the server's error code (deadlock,
+//! lock wait timeout, too many connections, lost connection) or a transport failure;
+//! syntax and permission errors are permanent. Credentials never appear in messages:
+//! the URL may not carry them, and the password is redacted from server text.
+
+use mysql_async::prelude::Queryable;
+
+use crate::plan::schema::ConnectionKind;
+use crate::plan::Connection;
+
+/// A failed MySQL request.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind} `{connection}`: {action}: {message}")]
+pub struct MysqlError {
+    pub kind: &'static str,
+    pub connection: String,
+    pub action: String,
+    pub code: Option<u16>,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// Connection settings of a mysql or starrocks connection.
+#[derive(Clone)]
+pub struct MysqlClient {
+    name: String,
+    kind: &'static str,
+    opts: mysql_async::Opts,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for MysqlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlClient")
+            .field("connection", &self.name)
+            .field("host", &self.opts.ip_or_hostname())
+            .field("port", &self.opts.tcp_port())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MysqlClient {
+    pub fn from_connection(conn: &Connection) -> Result<Self, MysqlError> {
+        let kind = match conn.kind {
+            ConnectionKind::Mysql => "mysql",
+            ConnectionKind::Starrocks => "starrocks",
+            other => {
+                return Err(MysqlError {
+                    kind: "mysql",
+                    connection: conn.name.clone(),
+                    action: "connect".into(),
+                    code: None,
+                    message: format!("connection is of kind `{}`", other.as_str()),
+                    retryable: false,
+                })
+            }
+        };
+        let fail = |message: String| MysqlError {
+            kind,
+            connection: conn.name.clone(),
+            action: "connect".into(),
+            code: None,
+            message,
+            retryable: false,
+        };
+        let resolve = |v: &Option<crate::plan::Interpolated>, what: &str| {
+            v.as_ref()
+                .map(|v| {
+                    v.resolve()
+                        .map(|s| s.into_inner())
+                        .map_err(|e| fail(format!("`{what}`: {e}")))
+                })
+                .transpose()
+        };
+        let url = resolve(&conn.url, "url")?
+            .ok_or_else(|| fail("needs `url` (mysql://host:3306)".into()))?;
+        let authority = url
+            .split_once("://")
+            .map(|(_, r)| r.split('/').next().unwrap_or_default())
+            .unwrap_or_default();
+        if authority.contains('@') {
+            return Err(fail(
+                "`url` must not contain credentials; use `user` and `password = \"${env:…}\"`"
+                    .into(),
+            ));
+        }
+        let opts = mysql_async::Opts::from_url(&url).map_err(|e| fail(format!("`url`: {e}")))?;
+        let password = resolve(&conn.password, "password")?;
+        let mut builder = mysql_async::OptsBuilder::from_opts(opts)
+            .prefer_socket(false)
+            .user(resolve(&conn.user, "user")?)
+            .pass(password.clone());
+        if let Some(db) = resolve(&conn.database, "database")? {
+            builder = builder.db_name(Some(db));
+        }
+        Ok(MysqlClient {
+            name: conn.name.clone(),
+            kind,
+            opts: builder.into(),
+            password,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn err(&self, action: &str, e: mysql_async::Error) -> MysqlError {
+        let (code, retryable) = match &e {
+            mysql_async::Error::Server(s) => (
+                Some(s.code),
+                // lock wait timeout, deadlock, too many connections, server gone/lost,
+                // query interrupted by shutdown
+                matches!(s.code, 1040 | 1053 | 1205 | 1213 | 2006 | 2013),
+            ),
+            mysql_async::Error::Io(_) => (None, true),
+            mysql_async::Error::Driver(_) => (None, e.is_fatal()),
+            _ => (None, false),
+        };
+        let mut message = e.to_string();
+        if let Some(p) = self.password.as_deref().filter(|p| p.len() >= 4) {
+            message = message.replace(p, "***");
+        }
+        MysqlError {
+            kind: self.kind,
+            connection: self.name.clone(),
+            action: action.to_string(),
+            code,
+            message,
+            retryable,
+        }
+    }
+
+    /// Runs statements one after another on one connection; returns affected rows.
+    pub async fn execute_all(&self, statements: &[String]) -> Result<u64, MysqlError> {
+        let mut conn = mysql_async::Conn::new(self.opts.clone())
+            .await
+            .map_err(|e| self.err("connect", e))?;
+        let mut affected = 0;
+        for (i, sql) in statements.iter().enumerate() {
+            let action = format!("statement {} of {}", i + 1, statements.len());
+            conn.query_drop(sql.as_str())
+                .await
+                .map_err(|e| self.err(&action, e))?;
+            affected += conn.affected_rows();
+        }
+        let _ = conn.disconnect().await;
+        Ok(affected)
+    }
+
+    /// Runs a query and returns the first column of every row as text.
+    pub async fn query_column(&self, sql: &str) -> Result<Vec<Option<String>>, MysqlError> {
+        let mut conn = mysql_async::Conn::new(self.opts.clone())
+            .await
+            .map_err(|e| self.err("connect", e))?;
+        let rows: Vec<mysql_async::Row> =
+            conn.query(sql).await.map_err(|e| self.err("query", e))?;
+        let _ = conn.disconnect().await;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                r.get_opt::<Option<String>, usize>(0)
+                    .and_then(|v| v.ok())
+                    .flatten()
+            })
+            .collect())
+    }
+}
+
+impl From<MysqlError> for crate::exec::runner::TaskFailure {
+    fn from(e: MysqlError) -> Self {
+        crate::exec::runner::TaskFailure {
+            retryable: e.retryable,
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! `sql` steps: a user's statement template, rendered with real environment values and
+//! run on the step's connection — ClickHouse over HTTP, MySQL/MariaDB/StarRocks over
+//! the MySQL protocol.
+//!
+//! A step may hold several statements separated by `;`. ClickHouse's HTTP interface
+//! takes one statement per request, so the text is split at semicolons outside
+//! quotes and comments, and the statements run in order; the first failure stops the
+//! step. The rendered text is never logged (it may hold secrets from `env`).
+
+use std::sync::Arc;
+
+use crate::engines::clickhouse::ChClient;
+use crate::engines::mysql::MysqlClient;
+use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
+use crate::graph::{Task, WorkUnit};
+use crate::plan::schema::ConnectionKind;
+use crate::plan::Plan;
+use crate::templates::Templates;
+
+/// Runs the plan's `sql` steps.
+#[derive(Clone, Debug)]
+pub struct SqlRunner {
+    plan: Arc<Plan>,
+    templates: Templates,
+}
+
+impl SqlRunner {
+    pub fn new(plan: Arc<Plan>, templates: Templates) -> Self {
+        SqlRunner { plan, templates }
+    }
+}
+
+/// Splits SQL text into statements at `;` outside quotes, back-quotes and comments.
+pub fn split_statements(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            current.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    current.push(n);
+                }
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => {
+                quote = Some(c);
+                current.push(c);
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                // Line comment: keep it (harmless) up to the newline.
+                current.push(c);
+                for n in chars.by_ref() {
+                    current.push(n);
+                    if n == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                current.push(c);
+                let mut prev = ' ';
+                for n in chars.by_ref() {
+                    current.push(n);
+                    if prev == '*' && n == '/' {
+                        break;
+                    }
+                    prev = n;
+                }
+            }
+            ';' => {
+                out.push(std::mem::take(&mut current));
+            }
+            _ => current.push(c),
+        }
+    }
+    out.push(current);
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && !is_only_comments(s))
+        .collect()
+}
+
+fn is_only_comments(s: &str) -> bool {
+    s.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with("--"))
+}
+
+#[async_trait::async_trait]
+impl TaskRunner for SqlRunner {
+    async fn run(&self, task: &Task, _ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
+        let WorkUnit::Step { step } = &task.unit else {
+            return Err(TaskFailure::permanent(format!(
+                "task `{}` is not a step; the sql runner only runs sql steps",
+                task.id
+            )));
+        };
+        let step = self.plan.steps.get(*step).ok_or_else(|| {
+            TaskFailure::permanent(format!("task `{}`: step index out of range", task.id))
+        })?;
+        let conn_name = step.connection.as_deref().ok_or_else(|| {
+            TaskFailure::permanent(format!("sql step `{}` has no `connection`", step.id))
+        })?;
+        let conn = self.plan.connections.get(conn_name).ok_or_else(|| {
+            TaskFailure::permanent(format!(
+                "sql step `{}`: connection `{conn_name}` is not defined",
+                step.id
+            ))
+        })?;
+        let text = crate::graph::expand::render_step_text(&self.plan, &self.templates, step, true)
+            .map_err(|e| TaskFailure::permanent(format!("sql step `{}`: {e}", step.id)))?;
+        let statements = split_statements(&text);
+        if statements.is_empty() {
+            return Err(TaskFailure::permanent(format!(
+                "sql step `{}` renders to no statement",
+                step.id
+            )));
+        }
+        let run = async {
+            match conn.kind {
+                ConnectionKind::Clickhouse => {
+                    let client = ChClient::from_connection(conn)?;
+                    for (i, sql) in statements.iter().enumerate() {
+                        let action = format!(
+                            "step `{}` statement {} of {}",
+                            step.id,
+                            i + 1,
+                            statements.len()
+                        );
+                        client.execute(&action, sql).await?;
+                    }
+                    Ok::<Option<u64>, TaskFailure>(None)
+                }
+                ConnectionKind::Mysql | ConnectionKind::Starrocks => {
+                    let client = MysqlClient::from_connection(conn)?;
+                    Ok(Some(client.execute_all(&statements).await?))
+                }
+                other => Err(TaskFailure::permanent(format!(
+                    "sql step `{}`: connection `{conn_name}` is of kind `{}`, which runs no SQL",
+                    step.id,
+                    other.as_str()
+                ))),
+            }
+        };
+        let run = async {
+            match step.timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| {
+                    TaskFailure::transient(format!(
+                        "sql step `{}` timed out after {}",
+                        step.id,
+                        humantime::format_duration(limit)
+                    ))
+                })?,
+                None => run.await,
+            }
+        };
+        let affected = run.await?;
+        Ok(TaskOutcome {
+            rows: affected,
+            note: Some(format!(
+                "{} statement(s) on `{conn_name}` ({})",
+                statements.len(),
+                conn.kind.as_str()
+            )),
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_outside_quotes_and_comments() {
+        let s = split_statements(
+            "CREATE TABLE a (x String DEFAULT ';'); -- a; comment\nINSERT INTO a VALUES ('it\\'s;'); /* ; */ SELECT 1;\n;",
+        );
+        assert_eq!(
+            s,
+            vec![
+                "CREATE TABLE a (x String DEFAULT ';')".to_string(),
+                "-- a; comment\nINSERT INTO a VALUES ('it\\'s;')".to_string(),
+                "/* ; */ SELECT 1".to_string(),
+            ]
+        );
+        assert!(split_statements("-- only a comment").is_empty());
+    }
+}

@@ -1,0 +1,694 @@
+//! `s3`: an S3 bucket (AWS or any S3-compatible store) as an object store.
+//!
+//! Credentials come from the AWS default chain (env, profile, web identity, IMDS)
+//! unless the connection gives static keys. With an `endpoint`, path-style addressing
+//! is the default (what S3-compatible stores expect).
+//!
+//! Writes stream: bytes collect into a part buffer; a full part is uploaded while the
+//! next one fills, with at most `parts_in_flight` uploads running, so a writer holds at
+//! most `part_size × (parts_in_flight + 1)` bytes whatever the object size. An object
+//! smaller than one part is a single PutObject. Nothing is visible before
+//! CompleteMultipartUpload; an aborted or crashed writer leaves no object (a crash
+//! leaves an incomplete upload that a bucket lifecycle rule should expire). Part sizes
+//! grow after every 2500 parts so objects far beyond 80 GB stay under the 10 000-part
+//! limit.
+
+use std::fmt;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::{
+    check_key, ByteStream, ObjectMeta, ObjectWriter, PutMode, ServerSideTarget, Store, StoreError,
+};
+use crate::plan::Secret;
+
+/// First part size (S3's minimum is 5 MiB).
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+/// Uploads running at once per writer.
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
+const MIN_PART_SIZE: usize = 5 << 20;
+
+/// Resolved settings of an s3 connection.
+#[derive(Clone)]
+pub struct S3Config {
+    pub connection: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub bucket: String,
+    /// Prepended to every key (`exports/` or empty).
+    pub prefix: String,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("connection", &self.connection)
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bucket (and key prefix) behind the S3 API.
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    config: S3Config,
+    region: String,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl S3Store {
+    /// Builds the client; no request is made.
+    pub async fn connect(config: S3Config) -> Result<Self, StoreError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let region = config.region.clone().or_else(|| {
+            // A custom endpoint rarely cares about regions; AWS needs one.
+            config.endpoint.as_ref().map(|_| "us-east-1".to_string())
+        });
+        if let Some(region) = &region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                    id.expose(),
+                    secret.expose(),
+                    None,
+                    None,
+                    "flow-plan",
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(StoreError::Config {
+                    connection: config.connection.clone(),
+                    message:
+                        "give both `access_key_id` and `secret_access_key`, or neither to use \
+                              the AWS default credential chain"
+                            .into(),
+                })
+            }
+        }
+        if let Some(endpoint) = &config.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let shared = loader.load().await;
+        let region = shared
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "us-east-1".into());
+        let path_style = config.path_style.unwrap_or(config.endpoint.is_some());
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(path_style)
+            .build();
+        let mut config = config;
+        config.part_size = config.part_size.max(MIN_PART_SIZE);
+        config.parts_in_flight = config.parts_in_flight.max(1);
+        Ok(S3Store {
+            client: aws_sdk_s3::Client::from_conf(s3_config),
+            config,
+            region,
+        })
+    }
+
+    /// The underlying client (tests list buckets with it).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.config.bucket
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StoreError> {
+        check_key(key)?;
+        Ok(join_prefix(&self.config.prefix, key))
+    }
+
+    fn remote_error<E>(&self, key: &str, action: &'static str, err: SdkError<E>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        remote_error(self.location(key), action, err)
+    }
+}
+
+fn join_prefix(prefix: &str, key: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
+/// Maps an SDK error: keeps the service's code and message, decides retryability.
+fn remote_error<E>(location: String, action: &'static str, err: SdkError<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let (code, message) = match &err {
+        SdkError::ServiceError(e) => (
+            e.err().code().map(str::to_string),
+            e.err().message().map(str::to_string),
+        ),
+        _ => (None, None),
+    };
+    if status == Some(412) || code.as_deref() == Some("PreconditionFailed") {
+        return StoreError::AlreadyExists { location };
+    }
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(_) => {
+            matches!(status, Some(409 | 429 | 500 | 502 | 503 | 504))
+                || matches!(
+                    code.as_deref(),
+                    Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
+                )
+        }
+        _ => false,
+    };
+    let mut text = match (code, message) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        (None, Some(m)) => m,
+        (None, None) => {
+            // Walk the source chain: dispatch failures hide the reason there.
+            let mut msg = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            msg
+        }
+    };
+    if let Some(status) = status {
+        text.push_str(&format!(" (HTTP {status})"));
+    }
+    StoreError::Remote {
+        location,
+        action,
+        message: text,
+        retryable,
+    }
+}
+
+/// Percent-encodes a key for a URL, keeping `/` and unreserved characters.
+fn url_encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        let prefix = self.config.prefix.trim_matches('/');
+        if prefix.is_empty() {
+            format!("s3://{}", self.config.bucket)
+        } else {
+            format!("s3://{}/{prefix}", self.config.bucket)
+        }
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!(
+            "s3://{}/{}",
+            self.config.bucket,
+            join_prefix(&self.config.prefix, key)
+        )
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
+        let full_key = self.full_key(key)?;
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            key: key.to_string(),
+            full_key,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            in_flight: JoinSet::new(),
+            next_part: 1,
+            size: 0,
+            finished: false,
+        }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+        let full_key = self.full_key(key)?;
+        let size = data.len() as u64;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.config.bucket)
+            .key(&full_key)
+            .body(SdkByteStream::from(data));
+        if mode == PutMode::IfAbsent {
+            request = request.if_none_match("*");
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| self.remote_error(key, "put", e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let full_key = self.full_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(&full_key)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                let data = output
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError::Remote {
+                        location: self.location(key),
+                        action: "read",
+                        message: e.to_string(),
+                        retryable: true,
+                    })?;
+                Ok(Some(data.into_bytes()))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.remote_error(key, "get", e)),
+        }
+    }
+
+    async fn open(&self, key: &str) -> Result<ByteStream, StoreError> {
+        let full_key = self.full_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(&full_key)
+            .send()
+            .await;
+        let output = match result {
+            Ok(o) => o,
+            Err(e) if is_not_found(&e) => {
+                return Err(StoreError::NotFound {
+                    location: self.location(key),
+                })
+            }
+            Err(e) => return Err(self.remote_error(key, "get", e)),
+        };
+        let location = self.location(key);
+        let stream =
+            futures::stream::unfold((output.body, location), |(mut body, location)| async move {
+                match body.next().await {
+                    Some(Ok(bytes)) => Some((Ok(bytes), (body, location))),
+                    Some(Err(e)) => Some((
+                        Err(StoreError::Remote {
+                            location: location.clone(),
+                            action: "read",
+                            message: e.to_string(),
+                            retryable: true,
+                        }),
+                        (body, location),
+                    )),
+                    None => None,
+                }
+            });
+        Ok(Box::pin(stream))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        let full_key = self.full_key(key)?;
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(&full_key)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: output.content_length().unwrap_or(0).max(0) as u64,
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.remote_error(key, "head", e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let full_prefix = join_prefix(&self.config.prefix, prefix);
+        let strip = {
+            let p = self.config.prefix.trim_matches('/');
+            if p.is_empty() {
+                0
+            } else {
+                p.len() + 1
+            }
+        };
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.config.bucket)
+            .prefix(full_prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.remote_error(prefix, "list", e))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    out.push(ObjectMeta {
+                        key: key.get(strip..).unwrap_or(key).to_string(),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let full_key = self.full_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.config.bucket)
+            .key(&full_key)
+            .send()
+            .await
+            .map_err(|e| self.remote_error(key, "delete", e))?;
+        Ok(())
+    }
+
+    fn server_side_target(&self, key: &str) -> Option<ServerSideTarget> {
+        let full_key = self.full_key(key).ok()?;
+        // ClickHouse expands globs and `{…}` in s3() URLs; such keys stay client-side.
+        if full_key.contains(['*', '?', '{', '}']) {
+            return None;
+        }
+        let path_style = self
+            .config
+            .path_style
+            .unwrap_or(self.config.endpoint.is_some());
+        let url = match &self.config.endpoint {
+            Some(endpoint) => {
+                let endpoint = endpoint.trim_end_matches('/');
+                if path_style {
+                    format!(
+                        "{endpoint}/{}/{}",
+                        self.config.bucket,
+                        url_encode_key(&full_key)
+                    )
+                } else {
+                    let (scheme, host) = endpoint.split_once("://")?;
+                    format!(
+                        "{scheme}://{}.{host}/{}",
+                        self.config.bucket,
+                        url_encode_key(&full_key)
+                    )
+                }
+            }
+            None => format!(
+                "https://{}.s3.{}.amazonaws.com/{}",
+                self.config.bucket,
+                self.region,
+                url_encode_key(&full_key)
+            ),
+        };
+        Some(ServerSideTarget {
+            url,
+            access_key_id: self.config.access_key_id.clone(),
+            secret_access_key: self.config.secret_access_key.clone(),
+        })
+    }
+}
+
+fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    status == Some(404)
+        || matches!(err, SdkError::ServiceError(e) if matches!(e.err().code(), Some("NoSuchKey" | "NotFound")))
+}
+
+/// A streaming multipart upload.
+struct S3Writer {
+    store: S3Store,
+    key: String,
+    full_key: String,
+    buffer: BytesMut,
+    upload_id: Option<String>,
+    parts: Vec<CompletedPart>,
+    in_flight: JoinSet<Result<CompletedPart, StoreError>>,
+    next_part: i32,
+    size: u64,
+    finished: bool,
+}
+
+impl S3Writer {
+    fn part_size(&self) -> usize {
+        let growth = ((self.next_part - 1) / 2500).min(3) as u32;
+        self.store.config.part_size << growth
+    }
+
+    async fn start_upload(&mut self) -> Result<String, StoreError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let output = self
+            .store
+            .client
+            .create_multipart_upload()
+            .bucket(&self.store.config.bucket)
+            .key(&self.full_key)
+            .send()
+            .await
+            .map_err(|e| {
+                self.store
+                    .remote_error(&self.key, "start multipart upload", e)
+            })?;
+        let id = output
+            .upload_id()
+            .ok_or_else(|| StoreError::Remote {
+                location: self.store.location(&self.key),
+                action: "start multipart upload",
+                message: "the response has no upload id".into(),
+                retryable: true,
+            })?
+            .to_string();
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    async fn wait_one(&mut self) -> Result<(), StoreError> {
+        if let Some(result) = self.in_flight.join_next().await {
+            let part = result.expect("part upload task does not panic")?;
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
+    async fn upload(&mut self, data: Bytes) -> Result<(), StoreError> {
+        let upload_id = self.start_upload().await?;
+        while self.in_flight.len() >= self.store.config.parts_in_flight {
+            self.wait_one().await?;
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        let client = self.store.client.clone();
+        let bucket = self.store.config.bucket.clone();
+        let full_key = self.full_key.clone();
+        let location = self.store.location(&self.key);
+        self.in_flight.spawn(async move {
+            let output = client
+                .upload_part()
+                .bucket(bucket)
+                .key(full_key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(SdkByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| remote_error(location, "upload part", e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(output.e_tag().map(str::to_string))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        if let Some(id) = self.upload_id.take() {
+            let _ = self
+                .store
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.store.config.bucket)
+                .key(&self.full_key)
+                .upload_id(id)
+                .send()
+                .await;
+        }
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.in_flight.abort_all();
+        if let (Some(id), Ok(handle)) =
+            (self.upload_id.take(), tokio::runtime::Handle::try_current())
+        {
+            let client = self.store.client.clone();
+            let bucket = self.store.config.bucket.clone();
+            let key = self.full_key.clone();
+            handle.spawn(async move {
+                let _ = client
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await;
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
+        self.size += data.len() as u64;
+        self.buffer.extend_from_slice(&data);
+        loop {
+            let part_size = self.part_size();
+            if self.buffer.len() < part_size {
+                break;
+            }
+            let part = self.buffer.split_to(part_size).freeze();
+            if let Err(e) = self.upload(part).await {
+                self.abort_upload().await;
+                self.finished = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<ObjectMeta, StoreError> {
+        let result = async {
+            if self.upload_id.is_none() {
+                // Small object: one PutObject.
+                let data = std::mem::take(&mut self.buffer).freeze();
+                self.store
+                    .client
+                    .put_object()
+                    .bucket(&self.store.config.bucket)
+                    .key(&self.full_key)
+                    .body(SdkByteStream::from(data))
+                    .send()
+                    .await
+                    .map_err(|e| self.store.remote_error(&self.key, "put", e))?;
+                return Ok(());
+            }
+            if !self.buffer.is_empty() {
+                let last = std::mem::take(&mut self.buffer).freeze();
+                self.upload(last).await?;
+            }
+            while !self.in_flight.is_empty() {
+                self.wait_one().await?;
+            }
+            let mut parts = std::mem::take(&mut self.parts);
+            parts.sort_by_key(|p| p.part_number());
+            let upload_id = self.upload_id.clone().expect("upload was started");
+            self.store
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.store.config.bucket)
+                .key(&self.full_key)
+                .upload_id(upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    self.store
+                        .remote_error(&self.key, "complete multipart upload", e)
+                })?;
+            self.upload_id = None;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.finished = true;
+                Ok(ObjectMeta {
+                    key: self.key.clone(),
+                    size: self.size,
+                })
+            }
+            Err(e) => {
+                self.abort_upload().await;
+                self.finished = true;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.abort_upload().await;
+        self.finished = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_url_encoded_for_servers() {
+        assert_eq!(url_encode_key("a b/ü.csv"), "a%20b/%C3%BC.csv");
+        assert_eq!(join_prefix("/exp/", "k"), "exp/k");
+        assert_eq!(join_prefix("", "k"), "k");
+    }
+}

@@ -1,0 +1,581 @@
+//! The runner of table tasks: reads which table, partition and kind a task is about and
+//! calls the strategy's engine code.
+//!
+//! It owns what tasks of one run share: one ClickHouse client per connection (with
+//! the server's capabilities learned once), one opened store per connection, and the
+//! cache of server-side export probes. It knows no SQL itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::engines::clickhouse::copy::CopyJob;
+use crate::engines::clickhouse::export::{
+    self, ExportState, ExportUnit, ExportedFile, Manifest, VerifiedPartition,
+};
+use crate::engines::clickhouse::s3_policy::PolicyMove;
+use crate::engines::clickhouse::split::{self, Grouping, SplitRequest};
+use crate::engines::clickhouse::{and_all, qualified, Ch, ChClient};
+use crate::engines::store::{self, Store};
+use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
+use crate::graph::{Partition, Task, TaskKind, WorkUnit};
+use crate::plan::{PartitionSource, Plan, StrategyKind, TableSpec};
+use crate::templates::Templates;
+
+/// Runs split, prepare, export, load, verify, drop, catch-up, swap, cleanup and
+/// manifest tasks of `[[tables]]`.
+pub struct TableRunner {
+    plan: Arc<Plan>,
+    templates: Templates,
+    clients: Mutex<HashMap<String, ChClient>>,
+    stores: AsyncMutex<HashMap<String, Arc<dyn Store>>>,
+    export: Arc<ExportState>,
+}
+
+impl std::fmt::Debug for TableRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableRunner")
+            .field("plan", &self.plan.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableRunner {
+    /// `templates` must be the plan's (built-in plus its `templates_dir`).
+    pub fn new(plan: Arc<Plan>, templates: Templates) -> Self {
+        TableRunner {
+            plan,
+            templates,
+            clients: Mutex::new(HashMap::new()),
+            stores: AsyncMutex::new(HashMap::new()),
+            export: ExportState::new(),
+        }
+    }
+
+    /// The ClickHouse engine for a connection (one client per connection per run).
+    pub fn clickhouse(&self, connection: &str) -> Result<Ch, TaskFailure> {
+        let mut clients = self.clients.lock().expect("client cache lock");
+        if let Some(c) = clients.get(connection) {
+            return Ok(Ch::new(c.clone(), self.templates.clone()));
+        }
+        let conn = self.plan.connections.get(connection).ok_or_else(|| {
+            TaskFailure::permanent(format!("connection `{connection}` is not defined"))
+        })?;
+        let client = ChClient::from_connection(conn)?;
+        clients.insert(connection.to_string(), client.clone());
+        Ok(Ch::new(client, self.templates.clone()))
+    }
+
+    /// The store for a connection.
+    pub async fn store(&self, connection: &str) -> Result<Arc<dyn Store>, TaskFailure> {
+        let mut stores = self.stores.lock().await;
+        if let Some(s) = stores.get(connection) {
+            return Ok(s.clone());
+        }
+        let conn = self.plan.connections.get(connection).ok_or_else(|| {
+            TaskFailure::permanent(format!("connection `{connection}` is not defined"))
+        })?;
+        let s = store::open(conn, self.plan.base_dir())
+            .await
+            .map_err(|e| TaskFailure {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })?;
+        stores.insert(connection.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+/// The `FROM` of a table entry: `db`.`table`, or `(<query>)` with the query rendered
+/// as a template (`{{ vars.X }}`, `{{ env.X }}` with real values: execution only).
+pub fn source_from(
+    plan: &Plan,
+    templates: &Templates,
+    table: &TableSpec,
+) -> Result<String, TaskFailure> {
+    match (&table.query, &table.table) {
+        (Some(q), _) => {
+            let ctx = minijinja::context! {
+                plan => minijinja::context! { name => plan.name.clone() },
+                vars => plan.vars.clone(),
+                options => table.options.clone(),
+                env => crate::templates::env_value(true),
+            };
+            let q = templates
+                .render_str(&format!("query of table `{}`", table.name), q, &ctx)
+                .map_err(|e| TaskFailure::permanent(e.to_string()))?;
+            Ok(format!("({})", q.trim().trim_end_matches(';').trim()))
+        }
+        (None, Some(t)) => Ok(qualified(&table.database, t)),
+        (None, None) => Err(TaskFailure::permanent(format!(
+            "table `{}` has neither `table` nor `query`",
+            table.name
+        ))),
+    }
+}
+
+/// The row filter of a unit: partition AND bounds AND chunk.
+pub fn unit_filter(table: &TableSpec, partition: &Partition, chunk: Option<u32>) -> Option<String> {
+    let bounds = table.bounds_filter();
+    let chunk_filter = chunk
+        .and_then(|c| partition.chunks.iter().find(|k| k.index == c))
+        .map(|c| c.filter.as_str());
+    and_all([partition.filter.as_deref(), bounds.as_deref(), chunk_filter])
+}
+
+fn outcome(rows: u64, checksum: Option<String>, note: String, outputs: Vec<String>) -> TaskOutcome {
+    TaskOutcome {
+        rows: Some(rows),
+        checksum,
+        note: Some(note),
+        outputs,
+        ..Default::default()
+    }
+}
+
+fn wrong_kind(task: &Task, strategy: StrategyKind) -> TaskFailure {
+    TaskFailure::permanent(format!(
+        "task `{}`: strategy {} has no `{}` task",
+        task.id,
+        strategy.name(),
+        task.kind
+    ))
+}
+
+fn table_name(table: &TableSpec, task: &Task) -> Result<String, TaskFailure> {
+    match table.table.as_deref() {
+        Some("*") => Err(TaskFailure::permanent(format!(
+            "task `{}`: `table = \"*\"` must be expanded into one entry per table before it runs",
+            task.id
+        ))),
+        Some(t) => Ok(t.to_string()),
+        None => Err(TaskFailure::permanent(format!(
+            "task `{}`: this strategy needs `table`, not `query`",
+            task.id
+        ))),
+    }
+}
+
+/// Decodes the dependency outcomes' details of type `T`.
+fn details<T: serde::de::DeserializeOwned>(ctx: &TaskContext, kind: &str) -> Vec<T> {
+    ctx.dependencies
+        .iter()
+        .filter(|(id, _)| id.as_str().ends_with(kind))
+        .filter_map(|(_, o)| serde_json::from_value(o.detail.clone()).ok())
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl TaskRunner for TableRunner {
+    async fn run(&self, task: &Task, ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
+        let index = task.unit.table().ok_or_else(|| {
+            TaskFailure::permanent(format!("task `{}` is not a table task", task.id))
+        })?;
+        let table = self.plan.tables.get(index).ok_or_else(|| {
+            TaskFailure::permanent(format!("task `{}`: table index out of range", task.id))
+        })?;
+        let partition = match &task.unit {
+            WorkUnit::Partition {
+                partition, chunk, ..
+            } => Some((partition.clone(), *chunk)),
+            _ => None,
+        };
+        if task.kind == TaskKind::Split {
+            return self.split(task, table).await;
+        }
+        match table.strategy {
+            StrategyKind::Export => self.run_export(task, &ctx, table, partition).await,
+            StrategyKind::Copy => self.run_copy(task, &ctx, table, partition).await,
+            StrategyKind::S3Policy => self.run_s3_policy(task, table, partition).await,
+        }
+    }
+}
+
+impl TableRunner {
+    async fn split(&self, task: &Task, table: &TableSpec) -> Result<TaskOutcome, TaskFailure> {
+        let name = table_name(table, task)?;
+        let ch = self.clickhouse(&table.source)?;
+        let grouping = match table.strategy {
+            StrategyKind::Export => Grouping::Expression,
+            StrategyKind::Copy | StrategyKind::S3Policy => Grouping::Physical,
+        };
+        let declared = match &table.partitions {
+            PartitionSource::Declared(ids) => Some(ids.clone()),
+            _ => None,
+        };
+        // Copy loads the rows within bounds; a storage-policy move takes whole
+        // partitions, the bounds only select which.
+        let bounds = table.bounds_filter();
+        let req = SplitRequest {
+            database: table.database.clone(),
+            table: name,
+            grouping,
+            partition_expr: table.partition_expr.clone(),
+            bounds,
+            split_by: table.split_by.clone(),
+            max_rows: table.max_rows,
+            max_bytes: table.max_bytes,
+            declared,
+        };
+        let result = split::split(&ch, &req).await?;
+        Ok(TaskOutcome {
+            rows: Some(result.rows),
+            bytes: Some(result.bytes),
+            detail: serde_json::to_value(&result.partitions).expect("partitions serialize to JSON"),
+            note: Some(result.note),
+            ..Default::default()
+        })
+    }
+
+    fn partition_of<'a>(
+        &self,
+        task: &Task,
+        partition: &'a Option<(Arc<Partition>, Option<u32>)>,
+    ) -> Result<&'a (Arc<Partition>, Option<u32>), TaskFailure> {
+        partition
+            .as_ref()
+            .ok_or_else(|| TaskFailure::permanent(format!("task `{}` needs a partition", task.id)))
+    }
+
+    fn export_key(
+        &self,
+        task: &Task,
+        table: &TableSpec,
+        partition: &Partition,
+        chunk: Option<u32>,
+    ) -> Result<String, TaskFailure> {
+        if let Some(path) = task.inputs.get("path") {
+            return Ok(path.clone());
+        }
+        let template = table
+            .path
+            .as_deref()
+            .unwrap_or(crate::strategy::export::DEFAULT_PATH);
+        let ctx = crate::graph::expand::path_context(&self.plan, table, &partition.id, chunk);
+        self.templates
+            .render_str("path", template, &ctx)
+            .map_err(|e| TaskFailure::permanent(e.to_string()))
+    }
+
+    async fn run_export(
+        &self,
+        task: &Task,
+        ctx: &TaskContext,
+        table: &TableSpec,
+        partition: Option<(Arc<Partition>, Option<u32>)>,
+    ) -> Result<TaskOutcome, TaskFailure> {
+        let ch = self.clickhouse(&table.source)?;
+        let target = table.target.as_deref().ok_or_else(|| {
+            TaskFailure::permanent(format!("task `{}`: export needs `target`", task.id))
+        })?;
+        let store = self.store(target).await?;
+        let from = source_from(&self.plan, &self.templates, table)?;
+        match task.kind {
+            TaskKind::Export => {
+                let (p, chunk) = self.partition_of(task, &partition)?;
+                let unit = ExportUnit {
+                    from,
+                    filter: unit_filter(table, p, *chunk),
+                    key: self.export_key(task, table, p, *chunk)?,
+                    format: table.format,
+                    server_side: table.server_side,
+                    chunk: *chunk,
+                };
+                let (file, note) = export::export_unit(
+                    &ch,
+                    store.as_ref(),
+                    &unit,
+                    &self.export.probes,
+                    &ctx.cancel,
+                )
+                .await?;
+                Ok(TaskOutcome {
+                    rows: Some(file.rows),
+                    bytes: Some(file.bytes),
+                    checksum: file.blake3.clone().or(file.row_checksum.clone()),
+                    outputs: vec![file.location.clone()],
+                    detail: serde_json::to_value(&file).expect("files serialize"),
+                    note: Some(note),
+                })
+            }
+            TaskKind::Verify => {
+                let (p, _) = self.partition_of(task, &partition)?;
+                let mut files: Vec<ExportedFile> = details(ctx, "/export");
+                if files.is_empty() {
+                    files = self
+                        .files_from_store(task, table, p, store.as_ref())
+                        .await?;
+                }
+                files.sort_by_key(|f| f.chunk);
+                let read_back = match table.options.get("verify_read_back").map(String::as_str) {
+                    Some("true") => true,
+                    Some("false") => false,
+                    _ => store.server_side_target("x").is_none(),
+                };
+                let filter = unit_filter(table, p, None);
+                let req = export::VerifyRequest {
+                    partition: p,
+                    from: &from,
+                    filter: filter.as_deref(),
+                    format: table.format,
+                    files,
+                    read_back,
+                };
+                let (verified, note) =
+                    export::verify_partition(&ch, store.as_ref(), req, &ctx.cancel).await?;
+                let mut hasher = blake3::Hasher::new();
+                for f in &verified.files {
+                    hasher.update(
+                        f.blake3
+                            .as_deref()
+                            .or(f.row_checksum.as_deref())
+                            .unwrap_or("")
+                            .as_bytes(),
+                    );
+                }
+                Ok(TaskOutcome {
+                    rows: Some(verified.rows),
+                    bytes: Some(verified.bytes),
+                    checksum: Some(hasher.finalize().to_hex()[..32].to_string()),
+                    outputs: verified.files.iter().map(|f| f.location.clone()).collect(),
+                    detail: serde_json::to_value(&verified).expect("verify detail serializes"),
+                    note: Some(note),
+                })
+            }
+            TaskKind::Manifest => {
+                let mut partitions: Vec<VerifiedPartition> = details(ctx, "/verify");
+                partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+                let keys: Vec<&str> = partitions
+                    .iter()
+                    .flat_map(|p| p.files.iter().map(|f| f.key.as_str()))
+                    .collect();
+                let key = table
+                    .options
+                    .get("manifest")
+                    .cloned()
+                    .unwrap_or_else(|| export::manifest_key(&table.name, &keys));
+                let mut source = std::collections::BTreeMap::new();
+                source.insert("connection".to_string(), table.source.clone());
+                source.insert("database".to_string(), table.database.clone());
+                if let Some(t) = &table.table {
+                    source.insert("table".to_string(), t.clone());
+                }
+                if let Some(q) = &table.query {
+                    source.insert("query".to_string(), q.clone());
+                }
+                for (k, v) in [("lower", &table.lower), ("upper", &table.upper)] {
+                    if let Some(v) = v {
+                        source.insert(k.to_string(), v.clone());
+                    }
+                }
+                let manifest = Manifest {
+                    plan: self.plan.name.clone(),
+                    table: table.name.clone(),
+                    source,
+                    format: table.format.clickhouse_name().to_string(),
+                    created_at: chrono::Utc::now().to_rfc3339(),
+                    rows: partitions.iter().map(|p| p.rows).sum(),
+                    bytes: partitions.iter().map(|p| p.bytes).sum(),
+                    files: keys.len(),
+                    partitions,
+                };
+                let location = export::write_manifest(store.as_ref(), &key, &manifest).await?;
+                Ok(TaskOutcome {
+                    rows: Some(manifest.rows),
+                    bytes: Some(manifest.bytes),
+                    outputs: vec![location.clone()],
+                    note: Some(format!(
+                        "manifest {location}: {} partition(s), {} file(s), {} rows",
+                        manifest.partitions.len(),
+                        manifest.files,
+                        manifest.rows
+                    )),
+                    ..Default::default()
+                })
+            }
+            _ => Err(wrong_kind(task, table.strategy)),
+        }
+    }
+
+    /// Rebuilds a partition's file list from the store when no export outcome is at
+    /// hand (state from an older run): every expected key must exist.
+    async fn files_from_store(
+        &self,
+        task: &Task,
+        table: &TableSpec,
+        partition: &Partition,
+        store: &dyn Store,
+    ) -> Result<Vec<ExportedFile>, TaskFailure> {
+        let chunks: Vec<Option<u32>> = if partition.chunks.is_empty() {
+            vec![None]
+        } else {
+            partition.chunks.iter().map(|c| Some(c.index)).collect()
+        };
+        let mut files = Vec::new();
+        for chunk in chunks {
+            let key = {
+                let template = table
+                    .path
+                    .as_deref()
+                    .unwrap_or(crate::strategy::export::DEFAULT_PATH);
+                let ctx =
+                    crate::graph::expand::path_context(&self.plan, table, &partition.id, chunk);
+                self.templates
+                    .render_str("path", template, &ctx)
+                    .map_err(|e| TaskFailure::permanent(e.to_string()))?
+            };
+            let meta = store
+                .head(&key)
+                .await
+                .map_err(|e| TaskFailure {
+                    retryable: e.is_retryable(),
+                    message: e.to_string(),
+                })?
+                .ok_or_else(|| {
+                    TaskFailure::permanent(format!(
+                        "task `{}`: {} is missing; run the partition's export again",
+                        task.id,
+                        store.location(&key)
+                    ))
+                })?;
+            // Rows are re-counted by reading the file back.
+            let mut stream = store.open(&key).await.map_err(|e| TaskFailure {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })?;
+            let mut tracker = crate::engines::clickhouse::rows::StreamTracker::new(table.format);
+            use futures::StreamExt;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| TaskFailure {
+                    retryable: e.is_retryable(),
+                    message: e.to_string(),
+                })?;
+                tracker.feed(&chunk);
+            }
+            let summary = tracker.finish();
+            files.push(ExportedFile {
+                location: store.location(&key),
+                key,
+                rows: summary.rows.unwrap_or(0),
+                bytes: meta.size,
+                blake3: Some(summary.blake3),
+                row_checksum: None,
+                path: export::ExportPath::Streamed,
+                chunk,
+            });
+        }
+        Ok(files)
+    }
+
+    fn copy_job(&self, task: &Task, table: &TableSpec) -> Result<CopyJob, TaskFailure> {
+        let src_table = table_name(table, task)?;
+        let target_conn = table.target.clone().unwrap_or_else(|| table.source.clone());
+        let source = self.clickhouse(&table.source)?;
+        let target = self.clickhouse(&target_conn)?;
+        let same_server =
+            target_conn == table.source || source.client.host() == target.client.host();
+        let dst_db = table
+            .target_database
+            .clone()
+            .unwrap_or_else(|| table.database.clone());
+        let dst_table = table
+            .target_table
+            .clone()
+            .unwrap_or_else(|| src_table.clone());
+        let swap_with = table
+            .options
+            .get("swap_with")
+            .cloned()
+            .unwrap_or_else(|| src_table.clone());
+        Ok(CopyJob {
+            source,
+            target,
+            same_server,
+            src_db: table.database.clone(),
+            src_table,
+            dst_db,
+            dst_table,
+            bounds: table.bounds_filter(),
+            swap_with,
+        })
+    }
+
+    async fn run_copy(
+        &self,
+        task: &Task,
+        ctx: &TaskContext,
+        table: &TableSpec,
+        partition: Option<(Arc<Partition>, Option<u32>)>,
+    ) -> Result<TaskOutcome, TaskFailure> {
+        let job = self.copy_job(task, table)?;
+        let r = match task.kind {
+            TaskKind::Prepare => job.prepare().await?,
+            TaskKind::Load => {
+                let (p, _) = self.partition_of(task, &partition)?;
+                job.load(p, &ctx.cancel).await?
+            }
+            TaskKind::Verify => {
+                let (p, _) = self.partition_of(task, &partition)?;
+                job.verify(p).await?
+            }
+            TaskKind::Swap => job.swap().await?,
+            _ => return Err(wrong_kind(task, table.strategy)),
+        };
+        Ok(outcome(r.rows, r.checksum, r.note, r.outputs))
+    }
+
+    async fn run_s3_policy(
+        &self,
+        task: &Task,
+        table: &TableSpec,
+        partition: Option<(Arc<Partition>, Option<u32>)>,
+    ) -> Result<TaskOutcome, TaskFailure> {
+        let name = table_name(table, task)?;
+        let new_table = table
+            .options
+            .get("new_table")
+            .cloned()
+            .unwrap_or_else(|| PolicyMove::default_new_table(&name));
+        let mv = PolicyMove {
+            ch: self.clickhouse(&table.source)?,
+            database: table.database.clone(),
+            table: name,
+            new_table,
+            policy: table.storage_policy.clone(),
+            holder: self.plan.name.clone(),
+        };
+        let pid = partition.as_ref().map(|(p, _)| p.id.clone());
+        let need_pid = || {
+            pid.clone().ok_or_else(|| {
+                TaskFailure::permanent(format!("task `{}` needs a partition", task.id))
+            })
+        };
+        let r = match task.kind {
+            TaskKind::Prepare => mv.prepare().await?,
+            TaskKind::Load => mv.load(&need_pid()?).await?,
+            TaskKind::Verify if pid.is_some() => mv.verify(&need_pid()?).await?,
+            TaskKind::Verify => {
+                let r = mv.full_verify().await?;
+                if !table.swap {
+                    mv.unlock().await?;
+                }
+                r
+            }
+            TaskKind::Drop => mv.drop_partition(&need_pid()?).await?,
+            TaskKind::CatchUp => mv.catch_up().await?,
+            TaskKind::Swap => mv.swap(table.keep_old).await?,
+            TaskKind::Cleanup => mv.cleanup().await?,
+            _ => return Err(wrong_kind(task, table.strategy)),
+        };
+        Ok(outcome(
+            r.rows,
+            r.checksum,
+            r.note,
+            vec![qualified(
+                &table.database,
+                table.table.as_deref().unwrap_or_default(),
+            )],
+        ))
+    }
+}

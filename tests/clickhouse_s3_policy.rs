@@ -1,0 +1,309 @@
+//! Strategy `s3-policy` on the modern engine: the whole move ends with every part on
+//! the S3 disk and the objects in its bucket; every step is repeated and interrupted
+//! at the awkward moments, and no row is lost or duplicated.
+
+mod clickhouse_common;
+mod support;
+
+use clickhouse_common::{ch, stats, AWKWARD_COLUMNS, AWKWARD_VALUES};
+use flow::engines::clickhouse::s3_policy::{PolicyMove, Roles};
+use flow::engines::clickhouse::split::{split, Grouping, SplitRequest};
+use flow::engines::clickhouse::{Ch, Stats};
+
+fn mover(ch: &Ch, db: &str, holder: &str) -> PolicyMove {
+    PolicyMove {
+        ch: ch.clone(),
+        database: db.into(),
+        table: "events".into(),
+        new_table: PolicyMove::default_new_table("events"),
+        policy: "s3".into(),
+        holder: holder.into(),
+    }
+}
+
+fn create_events(db: &support::ChDatabase) {
+    db.exec(&format!(
+        "CREATE TABLE {}.events ({AWKWARD_COLUMNS}, lc LowCardinality(String)) ENGINE = MergeTree \
+         PARTITION BY toYYYYMM(d) ORDER BY id",
+        db.name()
+    ));
+    db.exec(&format!(
+        "INSERT INTO {}.events SELECT *, 'x' FROM values('{AWKWARD_COLUMNS}', {})",
+        db.name(),
+        AWKWARD_VALUES.trim().replace('\n', " ")
+    ));
+    db.exec(&format!(
+        "INSERT INTO {}.events SELECT number + 100, toDate('2015-06-01') + number % 100, now(), \
+         'k', toString(number), NULL, NULL, 1.5, [], [], toString(number % 5) FROM numbers(20000)",
+        db.name()
+    ));
+}
+
+async fn partition_ids(ch: &Ch, db: &str, upper: Option<&str>) -> Vec<String> {
+    split(
+        ch,
+        &SplitRequest {
+            database: db.into(),
+            table: "events".into(),
+            grouping: Grouping::Physical,
+            partition_expr: None,
+            bounds: upper.map(str::to_string),
+            split_by: None,
+            max_rows: None,
+            max_bytes: None,
+            declared: None,
+        },
+    )
+    .await
+    .unwrap()
+    .partitions
+    .into_iter()
+    .map(|p| p.id)
+    .collect()
+}
+
+async fn total(ch: &Ch, db: &str, table: &str) -> Stats {
+    stats(ch, &format!("`{db}`.`{table}`"), None).await
+}
+
+async fn bucket_objects() -> usize {
+    let client = support::s3_client();
+    let mut n = 0;
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(support::chdb_disk_bucket())
+            .set_continuation_token(token)
+            .send()
+            .await
+            .unwrap();
+        n += page.contents().len();
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return n;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_whole_move_puts_every_part_on_s3_and_keeps_every_row() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "policy");
+    create_events(&db);
+    let ch = ch(&url);
+    let before = total(&ch, db.name(), "events").await;
+    let objects_before = bucket_objects().await;
+    let m = mover(&ch, db.name(), "plan-a");
+
+    m.prepare().await.unwrap();
+    m.prepare().await.unwrap();
+    // Another plan is refused while this one holds the table.
+    let other = mover(&ch, db.name(), "plan-b");
+    let err = other.load("201506").await.unwrap_err();
+    assert!(err.message.contains("plan-a"), "{}", err.message);
+
+    let ids = partition_ids(&ch, db.name(), None).await;
+    assert_eq!(ids, vec!["201506", "201507", "201508", "201509"]);
+    for id in &ids {
+        m.load(id).await.unwrap();
+        let again = m.load(id).await.unwrap();
+        assert!(again.note.contains("already loaded"), "{}", again.note);
+        m.verify(id).await.unwrap();
+        m.drop_partition(id).await.unwrap();
+        let again = m.drop_partition(id).await.unwrap();
+        assert!(again.note.contains("already dropped"), "{}", again.note);
+        // The verify still passes after the drop (a resumed run may repeat it).
+        m.verify(id).await.unwrap();
+    }
+    m.catch_up().await.unwrap();
+    m.full_verify().await.unwrap();
+    let swap = m.swap(false).await.unwrap();
+    assert!(swap.note.contains("EXCHANGE TABLES"), "{}", swap.note);
+    let again = m.swap(false).await.unwrap();
+    assert!(again.note.contains("already swapped"), "{}", again.note);
+    assert_eq!(m.roles().await.unwrap(), Roles::Swapped);
+    m.cleanup().await.unwrap();
+    m.cleanup().await.unwrap();
+    assert_eq!(m.roles().await.unwrap(), Roles::Done);
+
+    let after = total(&ch, db.name(), "events").await;
+    assert_eq!(before, after, "every row moved exactly once");
+    let policy = db.exec(&format!(
+        "SELECT storage_policy FROM system.tables WHERE database = '{}' AND name = 'events'",
+        db.name()
+    ));
+    assert_eq!(policy.trim(), "s3");
+    let disks = db.exec(&format!(
+        "SELECT groupUniqArray(disk_name) FROM system.parts WHERE database = '{}' AND table = 'events' AND active AND rows > 0",
+        db.name()
+    ));
+    assert_eq!(disks.trim(), "['s3']");
+    assert!(
+        bucket_objects().await > objects_before,
+        "the S3 disk's bucket holds the new parts"
+    );
+    let left = db.exec(&format!(
+        "SELECT groupArray(name) FROM system.tables WHERE database = '{}' AND name LIKE 'events\\_\\_flow%'",
+        db.name()
+    ));
+    assert_eq!(left.trim(), "[]", "no helper table is left");
+}
+
+#[tokio::test]
+async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "policykill");
+    create_events(&db);
+    let ch = ch(&url);
+    let d = db.name().to_string();
+    // Every row written into `events` is also written into `expected`.
+    db.exec(&format!("CREATE TABLE {d}.expected AS {d}.events"));
+    db.exec(&format!(
+        "INSERT INTO {d}.expected SELECT * FROM {d}.events"
+    ));
+    let write_both = |select: &str| {
+        for t in ["events", "expected"] {
+            db.exec(&format!("INSERT INTO {d}.{t} {select}"));
+        }
+    };
+    let m = mover(&ch, &d, "plan-a");
+    m.prepare().await.unwrap();
+    let ids = partition_ids(&ch, &d, None).await;
+
+    // 1. Killed mid-INSERT of a load: a half-filled staging table; the target is empty.
+    db.exec(&format!(
+        "CREATE TABLE {d}.events__flow_load_{0} AS {d}.events__flow_new",
+        ids[0]
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.events__flow_load_{0} SELECT * FROM {d}.events WHERE _partition_id = '{0}' LIMIT 3",
+        ids[0]
+    ));
+    m.load(&ids[0]).await.unwrap();
+    m.verify(&ids[0]).await.unwrap();
+
+    // 2. Killed after the drop's move into quarantine, before the quarantined rows were
+    //    dropped: the drop finishes the job.
+    db.exec(&format!(
+        "ALTER TABLE {d}.events MOVE PARTITION ID '{0}' TO TABLE {d}.events__flow_quarantine",
+        ids[0]
+    ));
+    let r = m.drop_partition(&ids[0]).await.unwrap();
+    assert!(r.note.contains("dropped"), "{}", r.note);
+    assert_eq!(
+        db.exec(&format!("SELECT count() FROM {d}.events__flow_quarantine"))
+            .trim(),
+        "0"
+    );
+
+    // 3. A row arrives in a loaded partition: the target differs from a non-empty
+    //    source; load, verify and drop refuse, and never clear the target.
+    m.load(&ids[1]).await.unwrap();
+    write_both(&format!(
+        "SELECT * FROM {d}.expected WHERE _partition_id = '{0}' ORDER BY id LIMIT 1",
+        ids[1]
+    ));
+    let err = m.load(&ids[1]).await.unwrap_err();
+    assert!(!err.retryable);
+    assert!(err.message.contains("never clears"), "{}", err.message);
+    let err = m.verify(&ids[1]).await.unwrap_err();
+    assert!(
+        err.message.contains("nothing was dropped"),
+        "{}",
+        err.message
+    );
+    let err = m.drop_partition(&ids[1]).await.unwrap_err();
+    assert!(
+        err.message.contains("nothing was dropped"),
+        "{}",
+        err.message
+    );
+    // What the message tells the user to do, then resume.
+    db.exec(&format!(
+        "ALTER TABLE {d}.events__flow_new DROP PARTITION ID '{0}'",
+        ids[1]
+    ));
+    for id in &ids[1..] {
+        m.load(id).await.unwrap();
+        m.verify(id).await.unwrap();
+        m.drop_partition(id).await.unwrap();
+    }
+
+    // 4. Rows arrive after their partition was moved (it reappears) and in a new one.
+    write_both(
+        "SELECT number + 900000, toDate('2015-06-05'), toDateTime('2015-06-05 00:00:00'), 'late', 'x', NULL, NULL, 0, [], [], 'z' FROM numbers(100)",
+    );
+    write_both(
+        "SELECT number + 950000, toDate('2016-01-05'), toDateTime('2016-01-05 00:00:00'), 'new', 'x', NULL, NULL, 0, [], [], 'z' FROM numbers(50)",
+    );
+
+    // 5. Killed inside the catch-up's additive move, at both kill points:
+    //    (a) 201506: after the move into quarantine, with the staging table half filled;
+    db.exec(&format!(
+        "ALTER TABLE {d}.events MOVE PARTITION ID '201506' TO TABLE {d}.events__flow_quarantine"
+    ));
+    db.exec(&format!(
+        "CREATE TABLE {d}.events__flow_append_201506 AS {d}.events__flow_new"
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.events__flow_append_201506 SELECT * FROM {d}.events__flow_quarantine LIMIT 10"
+    ));
+    //    (b) 201601: after the commit (the rows live only in the staging table).
+    db.exec(&format!(
+        "CREATE TABLE {d}.events__flow_append_201601 AS {d}.events__flow_new"
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.events__flow_append_201601 SELECT * FROM {d}.events WHERE _partition_id = '201601'"
+    ));
+    db.exec(&format!(
+        "ALTER TABLE {d}.events DROP PARTITION ID '201601'"
+    ));
+
+    let r = m.catch_up().await.unwrap();
+    assert_eq!(r.rows, 150, "{}", r.note);
+    m.full_verify().await.unwrap();
+
+    // 6. Rows written into the old table right after the swap are moved by cleanup.
+    m.swap(false).await.unwrap();
+    for t in ["events__flow_new", "expected"] {
+        db.exec(&format!(
+            "INSERT INTO {d}.{t} SELECT number + 990000, toDate('2015-07-05'), toDateTime('2015-07-05 00:00:00'), 'swap', 'x', NULL, NULL, 0, [], [], 'z' FROM numbers(7)"
+        ));
+    }
+    m.cleanup().await.unwrap();
+
+    let after = total(&ch, &d, "events").await;
+    let expected = total(&ch, &d, "expected").await;
+    assert_eq!(after, expected, "every original and late row, once");
+    let disks = db.exec(&format!(
+        "SELECT groupUniqArray(disk_name) FROM system.parts WHERE database = '{d}' AND table = 'events' AND active AND rows > 0"
+    ));
+    assert_eq!(disks.trim(), "['s3']");
+}
+
+#[tokio::test]
+async fn missing_policy_and_old_servers_are_refused_clearly() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "nopolicy");
+    create_events(&db);
+    let ch = ch(&url);
+    let mut m = mover(&ch, db.name(), "plan-a");
+    m.policy = "no_such_policy".into();
+    let err = m.prepare().await.unwrap_err();
+    assert!(err.message.contains("does not exist"), "{}", err.message);
+
+    let old = support::ChDatabase::new(&support::ch_url(), "nopolicy");
+    old.exec(&format!(
+        "CREATE TABLE {}.events (d Date) ENGINE = MergeTree PARTITION BY d ORDER BY d",
+        old.name()
+    ));
+    let ch = clickhouse_common::ch(&support::ch_url());
+    let m = mover(&ch, old.name(), "plan-a");
+    let err = m.prepare().await.unwrap_err();
+    assert!(
+        err.message.contains("storage policies") && err.message.contains("18.16"),
+        "{}",
+        err.message
+    );
+}
