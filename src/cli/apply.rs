@@ -98,13 +98,59 @@ fn resume_command(args: &ApplyArgs) -> String {
     cmd
 }
 
+/// Replaces each whole-database entry (`table = "*"`) by the tables it covers now:
+/// MergeTree tables not yet on the target policy. A table moved by an earlier run is on
+/// the policy already and drops out, so a resumed run lists what is left to do.
+async fn list_whole_databases(plan: Plan, templates: &Templates) -> anyhow::Result<Plan> {
+    let wildcards = plan.wildcard_tables();
+    if wildcards.is_empty() {
+        return Ok(plan);
+    }
+    let shared = Arc::new(plan.clone());
+    let engines = crate::engines::table::TableRunner::new(shared, templates.clone());
+    let mut listed = std::collections::BTreeMap::new();
+    for index in wildcards {
+        let table = &plan.tables[index];
+        let ch = engines
+            .clickhouse(&table.source)
+            .map_err(|e| anyhow::anyhow!("table {}: {}", table.name, e.message))?;
+        let names = crate::engines::clickhouse::s3_policy::tables_to_move(
+            &ch,
+            &table.database,
+            &table.storage_policy,
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "table {}: listing the tables of {}: {e}",
+                table.name,
+                table.database
+            )
+        })?;
+        eprintln!(
+            "{}: {} table(s) to move: {}",
+            table.name,
+            names.len(),
+            names.join(", ")
+        );
+        listed.insert(index, names);
+    }
+    Ok(plan.with_listed_tables(&listed))
+}
+
 pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
     let (plan, templates) = match load_plan(&args.plan, &args.vars) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
-    let plan = Arc::new(plan);
     let db = plan.state_db_path();
+    let plan = match list_whole_databases(plan, &templates).await {
+        Ok(plan) => Arc::new(plan),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_FAILED);
+        }
+    };
 
     let lock = match PlanLock::acquire(&db) {
         Ok(lock) => lock,

@@ -38,6 +38,12 @@ pub fn expand(
             .strategy()
             .expand(plan, table, known.as_deref(), &mut builder)?;
         let tasks = builder.tasks;
+        if let Some(group) = &table.group {
+            table_tasks
+                .entry(group.as_str())
+                .or_default()
+                .extend(tasks.iter().copied());
+        }
         table_tasks.insert(table.name.as_str(), tasks);
     }
     for step in &plan.steps {

@@ -997,6 +997,7 @@ impl Checker {
         Some(TableSpec {
             index,
             name,
+            group: None,
             source: def.source.get_ref().clone(),
             database,
             table: table_name,

@@ -62,6 +62,44 @@ impl Plan {
     pub fn state_db_path(&self) -> PathBuf {
         self.state_dir.join(format!("{}.db", self.name))
     }
+
+    /// Indexes of whole-database entries (`table = "*"`), whose tables are listed at
+    /// apply time.
+    pub fn wildcard_tables(&self) -> Vec<usize> {
+        self.tables
+            .iter()
+            .filter(|t| t.table.as_deref() == Some("*"))
+            .map(|t| t.index)
+            .collect()
+    }
+
+    /// The plan with each whole-database entry replaced by one entry per listed table.
+    /// The new entries keep the wildcard entry's settings and remember it as their
+    /// `group`, so `after = ["analytics.*"]` still waits for all of them.
+    pub fn with_listed_tables(&self, listed: &BTreeMap<usize, Vec<String>>) -> Plan {
+        let mut tables = Vec::new();
+        for table in &self.tables {
+            match listed.get(&table.index) {
+                Some(names) => {
+                    for name in names {
+                        let mut t = table.clone();
+                        t.name = format!("{}.{name}", table.database);
+                        t.table = Some(name.clone());
+                        t.group = Some(table.name.clone());
+                        tables.push(t);
+                    }
+                }
+                None => tables.push(table.clone()),
+            }
+        }
+        for (index, t) in tables.iter_mut().enumerate() {
+            t.index = index;
+        }
+        Plan {
+            tables,
+            ..self.clone()
+        }
+    }
 }
 
 /// A connection; text values keep their `${env:…}` form until resolved.
@@ -109,6 +147,8 @@ pub struct TableSpec {
     pub index: usize,
     /// Prefix of every task id of this table (`default.trips`).
     pub name: String,
+    /// For a table listed from a whole-database entry: that entry's name (`analytics.*`).
+    pub group: Option<String>,
     pub source: String,
     pub database: String,
     /// None for a query table; "*" for a whole database.
