@@ -218,6 +218,23 @@ impl<'g> TableBuilder<'g> {
         self.add(id, kind, unit, placement, connections, inputs)
     }
 
+    /// The split task (`<table>/split`, reading the source's metadata) of a table in
+    /// partition mode; None in mode all, which has nothing to list.
+    pub fn split_task(&mut self) -> Result<Option<NodeIndex>, GraphError> {
+        if !self.is_partitioned() {
+            return Ok(None);
+        }
+        let source = self.table.source.clone();
+        self.table_task(
+            "split",
+            TaskKind::Split,
+            Placement::Metadata,
+            vec![source],
+            BTreeMap::new(),
+        )
+        .map(Some)
+    }
+
     /// A task about one partition (or chunk): `<table>/<partition>[/cNNN]/<name>`.
     /// `filter` (the full row condition of the unit) is added to the inputs.
     pub fn partition_task(

@@ -41,18 +41,7 @@ impl Strategy for Copy {
         let target = table.target.clone().unwrap_or_else(|| source.clone());
         let same_server = source == target;
         let both = vec![source.clone(), target.clone()];
-        let split = b
-            .is_partitioned()
-            .then(|| {
-                b.table_task(
-                    "split",
-                    TaskKind::Split,
-                    Placement::Metadata,
-                    vec![source.clone()],
-                    BTreeMap::new(),
-                )
-            })
-            .transpose()?;
+        let split = b.split_task()?;
         let prepare = b.table_task(
             "prepare",
             TaskKind::Prepare,

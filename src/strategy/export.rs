@@ -42,18 +42,7 @@ impl Strategy for Export {
     ) -> Result<(), GraphError> {
         let source = table.source.clone();
         let target = table.target.clone().expect("export targets are checked");
-        let split = b
-            .is_partitioned()
-            .then(|| {
-                b.table_task(
-                    "split",
-                    TaskKind::Split,
-                    Placement::Metadata,
-                    vec![source.clone()],
-                    BTreeMap::new(),
-                )
-            })
-            .transpose()?;
+        let split = b.split_task()?;
         let Some(partitions) = partitions else {
             return Ok(());
         };

@@ -43,13 +43,9 @@ impl Strategy for S3Policy {
         let conn = vec![table.source.clone()];
         let mut policy = BTreeMap::new();
         policy.insert("storage_policy".to_string(), table.storage_policy.clone());
-        let split = b.table_task(
-            "split",
-            TaskKind::Split,
-            Placement::Metadata,
-            conn.clone(),
-            BTreeMap::new(),
-        )?;
+        let split = b
+            .split_task()?
+            .expect("s3-policy tables are checked to be in partition mode");
         if table.table.as_deref() == Some("*") {
             // Tables of the database are listed at apply time; each becomes its own entry.
             return Ok(());
