@@ -356,7 +356,7 @@ mod tests {
                 unit,
                 vec![],
                 Placement::InServer,
-                Default::default(),
+                crate::graph::TaskInputs::default(),
             )
         };
         let e = g

@@ -151,6 +151,19 @@ impl Templates {
         })
     }
 
+    /// Compiles inline template text once, for rendering many times.
+    pub fn compile<'s>(
+        &'s self,
+        text: &'s str,
+    ) -> Result<minijinja::Template<'s, 's>, TemplateError> {
+        self.env
+            .template_from_str(text)
+            .map_err(|e| TemplateError::Render {
+                name: "inline".into(),
+                message: describe(&e),
+            })
+    }
+
     /// Variables a template uses that the context does not have (for error messages).
     fn undefined_names(&self, text: &str, ctx: &Value) -> Vec<String> {
         let Ok(template) = self.env.template_from_str(text) else {

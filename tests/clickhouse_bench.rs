@@ -97,13 +97,21 @@ async fn stream_only_experiment() {
     let ch = clickhouse_common::ch(&support::ch_url());
     let start = Instant::now();
     let mut tasks = Vec::new();
-    let sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let parallel: usize = std::env::var("BENCH_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     for m in 1..=12 {
         let (ch, sem, mode) = (ch.clone(), sem.clone(), mode.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
             let sql = format!("SELECT * FROM bench.trips WHERE toYYYYMM(pickup_date) = 2015{m:02}");
-            let mut cur = ch.client.stream("x", &sql, "CSVWithNames").unwrap();
+            let mut cur = if mode.contains("framed") {
+                ch.client.stream_framed("x", &sql, "CSVWithNames").unwrap()
+            } else {
+                ch.client.stream("x", &sql, "CSVWithNames").unwrap()
+            };
             let mut tracker =
                 flow::engines::clickhouse::rows::StreamTracker::new(ExportFormat::Csv);
             let mut n = 0usize;
@@ -111,7 +119,7 @@ async fn stream_only_experiment() {
             while let Some(c) = cur.next().await.unwrap() {
                 n += c.len();
                 chunks += 1;
-                if mode == "track" {
+                if mode.contains("track") {
                     tracker.feed(&c);
                 }
             }

@@ -28,12 +28,18 @@ fn flow(plan: &Path, resume: bool) -> Command {
 /// first), `KILLS` times; then resumes until it succeeds. Returns how many runs were
 /// killed mid-way.
 fn run_with_kills(plan: &Path, max_delay_ms: u64) -> usize {
+    run_with_kills_then(plan, max_delay_ms, || {})
+}
+
+/// [`run_with_kills`], calling `before_final` before the runs that must finish.
+fn run_with_kills_then(plan: &Path, max_delay_ms: u64, before_final: impl FnOnce()) -> usize {
+    let mut before_final = Some(before_final);
     let mut killed = 0;
     let mut resume = false;
     for _ in 0..KILLS {
         let mut child = flow(plan, resume).spawn().expect("flow starts");
         resume = true;
-        let delay = Duration::from_millis(fastrand::u64(50..max_delay_ms));
+        let delay = Duration::from_millis(fastrand::u64(100..max_delay_ms));
         let start = Instant::now();
         let mut finished = None;
         while start.elapsed() < delay {
@@ -45,6 +51,9 @@ fn run_with_kills(plan: &Path, max_delay_ms: u64) -> usize {
         }
         match finished {
             Some(status) => {
+                if let Some(f) = before_final.take() {
+                    f();
+                }
                 let out = child.wait_with_output().unwrap();
                 assert!(
                     status.success(),
@@ -64,6 +73,9 @@ fn run_with_kills(plan: &Path, max_delay_ms: u64) -> usize {
                 killed += 1;
             }
         }
+    }
+    if let Some(f) = before_final.take() {
+        f();
     }
     // Resume to the end (a run may be retried once more if the server is slow).
     for attempt in 0..3 {
@@ -117,6 +129,8 @@ retry_backoff = "200ms"
 kind = "clickhouse"
 url = "{url}"
 max_concurrency = 3
+# The seed's insert interval; it also stretches the run so the kills land mid-way.
+pause_between = "250ms"
 
 [[tables]]
 source = "ch"
@@ -128,7 +142,8 @@ keep_old = false
 "#
         ),
     );
-    let killed = run_with_kills(&plan, 2500);
+    let killed = run_with_kills(&plan, 3000);
+    assert!(killed >= 3, "only {killed} run(s) were killed mid-way");
     eprintln!("s3-policy: {killed} run(s) killed mid-way");
     let after = rt.block_on(stats(&engine, &format!("{d}.events"), None));
     assert_eq!(before, after, "no row lost or duplicated");
@@ -191,10 +206,12 @@ retry_backoff = "200ms"
 [connections.src]
 kind = "clickhouse"
 url = "{}"
+pause_between = "300ms"
 
 [connections.dst]
 kind = "clickhouse"
 url = "{target_url}"
+pause_between = "300ms"
 
 [[tables]]
 source = "src"
@@ -209,10 +226,105 @@ target_database = "{}"
                 dst.name()
             ),
         );
-        let killed = run_with_kills(&plan, 2000);
+        let killed = run_with_kills(&plan, 1500);
+        assert!(
+            killed >= 3,
+            "copy {name}: only {killed} run(s) were killed mid-way"
+        );
         eprintln!("copy {name}: {killed} run(s) killed mid-way");
         let target = ch(&target_url);
         let after = rt.block_on(stats(&target, &format!("{}.trips", dst.name()), None));
         assert_eq!(before, after, "copy {name}: no row lost or duplicated");
     }
+}
+
+#[test]
+fn s3_policy_with_rows_arriving_survives_sigkill() {
+    // Rows keep arriving in the hot months above `upper` while flow is killed and
+    // resumed; the per-partition phase moves the bounded months, the catch-up and the
+    // swap move the hot ones. Every row written anywhere is also written into
+    // `expected`; at the end the moved table must equal it.
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "crashlive");
+    let d = db.name().to_string();
+    for t in ["events", "expected"] {
+        db.exec(&format!(
+            "CREATE TABLE {d}.{t} (id UInt64, d Date, s String) \
+             ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+        ));
+        db.exec(&format!(
+            "INSERT INTO {d}.{t} SELECT number, toDate('2015-01-01') + number % 330, toString(number) \
+             FROM numbers(100000)"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        &format!(
+            r#"
+[plan]
+name = "crash-live"
+concurrency = 3
+retries = 8
+retry_backoff = "300ms"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+pause_between = "250ms"
+
+[[tables]]
+source = "ch"
+database = "{d}"
+table = "events"
+upper = "d < '2015-10-01'"
+strategy = "s3-policy"
+storage_policy = "s3"
+keep_old = false
+"#
+        ),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url, d) = (stop.clone(), url.clone(), d.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let select = format!(
+                    "SELECT {} + number, toDate('2015-10-01') + ({n} + number) % 90, 'live' FROM numbers(20)",
+                    1_000_000 + n * 20
+                );
+                // `events` first: a row in `expected` is always in `events` too.
+                for t in ["events", "expected"] {
+                    support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let killed = run_with_kills_then(&plan, 2500, || {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let batches = writer.join().unwrap();
+    eprintln!(
+        "live s3-policy: {killed} run(s) killed mid-way, {batches} batches written meanwhile"
+    );
+    assert!(batches > 10);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = ch(&url);
+    let moved = rt.block_on(stats(&engine, &format!("{d}.events"), None));
+    let expected = rt.block_on(stats(&engine, &format!("{d}.expected"), None));
+    assert_eq!(
+        moved, expected,
+        "every row, once, including those written during the move"
+    );
+    assert_eq!(
+        db.exec(&format!(
+            "SELECT groupUniqArray(disk_name) FROM system.parts WHERE database = '{d}' AND table = 'events' AND active AND rows > 0"
+        ))
+        .trim(),
+        "['s3']"
+    );
 }

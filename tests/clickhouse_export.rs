@@ -330,3 +330,105 @@ async fn exports_to_s3_streamed_and_server_side() {
         }
     }
 }
+
+#[test]
+fn flow_apply_exports_partitions_chunks_and_a_manifest() {
+    // Through the binary: split (with a declared month without rows and a sub-split),
+    // exports, verifies, manifest; then a re-run with --resume does nothing twice.
+    let db = support::ChDatabase::new(&support::ch_url(), "applyexport");
+    create_awkward(&db, false);
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"
+[plan]
+name = "apply-export"
+concurrency = 3
+
+[connections.ch]
+kind = "clickhouse"
+url = "{}"
+
+[connections.out]
+kind = "fs"
+path = "out"
+
+[[tables]]
+source = "ch"
+database = "{}"
+table = "awkward"
+mode = "partition"
+partition_expr = "toYYYYMM(d)"
+partitions = ["201506", "201507", "201508", "201512"]
+split_by = "id"
+max_rows = 2
+strategy = "export"
+target = "out"
+format = "tsv"
+path = "awkward/{{{{ partition_id }}}}/part-{{{{ chunk }}}}.tsv"
+"#,
+            support::ch_url(),
+            db.name()
+        ),
+    )
+    .unwrap();
+    let run = |resume: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flow"));
+        cmd.arg("apply").arg(&plan).arg("--progress").arg("plain");
+        if resume {
+            cmd.arg("--resume");
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let first = run(false);
+    assert!(
+        first.contains("201512"),
+        "the empty month is named: {first}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("out/awkward/_manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let expected: u64 = db
+        .exec(&format!(
+            "SELECT count() FROM {}.awkward WHERE toYYYYMM(d) IN (201506, 201507, 201508)",
+            db.name()
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(manifest["rows"], expected);
+    let partitions = manifest["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 4);
+    let june = partitions
+        .iter()
+        .find(|p| p["partition"] == "201506")
+        .unwrap();
+    assert!(
+        june["files"].as_array().unwrap().len() >= 2,
+        "June is cut into chunks"
+    );
+    let december = partitions
+        .iter()
+        .find(|p| p["partition"] == "201512")
+        .unwrap();
+    assert_eq!(december["rows"], 0);
+    for p in partitions {
+        for f in p["files"].as_array().unwrap() {
+            let path = dir.path().join("out").join(f["key"].as_str().unwrap());
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len() as u64, f["bytes"].as_u64().unwrap());
+            assert_eq!(
+                blake3::hash(&bytes).to_hex().to_string(),
+                f["blake3"].as_str().unwrap()
+            );
+        }
+    }
+    let second = run(true);
+    assert!(!second.contains("started"), "nothing runs twice: {second}");
+}

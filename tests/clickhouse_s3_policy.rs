@@ -307,3 +307,50 @@ async fn missing_policy_and_old_servers_are_refused_clearly() {
         err.message
     );
 }
+
+#[tokio::test]
+async fn keeping_the_old_table_and_listing_a_whole_database() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "policykeep");
+    create_events(&db);
+    db.exec(&format!(
+        "CREATE TABLE {}.other (x UInt8) ENGINE = MergeTree ORDER BY x",
+        db.name()
+    ));
+    db.exec(&format!(
+        "CREATE TABLE {}.on_s3 (x UInt8) ENGINE = MergeTree ORDER BY x SETTINGS storage_policy = 's3'",
+        db.name()
+    ));
+    db.exec(&format!(
+        "CREATE TABLE {}.mem (x UInt8) ENGINE = Memory",
+        db.name()
+    ));
+    let ch = ch(&url);
+    let listed = flow::engines::clickhouse::s3_policy::tables_to_move(&ch, db.name(), "s3")
+        .await
+        .unwrap();
+    assert_eq!(listed, vec!["events", "other"]);
+
+    let before = total(&ch, db.name(), "events").await;
+    let m = mover(&ch, db.name(), "plan-a");
+    m.prepare().await.unwrap();
+    for id in partition_ids(&ch, db.name(), None).await {
+        m.load(&id).await.unwrap();
+        m.verify(&id).await.unwrap();
+        m.drop_partition(&id).await.unwrap();
+    }
+    m.catch_up().await.unwrap();
+    m.full_verify().await.unwrap();
+    m.swap(true).await.unwrap();
+    assert_eq!(total(&ch, db.name(), "events").await, before);
+    let left = db.exec(&format!(
+        "SELECT groupArray(name) FROM system.tables WHERE database = '{}' AND name LIKE 'events\\_\\_flow%'",
+        db.name()
+    ));
+    assert_eq!(
+        left.trim(),
+        "['events__flow_new']",
+        "only the old table is kept"
+    );
+    assert_eq!(total(&ch, db.name(), "events__flow_new").await.rows, 0);
+}

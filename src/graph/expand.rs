@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use petgraph::graph::NodeIndex;
 
-use super::{GraphError, Partition, Placement, Task, TaskGraph, TaskId, TaskKind, WorkUnit};
+use super::{
+    GraphError, Partition, Placement, Task, TaskGraph, TaskId, TaskInputs, TaskKind, WorkUnit,
+};
 use crate::plan::{Mode, PartitionSource, Plan, StepKind, TableSpec};
 use crate::templates::{env_value, Templates};
 
@@ -172,10 +174,13 @@ pub fn render_step_text(
 /// Builds one table's tasks; strategies call it.
 pub struct TableBuilder<'g> {
     graph: &'g mut TaskGraph,
-    plan: &'g Plan,
     templates: &'g Templates,
     table: &'g TableSpec,
-    common: BTreeMap<String, String>,
+    common: Arc<BTreeMap<String, String>>,
+    /// The table's `path` template, compiled once.
+    path_template: Option<minijinja::Template<'g, 'g>>,
+    /// The part of the path context every unit of the table shares.
+    path_base: minijinja::Value,
     /// Every task of the table, in insertion order.
     pub tasks: Vec<NodeIndex>,
 }
@@ -190,10 +195,14 @@ impl<'g> TableBuilder<'g> {
     ) -> Self {
         TableBuilder {
             graph,
-            plan,
             templates,
             table,
-            common: common_inputs(table, templates_hash),
+            common: Arc::new(common_inputs(table, templates_hash)),
+            path_template: table
+                .path
+                .as_deref()
+                .and_then(|text| templates.compile(text).ok()),
+            path_base: path_base_context(plan, table),
             tasks: Vec::new(),
         }
     }
@@ -269,11 +278,10 @@ impl<'g> TableBuilder<'g> {
         connections: Vec<String>,
         inputs: BTreeMap<String, String>,
     ) -> Result<NodeIndex, GraphError> {
-        let mut all = self.common.clone();
-        all.extend(inputs);
+        let inputs = TaskInputs::new(self.common.clone(), inputs);
         let index = self
             .graph
-            .add(Task::new(id, kind, unit, connections, placement, all))?;
+            .add(Task::new(id, kind, unit, connections, placement, inputs))?;
         self.tasks.push(index);
         Ok(index)
     }
@@ -309,11 +317,24 @@ impl<'g> TableBuilder<'g> {
         partition: &Partition,
         chunk: Option<u32>,
     ) -> Result<String, GraphError> {
-        let template = self.table.path.as_deref().unwrap_or(default);
-        let ctx = path_context(self.plan, self.table, &partition.id, chunk);
-        self.templates
-            .render_str("path", template, &ctx)
-            .map_err(|e| GraphError::Template(e.to_string()))
+        let ctx = minijinja::context! {
+            partition_id => &partition.id,
+            partition => &partition.id,
+            chunk => format!("{:03}", chunk.unwrap_or(0)),
+            ..self.path_base.clone()
+        };
+        match &self.path_template {
+            Some(t) => t
+                .render(&ctx)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| GraphError::Template(format!("table {}: path: {e}", self.table.name))),
+            None => {
+                let text = self.table.path.as_deref().unwrap_or(default);
+                self.templates
+                    .render_str("path", text, &ctx)
+                    .map_err(|e| GraphError::Template(e.to_string()))
+            }
+        }
     }
 
     pub fn is_partitioned(&self) -> bool {
@@ -329,15 +350,22 @@ pub fn path_context(
     chunk: Option<u32>,
 ) -> minijinja::Value {
     minijinja::context! {
+        partition_id => partition_id,
+        partition => partition_id,
+        chunk => format!("{:03}", chunk.unwrap_or(0)),
+        ..path_base_context(plan, table)
+    }
+}
+
+/// The unit-independent part of the `path` context.
+fn path_base_context(plan: &Plan, table: &TableSpec) -> minijinja::Value {
+    minijinja::context! {
         plan => minijinja::context! { name => plan.name.clone() },
         table => minijinja::context! {
             name => table.name.clone(),
             database => table.database.clone(),
             table => table.table.clone().unwrap_or_default(),
         },
-        partition_id => partition_id,
-        partition => partition_id,
-        chunk => format!("{:03}", chunk.unwrap_or(0)),
         ext => table.format.extension(),
         format => table.format.clickhouse_name(),
         vars => plan.vars.clone(),

@@ -14,7 +14,9 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-pub use task::{Chunk, Fingerprint, Partition, Placement, Task, TaskId, TaskKind, WorkUnit};
+pub use task::{
+    Chunk, Fingerprint, Partition, Placement, Task, TaskId, TaskInputs, TaskKind, WorkUnit,
+};
 
 /// A DAG of tasks; an edge `a → b` means `b` runs after `a` is done.
 #[derive(Debug, Default)]

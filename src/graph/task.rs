@@ -158,6 +158,71 @@ impl WorkUnit {
     }
 }
 
+/// A task's named inputs: the table's shared inputs (one allocation per table) plus
+/// the task's own. Own inputs win on a name clash. Iteration is in name order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskInputs {
+    shared: Arc<BTreeMap<String, String>>,
+    own: BTreeMap<String, String>,
+}
+
+impl TaskInputs {
+    pub fn new(shared: Arc<BTreeMap<String, String>>, own: BTreeMap<String, String>) -> Self {
+        TaskInputs { shared, own }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.own.get(name).or_else(|| self.shared.get(name))
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// All inputs in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        let mut shared = self
+            .shared
+            .iter()
+            .filter(|(k, _)| !self.own.contains_key(*k))
+            .peekable();
+        let mut own = self.own.iter().peekable();
+        std::iter::from_fn(move || match (shared.peek(), own.peek()) {
+            (Some(a), Some(b)) if a.0 < b.0 => shared.next(),
+            (Some(_), Some(_)) => own.next(),
+            (Some(_), None) => shared.next(),
+            (None, _) => own.next(),
+        })
+    }
+
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for TaskInputs {
+    fn from(own: BTreeMap<String, String>) -> Self {
+        TaskInputs {
+            shared: Arc::default(),
+            own,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a TaskInputs {
+    type Item = (&'a String, &'a String);
+    type IntoIter = Box<dyn Iterator<Item = (&'a String, &'a String)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl Serialize for TaskInputs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
 /// Hash of a task's named inputs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -165,7 +230,7 @@ pub struct Fingerprint(pub String);
 
 impl Fingerprint {
     /// Fingerprint of named inputs; the order of insertion does not matter.
-    pub fn of(kind: TaskKind, inputs: &BTreeMap<String, String>) -> Self {
+    pub fn of(kind: TaskKind, inputs: &TaskInputs) -> Self {
         let mut hasher = blake3::Hasher::new();
         hasher.update(kind.as_str().as_bytes());
         for (name, value) in inputs {
@@ -195,7 +260,7 @@ pub struct Task {
     pub connections: Vec<String>,
     pub placement: Placement,
     /// Named inputs; the fingerprint is their hash. Never secrets.
-    pub inputs: BTreeMap<String, String>,
+    pub inputs: TaskInputs,
     pub fingerprint: Fingerprint,
     /// A user step marked `once = true`: never re-run automatically once done.
     pub once: bool,
@@ -212,8 +277,9 @@ impl Task {
         unit: WorkUnit,
         mut connections: Vec<String>,
         placement: Placement,
-        inputs: BTreeMap<String, String>,
+        inputs: impl Into<TaskInputs>,
     ) -> Self {
+        let inputs = inputs.into();
         connections.sort();
         connections.dedup();
         let fingerprint = Fingerprint::of(kind, &inputs);
@@ -248,18 +314,27 @@ mod tests {
         let mut b = BTreeMap::new();
         b.insert("path".to_string(), "p".to_string());
         b.insert("upper".to_string(), "x <= 1".to_string());
-        assert_eq!(
-            Fingerprint::of(TaskKind::Export, &a),
-            Fingerprint::of(TaskKind::Export, &b)
-        );
+        let fp = |kind, m: &BTreeMap<String, String>| Fingerprint::of(kind, &m.clone().into());
+        assert_eq!(fp(TaskKind::Export, &a), fp(TaskKind::Export, &b));
         b.insert("upper".to_string(), "x <= 2".to_string());
-        assert_ne!(
-            Fingerprint::of(TaskKind::Export, &a),
-            Fingerprint::of(TaskKind::Export, &b)
+        assert_ne!(fp(TaskKind::Export, &a), fp(TaskKind::Export, &b));
+        assert_ne!(fp(TaskKind::Export, &a), fp(TaskKind::Verify, &a));
+        // Shared and own inputs hash like one map; own inputs win on a clash.
+        let shared = Arc::new(a.clone());
+        let mut own = BTreeMap::new();
+        own.insert("path".to_string(), "p".to_string());
+        own.insert("zz".to_string(), "last".to_string());
+        let split = TaskInputs::new(shared, own.clone());
+        let mut whole = a.clone();
+        whole.extend(own);
+        assert_eq!(split.to_map(), whole);
+        assert_eq!(
+            Fingerprint::of(TaskKind::Export, &split),
+            fp(TaskKind::Export, &whole)
         );
-        assert_ne!(
-            Fingerprint::of(TaskKind::Export, &a),
-            Fingerprint::of(TaskKind::Verify, &a)
+        assert_eq!(
+            serde_json::to_string(&split).unwrap(),
+            serde_json::to_string(&whole).unwrap()
         );
     }
 }

@@ -36,6 +36,8 @@ pub struct LoadOptions {
 pub struct Loaded {
     pub source: Arc<SourceFile>,
     pub plan: Option<Plan>,
+    /// The graph the checker expanded (offline partitions) to prove the plan runnable.
+    pub graph: Option<crate::graph::TaskGraph>,
     pub diagnostics: Diagnostics,
 }
 
@@ -62,6 +64,7 @@ pub fn check_source(source: SourceFile, options: &LoadOptions) -> Loaded {
             return Loaded {
                 source,
                 plan: None,
+                graph: None,
                 diagnostics,
             };
         }
@@ -70,13 +73,17 @@ pub fn check_source(source: SourceFile, options: &LoadOptions) -> Loaded {
         source: source.clone(),
         diags: Diagnostics::default(),
     };
-    let plan = checker.check(file, options);
+    let checked = checker.check(file, options);
     let mut diagnostics = checker.diags;
     diagnostics.sort();
-    let plan = if diagnostics.has_errors() { None } else { plan };
+    let (plan, graph) = match checked {
+        Some((plan, graph)) if !diagnostics.has_errors() => (Some(plan), graph),
+        _ => (None, None),
+    };
     Loaded {
         source,
         plan,
+        graph,
         diagnostics,
     }
 }
@@ -194,7 +201,11 @@ impl Checker {
             .push(Diagnostic::error(span, message, label, help));
     }
 
-    fn check(&mut self, file: PlanFile, options: &LoadOptions) -> Option<Plan> {
+    fn check(
+        &mut self,
+        file: PlanFile,
+        options: &LoadOptions,
+    ) -> Option<(Plan, Option<crate::graph::TaskGraph>)> {
         let section_span = file.plan.span();
         let section = file.plan.into_inner();
         let name = section.name.get_ref().trim().to_string();
@@ -316,11 +327,14 @@ impl Checker {
         if self.diags.has_errors() {
             return None;
         }
-        match expand(&plan, &templates, &PartitionMap::new()) {
-            Ok(_) => {}
-            Err(e) => self.graph_error(&plan, e),
-        }
-        Some(plan)
+        let graph = match expand(&plan, &templates, &PartitionMap::new()) {
+            Ok(graph) => Some(graph),
+            Err(e) => {
+                self.graph_error(&plan, e);
+                None
+            }
+        };
+        Some((plan, graph))
     }
 
     fn positive(&mut self, v: Option<&Spanned<i64>>, what: &str, default: usize) -> usize {

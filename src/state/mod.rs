@@ -379,7 +379,7 @@ impl Def {
         Def {
             kind: task.kind.as_str().to_string(),
             fingerprint: task.fingerprint.clone(),
-            inputs: task.inputs.clone(),
+            inputs: task.inputs.to_map(),
         }
     }
 }

@@ -956,6 +956,9 @@ impl PolicyMove {
             }
         }
         if release_lock {
+            // The last task of a move that keeps the old table: drop the (empty)
+            // quarantine, then the lock.
+            self.drop_empty_quarantine().await?;
             self.unlock().await?;
         }
         Ok(StepResult {
@@ -963,6 +966,32 @@ impl PolicyMove {
             checksum: None,
             note,
         })
+    }
+
+    /// Drops the quarantine table; refuses when it still holds rows.
+    async fn drop_empty_quarantine(&self) -> Result<(), TaskFailure> {
+        let quarantine = self.q(&self.quarantine_name());
+        if !self.exists(&self.quarantine_name()).await? {
+            return Ok(());
+        }
+        let q = self
+            .ch
+            .stats("count quarantined rows", &quarantine, None, None)
+            .await?;
+        if !q.is_empty() {
+            return Err(fail(format!(
+                "{quarantine} holds {} rows; resume so that they are moved first",
+                q.rows
+            )));
+        }
+        self.ch
+            .run(
+                "drop the quarantine table",
+                "drop_table",
+                context! { table => &quarantine },
+            )
+            .await?;
+        Ok(())
     }
 
     /// Drops the old table (and flow's helper tables) once it is empty.
@@ -995,26 +1024,7 @@ impl PolicyMove {
                 .await?;
             note = format!("{rows} late rows moved; dropped {old}");
         }
-        let quarantine = self.q(&self.quarantine_name());
-        if self.exists(&self.quarantine_name()).await? {
-            let q = self
-                .ch
-                .stats("count quarantined rows", &quarantine, None, None)
-                .await?;
-            if !q.is_empty() {
-                return Err(fail(format!(
-                    "cleanup: {quarantine} holds {} rows; resume so they are moved first",
-                    q.rows
-                )));
-            }
-            self.ch
-                .run(
-                    "drop the quarantine table",
-                    "drop_table",
-                    context! { table => &quarantine },
-                )
-                .await?;
-        }
+        self.drop_empty_quarantine().await?;
         self.unlock().await?;
         if note.is_empty() {
             note = "nothing left to drop".into();
