@@ -48,7 +48,7 @@ pub struct PlanSection {
     pub templates_dir: Option<String>,
     /// Where the final JSON report is written (default: `<state_dir>/<name>.report.json`).
     pub report: Option<String>,
-    /// Attempts for a task failing with a transient error (default 3).
+    /// Retries after the first attempt, for transient errors only (default 3).
     #[schemars(with = "Option<u32>")]
     pub retries: Option<Spanned<i64>>,
     /// First retry delay, doubled each attempt, with jitter (default "2s").
