@@ -90,9 +90,11 @@ async fn streamed_export_throughput() {
     );
 }
 
+/// Receiving only (no store): BENCH_MODE=plain|framed[-track] compares the plain HTTP
+/// body (4 KiB chunks on 18.16) with `compress=1` framing, optionally with row counting.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "benchmark experiment"]
-async fn stream_only_experiment() {
+#[ignore = "benchmark; needs bench.trips (scripts/bench-export)"]
+async fn http_receive_throughput() {
     let mode = std::env::var("BENCH_MODE").unwrap_or_default();
     let ch = clickhouse_common::ch(&support::ch_url());
     let start = Instant::now();

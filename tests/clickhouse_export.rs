@@ -432,3 +432,120 @@ path = "awkward/{{{{ partition_id }}}}/part-{{{{ chunk }}}}.tsv"
     let second = run(true);
     assert!(!second.contains("started"), "nothing runs twice: {second}");
 }
+
+#[tokio::test]
+async fn a_server_error_in_the_middle_of_a_stream_fails_the_export_and_writes_nothing() {
+    for url in [support::ch_url(), support::chdb_url()] {
+        let ch = ch(&url);
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+        for format in [ExportFormat::Csv, ExportFormat::Native] {
+            let unit = ExportUnit {
+                from: "(SELECT number, toString(number) AS s, throwIf(number = 700000) AS boom \
+                       FROM system.numbers LIMIT 1000000)"
+                    .into(),
+                filter: None,
+                key: format!("boom.{}", format.extension()),
+                format,
+                server_side: ServerSide::Never,
+                chunk: None,
+            };
+            let err = export_streamed(&ch, store.as_ref(), &unit, &CancellationToken::new())
+                .await
+                .expect_err("the export must fail");
+            assert!(
+                err.message.contains("395")
+                    || err.message.to_lowercase().contains("throwif")
+                    || err.message.contains("FUNCTION_THROW_IF_VALUE_IS_NON_ZERO"),
+                "{url} {format:?}: {}",
+                err.message
+            );
+            assert!(
+                store.list("").await.unwrap().is_empty(),
+                "nothing committed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn verify_catches_missing_and_altered_files() {
+    let db = support::ChDatabase::new(&support::ch_url(), "tamper");
+    create_awkward(&db, false);
+    let ch = ch(&support::ch_url());
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+    let from = format!("`{}`.`flat`", db.name());
+    let unit = ExportUnit {
+        from: from.clone(),
+        filter: None,
+        key: "flat.csv".into(),
+        format: ExportFormat::Csv,
+        server_side: ServerSide::Never,
+        chunk: None,
+    };
+    let cancel = CancellationToken::new();
+    let file = export_streamed(&ch, store.as_ref(), &unit, &cancel)
+        .await
+        .unwrap();
+    let partition = flow::graph::Partition {
+        id: "all".into(),
+        value: None,
+        filter: None,
+        rows: Some(file.rows),
+        bytes: None,
+        chunks: vec![],
+    };
+    let verify = |read_back: bool| {
+        let (ch, store, partition, from, file) = (
+            ch.clone(),
+            store.clone(),
+            partition.clone(),
+            from.clone(),
+            file.clone(),
+        );
+        async move {
+            verify_partition(
+                &ch,
+                store.as_ref(),
+                VerifyRequest {
+                    partition: &partition,
+                    from: &from,
+                    filter: None,
+                    format: ExportFormat::Csv,
+                    files: vec![file],
+                    read_back,
+                },
+                &CancellationToken::new(),
+            )
+            .await
+        }
+    };
+    verify(false).await.unwrap();
+    verify(true).await.unwrap();
+    // Same size, one byte changed: only the read-back sees it.
+    let path = dir.path().join("flat.csv");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    verify(false).await.unwrap();
+    let err = verify(true).await.unwrap_err();
+    assert!(err.message.contains("does not hash"), "{}", err.message);
+    // Truncated, then gone.
+    std::fs::write(&path, &bytes[..10]).unwrap();
+    assert!(verify(false).await.unwrap_err().message.contains("bytes"));
+    std::fs::remove_file(&path).unwrap();
+    assert!(verify(false).await.unwrap_err().message.contains("missing"));
+    // A row arrives in the source: the export no longer matches.
+    db.exec(&format!(
+        "INSERT INTO {}.flat SELECT * FROM {}.flat LIMIT 1",
+        db.name(),
+        db.name()
+    ));
+    export_streamed(&ch, store.as_ref(), &unit, &cancel)
+        .await
+        .unwrap();
+    let err = verify(false).await.unwrap_err();
+    assert!(err.message.contains("rows"), "{}", err.message);
+}

@@ -66,24 +66,39 @@ async fn total(ch: &Ch, db: &str, table: &str) -> Stats {
     stats(ch, &format!("`{db}`.`{table}`"), None).await
 }
 
-async fn bucket_objects() -> usize {
+/// The S3 objects behind a table's active parts (`system.remote_data_paths`), each
+/// checked with HEAD in the disk's bucket. Returns how many exist.
+async fn objects_of(db: &support::ChDatabase, table: &str) -> (usize, usize) {
+    let parts = db.exec(&format!(
+        "SELECT path FROM system.parts WHERE database = '{}' AND table = '{table}' AND active \
+         AND disk_name = 's3' FORMAT TSV",
+        db.name()
+    ));
+    let mut keys = Vec::new();
+    for part in parts.lines().filter(|l| !l.is_empty()) {
+        // `…/disks/s3/store/abc/<uuid>/<part>/` → `store/abc/<uuid>/<part>/`
+        let local = part.split("/disks/s3/").nth(1).unwrap_or(part);
+        let remote = db.exec(&format!(
+            "SELECT remote_path FROM system.remote_data_paths \
+             WHERE disk_name = 's3' AND startsWith(local_path, '{local}') FORMAT TSV"
+        ));
+        // Remote paths are keys in the disk's bucket (the endpoint's path included).
+        keys.extend(remote.lines().filter(|l| !l.is_empty()).map(str::to_string));
+    }
     let client = support::s3_client();
-    let mut n = 0;
-    let mut token = None;
-    loop {
-        let page = client
-            .list_objects_v2()
+    let mut found = 0;
+    for key in &keys {
+        let head = client
+            .head_object()
             .bucket(support::chdb_disk_bucket())
-            .set_continuation_token(token)
+            .key(key)
             .send()
-            .await
-            .unwrap();
-        n += page.contents().len();
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            return n;
+            .await;
+        if head.is_ok() {
+            found += 1;
         }
     }
+    (keys.len(), found)
 }
 
 #[tokio::test]
@@ -93,7 +108,6 @@ async fn the_whole_move_puts_every_part_on_s3_and_keeps_every_row() {
     create_events(&db);
     let ch = ch(&url);
     let before = total(&ch, db.name(), "events").await;
-    let objects_before = bucket_objects().await;
     let m = mover(&ch, db.name(), "plan-a");
 
     m.prepare().await.unwrap();
@@ -139,9 +153,11 @@ async fn the_whole_move_puts_every_part_on_s3_and_keeps_every_row() {
         db.name()
     ));
     assert_eq!(disks.trim(), "['s3']");
-    assert!(
-        bucket_objects().await > objects_before,
-        "the S3 disk's bucket holds the new parts"
+    let (expected, found) = objects_of(&db, "events").await;
+    assert!(expected > 0, "the parts have remote objects");
+    assert_eq!(
+        found, expected,
+        "every object of the moved parts is in the bucket"
     );
     let left = db.exec(&format!(
         "SELECT groupArray(name) FROM system.tables WHERE database = '{}' AND name LIKE 'events\\_\\_flow%'",
@@ -353,4 +369,32 @@ async fn keeping_the_old_table_and_listing_a_whole_database() {
         "only the old table is kept"
     );
     assert_eq!(total(&ch, db.name(), "events__flow_new").await.rows, 0);
+}
+
+#[tokio::test]
+async fn an_unfinished_move_stays_on_the_whole_database_list() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "policylist");
+    create_events(&db);
+    let ch = ch(&url);
+    let m = mover(&ch, db.name(), "plan-a");
+    m.prepare().await.unwrap();
+    for id in partition_ids(&ch, db.name(), None).await {
+        m.load(&id).await.unwrap();
+        m.verify(&id).await.unwrap();
+        m.drop_partition(&id).await.unwrap();
+    }
+    m.catch_up().await.unwrap();
+    m.full_verify().await.unwrap();
+    m.swap(false).await.unwrap();
+    // Swapped, not cleaned up: `events` is on the policy but still listed.
+    let listed = flow::engines::clickhouse::s3_policy::tables_to_move(&ch, db.name(), "s3")
+        .await
+        .unwrap();
+    assert_eq!(listed, vec!["events"]);
+    m.cleanup().await.unwrap();
+    let listed = flow::engines::clickhouse::s3_policy::tables_to_move(&ch, db.name(), "s3")
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
 }

@@ -131,6 +131,7 @@ fn looks_like_exception_start(bytes: &[u8]) -> bool {
     bytes.starts_with(b"Code: ")
         || bytes.starts_with(b"\nCode: ")
         || bytes.starts_with(b"__exception__")
+        || bytes.starts_with(b"\r\n__exception__")
 }
 
 fn looks_like_text(bytes: &[u8]) -> bool {

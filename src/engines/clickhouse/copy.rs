@@ -30,6 +30,9 @@ use crate::exec::runner::TaskFailure;
 use crate::graph::Partition;
 use crate::templates::quote_identifier;
 
+/// Bytes collected before they are sent on to the target's INSERT.
+const SEND_BUFFER: usize = 1 << 20;
+
 /// One copy job: where from, where to.
 #[derive(Clone, Debug)]
 pub struct CopyJob {
@@ -284,6 +287,7 @@ impl CopyJob {
         let mut cursor = self.source.client.stream(&action, &select, "Native")?;
         let mut insert = self.target.client.insert(&insert_sql);
         let mut tail: Vec<u8> = Vec::new();
+        let mut pending = bytes::BytesMut::with_capacity(SEND_BUFFER);
         loop {
             let next = tokio::select! {
                 biased;
@@ -298,10 +302,14 @@ impl CopyJob {
                     if tail.len() > 8192 {
                         tail.drain(..tail.len() - 4096);
                     }
-                    insert
-                        .send(chunk)
-                        .await
-                        .map_err(|e| self.target.client.map_err(&action, &e))?;
+                    // Old servers answer in 4 KiB chunks: send 1 MiB pieces instead.
+                    pending.extend_from_slice(&chunk);
+                    if pending.len() >= SEND_BUFFER {
+                        insert
+                            .send(pending.split().freeze())
+                            .await
+                            .map_err(|e| self.target.client.map_err(&action, &e))?;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => return Err(self.source.client.map_err(&action, &e).into()),
@@ -316,6 +324,12 @@ impl CopyJob {
                 self.source.client.redactor(),
             )
             .into());
+        }
+        if !pending.is_empty() {
+            insert
+                .send(pending.freeze())
+                .await
+                .map_err(|e| self.target.client.map_err(&action, &e))?;
         }
         insert
             .end()

@@ -17,9 +17,11 @@
 //!
 //! After writing, the source's `count()` for the same filter must equal the rows
 //! written; a difference means rows changed during the export (bound the table with
-//! `upper`). The per-partition verify re-reads what the store holds (size, and for
-//! `fs` the bytes: blake3 and rows again) and compares the partition's total with the
-//! source. The manifest, written last, lists every file with rows, bytes and hash.
+//! `upper`). The per-partition verify checks that every file is in the store with the
+//! size the export wrote (and, with `options.verify_read_back = "true"`, reads it back
+//! and checks its blake3 and rows again — doubling the I/O, hence opt-in) and that the
+//! source still has the partition's total rows. The manifest, written last, lists
+//! every file with rows, bytes and hash.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

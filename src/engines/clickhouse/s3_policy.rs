@@ -1038,7 +1038,8 @@ impl PolicyMove {
 }
 
 /// The tables a whole-database move (`table = "*"`) covers: MergeTree tables of
-/// `database` not yet on `policy`, without flow's own helper tables.
+/// `database` not yet on `policy`, plus those whose move is unfinished (swapped but
+/// not cleaned up: the lock marker is still there), without flow's own helper tables.
 pub async fn tables_to_move(ch: &Ch, database: &str, policy: &str) -> Result<Vec<String>, ChError> {
     ch.require(Feature::StoragePolicies, "strategy s3-policy")
         .await?;
