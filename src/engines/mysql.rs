@@ -68,13 +68,9 @@ impl MysqlClient {
             retryable: false,
         };
         let resolve = |v: &Option<crate::plan::Interpolated>, what: &str| {
-            v.as_ref()
-                .map(|v| {
-                    v.resolve()
-                        .map(|s| s.into_inner())
-                        .map_err(|e| fail(format!("`{what}`: {e}")))
-                })
-                .transpose()
+            crate::plan::interpolate::resolve_key(v, what)
+                .map(|s| s.map(crate::plan::Secret::into_inner))
+                .map_err(fail)
         };
         let url = resolve(&conn.url, "url")?
             .ok_or_else(|| fail("needs `url` (mysql://host:3306)".into()))?;

@@ -939,7 +939,10 @@ impl Checker {
         };
         // copy and s3-policy move the table's own partitions whole.
         let export_only = [
-            ("partition_expr", def.partition_expr.as_ref().map(|s| s.span())),
+            (
+                "partition_expr",
+                def.partition_expr.as_ref().map(|s| s.span()),
+            ),
             ("format", def.format.as_ref().map(|s| s.span())),
             ("path", def.path.as_ref().map(|s| s.span())),
             ("server_side", def.server_side.as_ref().map(|s| s.span())),

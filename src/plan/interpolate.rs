@@ -130,6 +130,14 @@ impl Interpolated {
     }
 }
 
+/// Resolves an optional value of a plan key; the error names the key, never a value.
+pub fn resolve_key(value: &Option<Interpolated>, key: &str) -> Result<Option<Secret>, String> {
+    value
+        .as_ref()
+        .map(|v| v.resolve().map_err(|e| format!("`{key}`: {e}")))
+        .transpose()
+}
+
 impl fmt::Debug for Interpolated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.raw)

@@ -181,12 +181,7 @@ pub async fn open(conn: &Connection, base_dir: &Path) -> Result<Arc<dyn Store>, 
         message,
     };
     let resolve = |v: &Option<crate::plan::Interpolated>, what: &str| {
-        v.as_ref()
-            .map(|v| {
-                v.resolve()
-                    .map_err(|e| config_err(format!("`{what}`: {e}")))
-            })
-            .transpose()
+        crate::plan::interpolate::resolve_key(v, what).map_err(config_err)
     };
     match conn.kind {
         ConnectionKind::Fs => {
