@@ -354,16 +354,19 @@ impl PolicyMove {
         })
     }
 
-    /// Copies one partition into the new table (see the module notes for each case).
-    pub async fn load(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+    /// Checks this plan holds the table's lock and reads which table plays which role;
+    /// None when the move is already complete (nothing left for a step to do).
+    async fn roles_to_work_on(&self) -> Result<Option<Roles>, TaskFailure> {
         self.check_lock().await?;
         let roles = self.roles().await?;
-        if roles == Roles::Done {
-            return Ok(StepResult {
-                note: "table already on the policy".into(),
-                ..Default::default()
-            });
-        }
+        Ok((roles != Roles::Done).then_some(roles))
+    }
+
+    /// Copies one partition into the new table (see the module notes for each case).
+    pub async fn load(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+        let Some(roles) = self.roles_to_work_on().await? else {
+            return Ok(already_on_policy());
+        };
         let (old, new) = self.names(&roles);
         let checksum = self.checksum(&old).await?;
         let src = self.stats(&old, partition_id, &checksum).await?;
@@ -450,14 +453,9 @@ impl PolicyMove {
 
     /// Compares the partition in both tables.
     pub async fn verify(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
-        self.check_lock().await?;
-        let roles = self.roles().await?;
-        if roles == Roles::Done {
-            return Ok(StepResult {
-                note: "table already on the policy".into(),
-                ..Default::default()
-            });
-        }
+        let Some(roles) = self.roles_to_work_on().await? else {
+            return Ok(already_on_policy());
+        };
         let (old, new) = self.names(&roles);
         let checksum = self.checksum(&old).await?;
         let src = self.stats(&old, partition_id, &checksum).await?;
@@ -489,14 +487,9 @@ impl PolicyMove {
 
     /// Drops the source partition after re-checking it against the copy.
     pub async fn drop_partition(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
-        self.check_lock().await?;
-        let roles = self.roles().await?;
-        if roles == Roles::Done {
-            return Ok(StepResult {
-                note: "table already on the policy".into(),
-                ..Default::default()
-            });
-        }
+        let Some(roles) = self.roles_to_work_on().await? else {
+            return Ok(already_on_policy());
+        };
         let (old, new) = self.names(&roles);
         let quarantine = self.q(&self.quarantine_name());
         let checksum = self.checksum(&old).await?;
@@ -740,14 +733,9 @@ impl PolicyMove {
 
     /// Moves rows that arrived since their partition was copied, in a few passes.
     pub async fn catch_up(&self) -> Result<StepResult, TaskFailure> {
-        self.check_lock().await?;
-        let roles = self.roles().await?;
-        if roles == Roles::Done {
-            return Ok(StepResult {
-                note: "table already on the policy".into(),
-                ..Default::default()
-            });
-        }
+        let Some(roles) = self.roles_to_work_on().await? else {
+            return Ok(already_on_policy());
+        };
         let mut total = 0;
         let mut parts = 0;
         let mut passes = 0;
@@ -778,14 +766,9 @@ impl PolicyMove {
 
     /// The whole-table check before the swap.
     pub async fn full_verify(&self) -> Result<StepResult, TaskFailure> {
-        self.check_lock().await?;
-        let roles = self.roles().await?;
-        if roles == Roles::Done {
-            return Ok(StepResult {
-                note: "table already on the policy".into(),
-                ..Default::default()
-            });
-        }
+        let Some(roles) = self.roles_to_work_on().await? else {
+            return Ok(already_on_policy());
+        };
         let (old, new) = self.names(&roles);
         let mut problems = Vec::new();
         let quarantine = self.q(&self.quarantine_name());
@@ -1065,4 +1048,12 @@ async fn column_list(ch: &Ch, table: &str) -> Result<String, ChError> {
         .map(|c| crate::templates::quote_identifier(&c.name))
         .collect::<Vec<_>>()
         .join(", "))
+}
+
+/// What a per-partition or catch-up step reports when the whole move is already done.
+fn already_on_policy() -> StepResult {
+    StepResult {
+        note: "table already on the policy".into(),
+        ..Default::default()
+    }
 }
