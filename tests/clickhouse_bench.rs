@@ -13,7 +13,7 @@ use flow::engines::clickhouse::export::{export_streamed, ExportUnit};
 use flow::engines::clickhouse::split::{split, Grouping, SplitRequest};
 use flow::engines::store::fs::FsStore;
 use flow::engines::store::Store;
-use flow::plan::{ExportFormat, ServerSide};
+use flow::plan::{ExportFormat, Formatting, ServerSide};
 use tokio_util::sync::CancellationToken;
 
 fn vm_hwm_kb() -> u64 {
@@ -67,11 +67,13 @@ async fn streamed_export_throughput() {
                 key: format!("trips/{}.csv", p.id),
                 format: ExportFormat::Csv,
                 server_side: ServerSide::Never,
+                formatting: Formatting::Auto,
                 chunk: None,
             };
             export_streamed(&ch, store.as_ref(), &unit, &CancellationToken::new())
                 .await
                 .unwrap()
+                .0
         }));
     }
     let mut rows = 0;

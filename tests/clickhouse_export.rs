@@ -17,7 +17,7 @@ use flow::engines::clickhouse::{and_all, Ch};
 use flow::engines::store::fs::FsStore;
 use flow::engines::store::s3::{S3Config, S3Store};
 use flow::engines::store::Store;
-use flow::plan::{ExportFormat, Secret, ServerSide};
+use flow::plan::{ExportFormat, Formatting, Secret, ServerSide};
 use tokio_util::sync::CancellationToken;
 
 /// Extra columns only the modern engine has.
@@ -150,6 +150,7 @@ async fn export_and_reload(case: &Case<'_>, format: ExportFormat) -> Vec<ExportP
                 ),
                 format,
                 server_side: case.server_side,
+                formatting: Formatting::Auto,
                 chunk,
             };
             let (file, note) = export_unit(ch, store.as_ref(), &unit, &probes, &cancel)
@@ -230,12 +231,14 @@ async fn awkward_data_exports_to_files_and_reloads_identically() {
                 key: "fs/empty/part-000.csv".into(),
                 format: ExportFormat::Csv,
                 server_side: ServerSide::Never,
+                formatting: Formatting::Auto,
                 chunk: None,
             },
             &CancellationToken::new(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(file.rows, 0);
         let text = store.get("fs/empty/part-000.csv").await.unwrap().unwrap();
         assert!(text.starts_with(b"\"id\",\"d\""), "{text:?}");
@@ -314,6 +317,7 @@ async fn exports_to_s3_streamed_and_server_side() {
                     key: "old/always.csv".into(),
                     format: ExportFormat::Csv,
                     server_side: ServerSide::Always,
+                    formatting: Formatting::Auto,
                     chunk: None,
                 },
                 &ProbeCache::default(),
@@ -448,6 +452,7 @@ async fn a_server_error_in_the_middle_of_a_stream_fails_the_export_and_writes_no
                 key: format!("boom.{}", format.extension()),
                 format,
                 server_side: ServerSide::Never,
+                formatting: Formatting::Auto,
                 chunk: None,
             };
             let err = export_streamed(&ch, store.as_ref(), &unit, &CancellationToken::new())
@@ -482,10 +487,11 @@ async fn verify_catches_missing_and_altered_files() {
         key: "flat.csv".into(),
         format: ExportFormat::Csv,
         server_side: ServerSide::Never,
+        formatting: Formatting::Auto,
         chunk: None,
     };
     let cancel = CancellationToken::new();
-    let file = export_streamed(&ch, store.as_ref(), &unit, &cancel)
+    let (file, _) = export_streamed(&ch, store.as_ref(), &unit, &cancel)
         .await
         .unwrap();
     let partition = flow::graph::Partition {
@@ -548,4 +554,235 @@ async fn verify_catches_missing_and_altered_files() {
         .unwrap();
     let err = verify(false).await.unwrap_err();
     assert!(err.message.contains("rows"), "{}", err.message);
+}
+
+/// Columns flow formats itself on every server (and the rows that exercise them).
+const FORMATTABLE_COLUMNS: &str = "id UInt64, i8 Int8, u16 UInt16, i64 Int64, \
+    f64 Float64, f32 Float32, d32 Decimal(9, 3), d64 Decimal(18, 4), d128 Decimal(38, 10), \
+    day Date, at DateTime, at_sh DateTime('Asia/Shanghai'), at_lon DateTime('Europe/London'), \
+    at_tok Nullable(DateTime('Asia/Tokyo')), s String, ns Nullable(String), fs FixedString(5), \
+    e Enum8('a' = 1, 'it''s' = -2, 'q\"uote' = 3), e16 Enum16('big' = 1000, 'neg' = -1000), \
+    nf Nullable(Float64), nd Nullable(Decimal(10, 2))";
+
+/// Fills `t` with fixed edge values, then random bits reinterpreted as floats,
+/// strings of random bytes, and times over the whole range the server prints itself.
+fn fill_formattable(db: &support::ChDatabase, t: &str, modern: bool) {
+    db.exec(&format!(
+        "INSERT INTO {t} VALUES \
+         (1, -128, 65535, -9223372036854775808, 1e21, 1e21, -0.001, 99999999999999.9999, \
+          -1.5, '1970-01-02', '1970-01-01 00:00:01', '2020-02-29 23:59:59', \
+          '2020-03-29 00:59:59', NULL, '', NULL, 'a\\0\"b', 'it''s', 'big', NULL, NULL), \
+         (2, 127, 0, 9223372036854775807, 1e-7, 0.1, 0, 0, 0, '2099-12-31', \
+          '2099-12-31 23:59:59', '1970-01-01 08:00:00', '2020-03-29 02:00:00', \
+          '2020-01-01 05:30:00', 'he said \"hi\", then\\tleft\\n\\r\\\\ \\'q\\'', 'x', '\\t,\\n\"''', \
+          'q\"uote', 'neg', 0.000001, -0.05)"
+    ));
+    // Random rows: enough for many blocks and compressed frames.
+    let max_time = if modern { "4294967295" } else { "4102444799" };
+    let max_day = if modern { "65535" } else { "47481" };
+    db.exec(&format!(
+        "INSERT INTO {t} SELECT number + 10, toInt8(rand() % 256 - 128), rand() % 65536, \
+           toInt64(rand64()), reinterpretAsFloat64(reinterpretAsString(rand64(1))), \
+           toFloat32(reinterpretAsFloat64(reinterpretAsString(rand64(2)))), \
+           toDecimal32((toInt64(rand(3)) - 2147483648) % 1000000000 / 1000, 3), \
+           toDecimal64((toInt64(rand(4)) - 2147483648) / 10000, 4), \
+           toDecimal128((toInt64(rand(5)) - 2147483648) / 1000, 10), \
+           toDate(1 + rand(6) % {max_day}), toDateTime(1 + rand(7) % {max_time}), \
+           toDateTime(1 + rand(8) % {max_time}, 'Asia/Shanghai'), \
+           toDateTime(1 + rand(9) % {max_time}, 'Europe/London'), \
+           if(number % 7 = 0, NULL, toDateTime(1 + rand(10) % {max_time}, 'Asia/Tokyo')), \
+           reinterpretAsString(rand64(11)), \
+           if(number % 5 = 0, NULL, concat(reinterpretAsString(rand64(12)), '\"\\t\\n')), \
+           toFixedString(reinterpretAsString(rand(13)), 5), \
+           CAST(if(number % 3 = 0, 1, if(number % 3 = 1, -2, 3)) AS Enum8('a' = 1, 'it''s' = -2, 'q\"uote' = 3)), \
+           CAST(if(number % 2 = 0, 1000, -1000) AS Enum16('big' = 1000, 'neg' = -1000)), \
+           if(number % 4 = 0, NULL, rand(14) / 7), \
+           if(number % 3 = 0, NULL, toDecimal64((toInt64(rand(15)) - 2147483648) / 100, 2)) \
+         FROM numbers(200000)"
+    ));
+}
+
+/// The same rows exported as flow formats them and as the server formats them must
+/// be the same bytes, in CSV and TSV, on 18.16 and on the modern engine; the flow path
+/// must really have been taken, and a stream flow cannot format falls back.
+#[tokio::test]
+async fn flow_formats_csv_and_tsv_byte_for_byte_as_the_server() {
+    for (modern, url) in [(false, support::ch_url()), (true, support::chdb_url())] {
+        let db = support::ChDatabase::new(&url, "fmt");
+        let t = format!("{}.formattable", db.name());
+        let extra = if modern {
+            ", d32x Date32, t64 DateTime64(3), t64z Nullable(DateTime64(6, 'America/New_York')), \
+             b Bool, kol DateTime('Asia/Kolkata')"
+        } else {
+            ""
+        };
+        db.exec(&format!(
+            "CREATE TABLE {t} ({FORMATTABLE_COLUMNS}{extra}) ENGINE = MergeTree ORDER BY id"
+        ));
+        if modern {
+            // The modern-only columns take their defaults, then get values.
+            fill_formattable(
+                &db,
+                &format!("{t} ({})", column_names(FORMATTABLE_COLUMNS)),
+                true,
+            );
+            db.exec(&format!(
+                "ALTER TABLE {t} UPDATE d32x = toDate32('1900-01-01') + rand() % 100000, \
+                 t64 = fromUnixTimestamp64Milli(toInt64(rand64()) % 2000000000000), \
+                 t64z = if(id % 3 = 0, NULL, fromUnixTimestamp64Micro(toInt64(rand64()) % 2000000000000000, 'America/New_York')), \
+                 b = id % 2 = 0, kol = toDateTime(rand() % 86400000) WHERE 1 \
+                 SETTINGS mutations_sync = 1"
+            ));
+        } else {
+            fill_formattable(&db, &t, false);
+        }
+        let ch = ch(&url);
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+        let export = |format, formatting, key: String, from: String| {
+            let (ch, store) = (ch.clone(), store.clone());
+            async move {
+                let unit = ExportUnit {
+                    from,
+                    filter: None,
+                    key: key.clone(),
+                    format,
+                    server_side: ServerSide::Never,
+                    formatting,
+                    chunk: None,
+                };
+                let (file, how) =
+                    export_streamed(&ch, store.as_ref(), &unit, &CancellationToken::new())
+                        .await
+                        .unwrap_or_else(|e| panic!("{key}: {e}"));
+                let bytes = store.get(&key).await.unwrap().unwrap();
+                (file, how, bytes)
+            }
+        };
+        for format in [ExportFormat::Csv, ExportFormat::Tsv] {
+            let ext = format.extension();
+            let from = format!("(SELECT * FROM {t} ORDER BY id)");
+            let (flow_file, how, flow_bytes) = export(
+                format,
+                Formatting::Auto,
+                format!("flow.{ext}"),
+                from.clone(),
+            )
+            .await;
+            assert_eq!(how, "formatted by flow", "{url} {format:?}");
+            let (server_file, how, server_bytes) =
+                export(format, Formatting::Server, format!("server.{ext}"), from).await;
+            assert!(how.starts_with("formatted by the server"), "{how}");
+            assert_eq!(flow_file.rows, 200_002);
+            assert_eq!(flow_file.rows, server_file.rows);
+            if flow_bytes != server_bytes {
+                let at = flow_bytes
+                    .iter()
+                    .zip(server_bytes.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(flow_bytes.len().min(server_bytes.len()));
+                let line_start = server_bytes[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let show = |b: &[u8]| {
+                    String::from_utf8_lossy(&b[line_start..(at + 80).min(b.len())]).into_owned()
+                };
+                panic!(
+                    "{url} {format:?}: flow's text differs from the server's at byte {at}:\n flow:   {:?}\n server: {:?}",
+                    show(&flow_bytes),
+                    show(&server_bytes)
+                );
+            }
+            assert_eq!(flow_file.blake3, server_file.blake3);
+        }
+        // A stream with a type flow does not format (and, on 18.16, a date flow leaves
+        // to the server) is formatted by the server, with the reason in the note.
+        let (file, how, bytes) = export(
+            ExportFormat::Csv,
+            Formatting::Auto,
+            "array.csv".into(),
+            "(SELECT number AS id, [1, 2] AS a FROM numbers(100000))".into(),
+        )
+        .await;
+        assert!(how.contains("Array(UInt8)"), "{how}");
+        assert_eq!(file.rows, 100_000);
+        assert!(
+            bytes.starts_with(b"\"id\",\"a\"\n0,\"[1,2]\"\n1,"),
+            "{:?}",
+            &bytes[..40]
+        );
+        // A small result: 18.16 sends no compressed block at all; the server formats.
+        let (file, how, bytes) = export(
+            ExportFormat::Tsv,
+            Formatting::Auto,
+            "small.tsv".into(),
+            "(SELECT 1 AS id, 'x' AS s)".into(),
+        )
+        .await;
+        if !modern {
+            assert!(how.contains("no rows in Native"), "{how}");
+        }
+        assert_eq!((file.rows, &bytes[..]), (1, &b"id\ts\n1\tx\n"[..]));
+        if !modern {
+            let (_, how, bytes) = export(
+                ExportFormat::Csv,
+                Formatting::Auto,
+                "late.csv".into(),
+                "(SELECT toDate('2105-01-01') - (number % 2) * 10000 AS d FROM numbers(1000000))"
+                    .into(),
+            )
+            .await;
+            assert!(how.contains("after 2099"), "{how}");
+            assert!(
+                bytes.starts_with(b"\"d\"\n\"2105-01-01\"\n"),
+                "{:?}",
+                &bytes[..30]
+            );
+            // 18.16 prints minutes wrongly in half-hour zones near 1970; flow leaves
+            // those to it.
+            let (_, how, bytes) = export(
+                ExportFormat::Csv,
+                Formatting::Auto,
+                "kolkata.csv".into(),
+                "(SELECT toDateTime(1830 + number, 'Asia/Kolkata') AS t FROM numbers(1000000))"
+                    .into(),
+            )
+            .await;
+            assert!(how.contains("whole hours"), "{how}");
+            assert!(bytes.starts_with(b"\"t\"\n\"1970-01-01 "), "{bytes:?}");
+        }
+    }
+}
+
+/// `a UInt8, b String` → `a, b`.
+fn column_names(columns: &str) -> String {
+    let mut names = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (i, c) in columns.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                names.push(
+                    columns[start..i]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                );
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    names.push(
+        columns[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string(),
+    );
+    names.join(", ")
 }

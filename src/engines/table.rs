@@ -280,6 +280,7 @@ impl TableRunner {
                     key: self.export_key(task, table, p, *chunk)?,
                     format: table.format,
                     server_side: table.server_side,
+                    formatting: table.formatting,
                     chunk: *chunk,
                 };
                 let (file, note) = export::export_unit(

@@ -18,7 +18,9 @@ use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::interpolate::Interpolated;
 use super::partitions::expand_range;
 use super::schema::{ConnectionDef, ConnectionKind, Mode, PlanFile, StepDef, StepKind, TableDef};
-use super::{Connection, ExportFormat, PartitionSource, Plan, ServerSide, StepSpec, TableSpec};
+use super::{
+    Connection, ExportFormat, Formatting, PartitionSource, Plan, ServerSide, StepSpec, TableSpec,
+};
 use crate::graph::expand::{expand, path_context, PartitionMap};
 use crate::graph::GraphError;
 use crate::strategy::StrategyKind;
@@ -937,6 +939,19 @@ impl Checker {
                 ServerSide::Auto
             }
         };
+        let formatting = match def.formatting.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("auto") => Formatting::Auto,
+            Some("server") => Formatting::Server,
+            Some(other) => {
+                self.error(
+                    def.formatting.as_ref().map(|s| s.span()),
+                    format!("table {label}: formatting \"{other}\" is not known"),
+                    "unknown value",
+                    "use \"auto\" (flow formats where it can) or \"server\"",
+                );
+                Formatting::Auto
+            }
+        };
         // copy and s3-policy move the table's own partitions whole.
         let export_only = [
             (
@@ -946,6 +961,7 @@ impl Checker {
             ("format", def.format.as_ref().map(|s| s.span())),
             ("path", def.path.as_ref().map(|s| s.span())),
             ("server_side", def.server_side.as_ref().map(|s| s.span())),
+            ("formatting", def.formatting.as_ref().map(|s| s.span())),
         ];
         let policy_only = [(
             "storage_policy",
@@ -1039,6 +1055,7 @@ impl Checker {
             swap: def.swap.unwrap_or(strategy == StrategyKind::S3Policy),
             keep_old: def.keep_old.unwrap_or(true),
             server_side,
+            formatting,
             options: def.options.clone(),
             span: table_span,
         })

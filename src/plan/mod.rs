@@ -172,6 +172,7 @@ pub struct TableSpec {
     pub swap: bool,
     pub keep_old: bool,
     pub server_side: ServerSide,
+    pub formatting: Formatting,
     pub options: BTreeMap<String, String>,
     pub span: Range<usize>,
 }
@@ -242,6 +243,19 @@ pub enum ServerSide {
     Auto,
     Always,
     Never,
+}
+
+/// Who writes the text of a CSV or TSV export (`formatting`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Formatting {
+    /// Flow formats Native blocks where it reproduces the server's text exactly
+    /// (checked per server by a probe, per stream by its column types); the server
+    /// otherwise.
+    #[default]
+    Auto,
+    /// The server always formats.
+    Server,
 }
 
 /// A checked `[[steps]]` entry.

@@ -243,6 +243,10 @@ pub struct TableDef {
     /// export: "auto" (server writes to S3 when it can), "always", "never".
     #[schemars(with = "Option<String>")]
     pub server_side: Option<Spanned<String>>,
+    /// export (CSV, TSV): who writes the text — "auto" (flow, from the server's Native
+    /// blocks, when it can reproduce the server's text exactly) or "server".
+    #[schemars(with = "Option<String>")]
+    pub formatting: Option<Spanned<String>>,
     /// Free options passed to templates as `{{ options.NAME }}`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::caps::Caps;
 use super::errors::{exception_in_tail, from_client, ChError, Redactor};
+use super::text_out::{TextProfile, PROBE_SQL};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::Connection;
 
@@ -32,6 +33,7 @@ pub struct ChClient {
     bulk: clickhouse::Client,
     redactor: Redactor,
     caps: Arc<tokio::sync::OnceCell<Caps>>,
+    text_profile: Arc<tokio::sync::OnceCell<Option<TextProfile>>>,
     host: String,
 }
 
@@ -119,6 +121,7 @@ impl ChClient {
             bulk,
             redactor,
             caps: Arc::new(tokio::sync::OnceCell::new()),
+            text_profile: Arc::new(tokio::sync::OnceCell::new()),
             host,
         })
     }
@@ -168,6 +171,29 @@ impl ChClient {
             })
             .await
             .copied()
+    }
+
+    /// How the server writes text, when flow can write the same (asked once per client,
+    /// with the client's settings); None when the probe's answer is not what flow
+    /// would write (changed CSV settings, an unknown server generation).
+    pub async fn text_profile(&self) -> Result<Option<TextProfile>, ChError> {
+        self.text_profile
+            .get_or_try_init(|| async {
+                let answer = self
+                    .text("probe how the server writes text", PROBE_SQL, "CSV")
+                    .await?;
+                let profile = TextProfile::from_probe(&answer);
+                if profile.is_none() {
+                    tracing::info!(
+                        connection = %self.name,
+                        answer = %truncate(&answer, 300),
+                        "the server writes text in a way flow does not imitate; it formats exports itself"
+                    );
+                }
+                Ok(profile)
+            })
+            .await
+            .cloned()
     }
 
     /// Runs a statement that returns nothing (DDL, ALTER, INSERT … SELECT).

@@ -35,11 +35,13 @@ use tokio_util::sync::CancellationToken;
 use super::blocks::{BlockDecoder, BlockError};
 use super::checksum::{checksum_expr, Column};
 use super::errors::exception_in_tail;
+use super::native::{NativeError, NativeReader};
 use super::rows::StreamTracker;
+use super::text_out::{TextProfile, TextStyle, TextWriter};
 use super::{Ch, Feature};
 use crate::engines::store::{ObjectWriter, PutMode, ServerSideTarget, Store, StoreError};
 use crate::exec::runner::TaskFailure;
-use crate::plan::{ExportFormat, ServerSide};
+use crate::plan::{ExportFormat, Formatting, ServerSide};
 
 /// How a unit was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +80,7 @@ pub struct ExportUnit {
     pub key: String,
     pub format: ExportFormat,
     pub server_side: ServerSide,
+    pub formatting: Formatting,
     pub chunk: Option<u32>,
 }
 
@@ -154,9 +157,9 @@ pub async fn export_unit(
                 caps.require(Feature::Parquet, "a Parquet export")
                     .map_err(TaskFailure::permanent)?;
             }
-            let file = export_streamed(ch, store, unit, cancel).await?;
+            let (file, how) = export_streamed(ch, store, unit, cancel).await?;
             let mut note = format!(
-                "streamed through flow → {} ({} rows, {} bytes)",
+                "streamed through flow → {} ({} rows, {} bytes, {how})",
                 file.location, file.rows, file.bytes
             );
             if target.is_some() && unit.server_side != ServerSide::Never {
@@ -167,8 +170,78 @@ pub async fn export_unit(
     }
 }
 
+/// Who turns rows into the file's bytes.
+enum Transcode {
+    /// The server wrote the format; bytes pass through.
+    Pass,
+    /// The server sent Native; flow writes the text (see [`super::text_out`]).
+    Format {
+        reader: NativeReader,
+        text: Box<TextWriter>,
+    },
+}
+
+impl Transcode {
+    fn push(&mut self, data: Bytes) -> Result<Vec<Bytes>, NativeError> {
+        match self {
+            Transcode::Pass => Ok(vec![data]),
+            Transcode::Format { reader, text } => {
+                let mut out = Vec::new();
+                for block in reader.push(&data)? {
+                    text.write_block(&block)?;
+                    out.extend(text.take_chunk());
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// What is left at the end of the stream; the rows flow formatted.
+    fn finish(&mut self) -> Result<(Option<Bytes>, Option<u64>), NativeError> {
+        match self {
+            Transcode::Pass => Ok((None, None)),
+            Transcode::Format { reader, text } => {
+                reader.finish()?;
+                if !text.started() {
+                    return Err(NativeError::NoBlocks);
+                }
+                Ok((Some(text.take()), Some(text.rows())))
+            }
+        }
+    }
+}
+
+/// Why a stream was not received.
+enum ReceiveError {
+    Failed(TaskFailure),
+    /// Flow cannot format this stream itself; the server should.
+    NotFormattable(NativeError),
+}
+
+impl From<TaskFailure> for ReceiveError {
+    fn from(e: TaskFailure) -> Self {
+        ReceiveError::Failed(e)
+    }
+}
+
+impl From<super::ChError> for ReceiveError {
+    fn from(e: super::ChError) -> Self {
+        ReceiveError::Failed(e.into())
+    }
+}
+
+/// A received, not yet committed object.
+struct Received {
+    writer: Box<dyn ObjectWriter>,
+    tracker: StreamTracker,
+    /// Rows in the blocks flow formatted (None when the server formatted).
+    formatted_rows: Option<u64>,
+}
+
 /// Streams the query's result into a new object (not yet committed). With
-/// `compressed`, the body is in ClickHouse's block framing (fewer, larger chunks).
+/// `compressed`, the body is in ClickHouse's block framing (fewer, larger chunks);
+/// with `formatting`, the server sends Native and flow writes the text.
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     ch: &Ch,
     store: &dyn Store,
@@ -176,9 +249,23 @@ async fn receive(
     sql: &str,
     action: &str,
     compressed: bool,
+    formatting: Option<(TextStyle, TextProfile)>,
     cancel: &CancellationToken,
-) -> Result<(Box<dyn ObjectWriter>, StreamTracker), TaskFailure> {
-    let format = unit.format.clickhouse_name();
+) -> Result<Received, ReceiveError> {
+    let (format, mut transcode) = match formatting {
+        Some((style, profile)) => (
+            "Native",
+            Transcode::Format {
+                reader: NativeReader::new(),
+                text: Box::new(TextWriter::new(
+                    style,
+                    profile,
+                    ch.columns(&unit.from).await?,
+                )),
+            },
+        ),
+        None => (unit.format.clickhouse_name(), Transcode::Pass),
+    };
     let mut cursor = if compressed {
         ch.client.stream_framed(action, sql, format)?
     } else {
@@ -190,48 +277,80 @@ async fn receive(
     let late_exception = |text: &str| -> TaskFailure {
         super::client::server_error(ch.name(), action, text, ch.client.redactor()).into()
     };
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                writer.abort().await;
-                return Err(TaskFailure::transient(format!("{action}: cancelled")));
-            }
-            next = cursor.next() => next,
-        };
-        let raw = match next {
-            Ok(Some(raw)) => raw,
-            Ok(None) => break,
-            Err(e) => {
-                writer.abort().await;
-                return Err(ch.client.map_err(action, &e).into());
-            }
-        };
-        let blocks = match decoder.as_mut().map(|d| d.push(&raw)) {
-            None => vec![raw],
-            Some(Ok(blocks)) => blocks,
-            Some(Err(e)) => {
-                writer.abort().await;
-                return Err(block_failure(action, e, &late_exception));
-            }
-        };
-        for block in blocks {
-            tracker.feed(&block);
-            if let Err(e) = writer.write(block).await {
-                writer.abort().await;
-                return Err(store_failure(e));
+    // Everything after the writer exists goes through here so a failure aborts it.
+    let result: Result<Option<u64>, ReceiveError> = async {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    return Err(TaskFailure::transient(format!("{action}: cancelled")).into());
+                }
+                next = cursor.next() => next,
+            };
+            let raw = match next {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => return Err(TaskFailure::from(ch.client.map_err(action, &e)).into()),
+            };
+            let blocks = match decoder.as_mut().map(|d| d.push(&raw)) {
+                None => vec![raw],
+                Some(Ok(blocks)) => blocks,
+                Some(Err(e)) => return Err(block_failure(action, e, &late_exception).into()),
+            };
+            for block in blocks {
+                for data in transcode
+                    .push(block)
+                    .map_err(ReceiveError::NotFormattable)?
+                {
+                    tracker.feed(&data);
+                    writer.write(data).await.map_err(store_failure)?;
+                }
             }
         }
+        if let Some(Err(e)) = decoder.take().map(BlockDecoder::finish) {
+            return Err(block_failure(action, e, &late_exception).into());
+        }
+        let (rest, formatted_rows) = transcode.finish().map_err(ReceiveError::NotFormattable)?;
+        if let Some(data) = rest.filter(|d| !d.is_empty()) {
+            tracker.feed(&data);
+            writer.write(data).await.map_err(store_failure)?;
+        }
+        if formatted_rows.is_none() {
+            if let Some(exception) = exception_in_tail(&tracker.tail()) {
+                return Err(late_exception(&exception).into());
+            }
+        }
+        Ok(formatted_rows)
     }
-    if let Some(Err(e)) = decoder.map(BlockDecoder::finish) {
-        writer.abort().await;
-        return Err(block_failure(action, e, &late_exception));
+    .await;
+    match result {
+        Ok(formatted_rows) => Ok(Received {
+            writer,
+            tracker,
+            formatted_rows,
+        }),
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
+        }
     }
-    if let Some(exception) = exception_in_tail(&tracker.tail()) {
-        writer.abort().await;
-        return Err(late_exception(&exception));
+}
+
+/// Whether flow formats this unit's text itself: CSV or TSV, not turned off with
+/// `formatting = "server"`, and a server whose text flow can reproduce.
+async fn flow_formatting(
+    ch: &Ch,
+    unit: &ExportUnit,
+) -> Result<Option<(TextStyle, TextProfile)>, TaskFailure> {
+    let style = match unit.format {
+        ExportFormat::Csv => TextStyle::Csv,
+        ExportFormat::Tsv => TextStyle::Tsv,
+        _ => return Ok(None),
+    };
+    if unit.formatting == Formatting::Server {
+        return Ok(None);
     }
-    Ok((writer, tracker))
+    Ok(ch.client.text_profile().await?.map(|p| (style, p)))
 }
 
 /// Streams the unit from the server into the store.
@@ -240,22 +359,69 @@ pub async fn export_streamed(
     store: &dyn Store,
     unit: &ExportUnit,
     cancel: &CancellationToken,
-) -> Result<ExportedFile, TaskFailure> {
+) -> Result<(ExportedFile, String), TaskFailure> {
     let action = format!("export {} to {}", unit.from, store.location(&unit.key));
     let sql = ch.sql(
         "select",
         context! { columns => "*", from => &unit.from, filter => &unit.filter },
     )?;
-    let mut written = receive(ch, store, unit, &sql, &action, true, cancel).await?;
-    if written.1.bytes() == 0 {
-        // ClickHouse 18.x sends nothing at all for a compressed result smaller than one
-        // block; an empty compressed answer is asked again uncompressed (cheap: it is
-        // small or truly empty).
-        written.0.abort().await;
-        written = receive(ch, store, unit, &sql, &action, false, cancel).await?;
+    let mut how = "formatted by the server".to_string();
+    let mut received = None;
+    if let Some(formatting) = flow_formatting(ch, unit).await? {
+        match receive(
+            ch,
+            store,
+            unit,
+            &sql,
+            &action,
+            true,
+            Some(formatting),
+            cancel,
+        )
+        .await
+        {
+            Ok(r) => {
+                how = "formatted by flow".into();
+                received = Some(r);
+            }
+            Err(ReceiveError::Failed(e)) => return Err(e),
+            Err(ReceiveError::NotFormattable(why)) => {
+                tracing::debug!(unit = %unit.key, %why, "the server formats this unit");
+                how = format!("formatted by the server: {why}");
+            }
+        }
     }
-    let (writer, tracker) = written;
+    let plain = |compressed| receive(ch, store, unit, &sql, &action, compressed, None, cancel);
+    let received = match received {
+        Some(r) => r,
+        None => {
+            let mut r = plain(true).await.map_err(failure_of)?;
+            if r.tracker.bytes() == 0 {
+                // ClickHouse 18.x sends nothing at all for a compressed result smaller
+                // than one block; an empty compressed answer is asked again uncompressed
+                // (cheap: it is small or truly empty).
+                r.writer.abort().await;
+                r = plain(false).await.map_err(failure_of)?;
+            }
+            r
+        }
+    };
+    let Received {
+        writer,
+        tracker,
+        formatted_rows,
+    } = received;
     let summary = tracker.finish();
+    if let (Some(formatted), Some(counted)) = (formatted_rows, summary.rows) {
+        if formatted != counted {
+            writer.abort().await;
+            return Err(TaskFailure::permanent(format!(
+                "{action}: flow formatted {formatted} rows but the text holds {counted} \
+                 records; set options.formatting = \"server\" for this table and report \
+                 the column types"
+            )));
+        }
+    }
     let meta = writer.commit().await.map_err(store_failure)?;
     let source = ch
         .stats(
@@ -278,7 +444,7 @@ pub async fn export_streamed(
         // Native: the completed stream and the server's count.
         None => source.rows,
     };
-    Ok(ExportedFile {
+    let file = ExportedFile {
         key: unit.key.clone(),
         location: store.location(&unit.key),
         rows,
@@ -287,7 +453,15 @@ pub async fn export_streamed(
         row_checksum: None,
         path: ExportPath::Streamed,
         chunk: unit.chunk,
-    })
+    };
+    Ok((file, how))
+}
+
+fn failure_of(e: ReceiveError) -> TaskFailure {
+    match e {
+        ReceiveError::Failed(e) => e,
+        ReceiveError::NotFormattable(e) => TaskFailure::permanent(e.to_string()),
+    }
 }
 
 /// A client that hides the target's secret in its messages.

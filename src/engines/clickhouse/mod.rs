@@ -19,9 +19,11 @@ pub mod copy;
 pub mod ddl;
 pub mod errors;
 pub mod export;
+pub mod native;
 pub mod rows;
 pub mod s3_policy;
 pub mod split;
+pub mod text_out;
 pub mod values;
 
 use std::collections::BTreeMap;
