@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clickhouse_common::{ch, stats};
+use clickhouse_common::{ch, stats, AWKWARD_COLUMNS, AWKWARD_VALUES};
 use flow::engines::clickhouse::Stats;
 
 const KILLS: usize = 6;
@@ -326,5 +326,131 @@ keep_old = false
         ))
         .trim(),
         "['s3']"
+    );
+}
+
+#[test]
+fn s3_policy_whole_database_survives_sigkill_at_random_moments() {
+    // `table = "*"`: the tables are listed anew by every run, so a kill can land while
+    // one table is half moved, another swapped but not cleaned up, a third untouched.
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "crashwhole");
+    let d = db.name();
+    // Monthly partitions, several parts each.
+    db.exec(&format!(
+        "CREATE TABLE {d}.events (id UInt64, d Date, s String, n Nullable(Int32)) \
+         ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+    ));
+    for start in [0, 60000] {
+        db.exec(&format!(
+            "INSERT INTO {d}.events SELECT {start} + number, toDate('2015-01-01') + number % 240, \
+             concat('row \"', toString(number), '\",\\n'), if(number % 4 = 0, NULL, toInt32(number)) \
+             FROM numbers(60000)"
+        ));
+    }
+    // A tuple partition key and awkward values.
+    db.exec(&format!(
+        "CREATE TABLE {d}.sessions ({AWKWARD_COLUMNS}) ENGINE = MergeTree \
+         PARTITION BY (toYYYYMM(d), k) ORDER BY (k, id)"
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.sessions SELECT * FROM values('{AWKWARD_COLUMNS}', {})",
+        AWKWARD_VALUES.trim().replace('\n', " ")
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.sessions SELECT number + 100, toDate('2015-06-01') + number % 120, \
+         toDateTime('2015-06-01 00:00:00') + number, if(number % 3 = 0, 'eu', 'us'), toString(number), \
+         if(number % 5 = 0, NULL, toInt32(number)), NULL, toDecimal64(number, 4) / 7, \
+         [toString(number % 9)], [toInt32(number % 11)] FROM numbers(60000)"
+    ));
+    // Unpartitioned: one partition, `all`.
+    db.exec(&format!(
+        "CREATE TABLE {d}.totals (k String, x UInt64, a Array(UInt32)) ENGINE = MergeTree ORDER BY k"
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.totals SELECT concat('k', toString(number)), number * 3, [number % 7, number % 13] \
+         FROM numbers(40000)"
+    ));
+    // Not a MergeTree: not listed, not moved, untouched.
+    db.exec(&format!(
+        "CREATE TABLE {d}.lookup (k String, v UInt32) ENGINE = Memory"
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.lookup SELECT toString(number), number FROM numbers(10)"
+    ));
+    let moved = ["events", "sessions", "totals"];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = ch(&url);
+    let before: Vec<Stats> = moved
+        .iter()
+        .chain(&["lookup"])
+        .map(|t| rt.block_on(stats(&engine, &format!("{d}.{t}"), None)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        &format!(
+            r#"
+[plan]
+name = "crash-whole"
+concurrency = 3
+retries = 5
+retry_backoff = "200ms"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+max_concurrency = 3
+pause_between = "250ms"
+
+[[tables]]
+source = "ch"
+database = "{d}"
+table = "*"
+strategy = "s3-policy"
+storage_policy = "s3"
+keep_old = false
+"#
+        ),
+    );
+    let killed = run_with_kills(&plan, 5000);
+    assert!(killed >= 3, "only {killed} run(s) were killed mid-way");
+    eprintln!("whole-database s3-policy: {killed} run(s) killed mid-way");
+    for (t, before) in moved.iter().chain(&["lookup"]).zip(&before) {
+        let after = rt.block_on(stats(&engine, &format!("{d}.{t}"), None));
+        assert_eq!(*before, after, "{t}: no row lost or duplicated");
+    }
+    for t in moved {
+        assert_eq!(
+            db.exec(&format!(
+                "SELECT storage_policy FROM system.tables WHERE database = '{d}' AND name = '{t}'"
+            ))
+            .trim(),
+            "s3",
+            "{t}"
+        );
+        assert_eq!(
+            db.exec(&format!(
+                "SELECT groupUniqArray(disk_name) FROM system.parts WHERE database = '{d}' AND table = '{t}' AND active AND rows > 0"
+            ))
+            .trim(),
+            "['s3']",
+            "{t}: every active part on the S3 disk"
+        );
+    }
+    assert_eq!(
+        db.exec(&format!(
+            "SELECT engine FROM system.tables WHERE database = '{d}' AND name = 'lookup'"
+        ))
+        .trim(),
+        "Memory"
+    );
+    assert_eq!(
+        db.exec(&format!(
+            "SELECT groupArray(name) FROM (SELECT name FROM system.tables WHERE database = '{d}' ORDER BY name)"
+        ))
+        .trim(),
+        "['events','lookup','sessions','totals']",
+        "no helper table left"
     );
 }
