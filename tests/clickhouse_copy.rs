@@ -1,14 +1,18 @@
 //! Strategy `copy` against real servers: same server (18.16 and modern), across
-//! servers and versions, re-runs that never duplicate, a killed load, and the swap.
+//! servers and versions, re-runs that never duplicate, a killed load, a cancelled load
+//! whose INSERT is killed on the server, and the swap.
 
 mod clickhouse_common;
 mod support;
 
+use std::time::{Duration, Instant};
+
 use clickhouse_common::{ch, stats, AWKWARD_COLUMNS, AWKWARD_VALUES};
 use flow::engines::clickhouse::copy::CopyJob;
 use flow::engines::clickhouse::split::{split, Grouping, SplitRequest};
-use flow::engines::clickhouse::Ch;
+use flow::engines::clickhouse::{Ch, ChClient, ChParams};
 use flow::graph::Partition;
+use flow::templates::Templates;
 use tokio_util::sync::CancellationToken;
 
 fn create_source(db: &support::ChDatabase) {
@@ -187,6 +191,116 @@ async fn a_killed_load_leaves_only_a_staging_table_that_the_next_attempt_drops()
     assert!(j.verify(p).await.is_err());
     j.load(p, &CancellationToken::new()).await.unwrap();
     j.verify(p).await.unwrap();
+}
+
+/// A cancelled load (second Ctrl-C) kills its INSERT … SELECT on the server and fails
+/// at once, transiently; the target is untouched, and the next attempt drops the
+/// staging table left behind and copies the partition. Rows are read one per block and
+/// the bound sleeps a second per row, so the INSERT would take 40 s.
+/// On 18.16 only: the chdb front ignores `query_id`, so a kill by query_id cannot
+/// find the statement there.
+#[tokio::test]
+async fn a_cancelled_load_kills_its_insert_on_the_server() {
+    let url = support::ch_url();
+    let src = support::ChDatabase::new(&url, "cancelsrc");
+    let dst = support::ChDatabase::new(&url, "canceldst");
+    src.exec(&format!(
+        "CREATE TABLE {}.trips (id UInt32, d Date) ENGINE = MergeTree \
+         PARTITION BY toYYYYMM(d) ORDER BY id",
+        src.name()
+    ));
+    src.exec(&format!(
+        "INSERT INTO {}.trips SELECT number, toDate('2015-06-01') FROM numbers(40)",
+        src.name()
+    ));
+    let one_row_reads = ChClient::new(ChParams {
+        name: "src".into(),
+        url: url.clone(),
+        settings: [("max_block_size".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let slow_ch = Ch::new(one_row_reads, Templates::new(None).unwrap());
+    let probe = ch(&url);
+    let parts = partitions(&probe, src.name(), None).await;
+    assert_eq!(parts.len(), 1);
+    let p = parts[0].clone();
+    let slow = job(
+        &slow_ch,
+        &slow_ch,
+        true,
+        src.name(),
+        dst.name(),
+        Some("sleepEachRow(1) = 0"),
+    );
+    slow.prepare().await.unwrap();
+
+    let staging = format!("`{}`.`trips__flow_stage_{}`", dst.name(), p.id);
+    let inserts = format!(
+        "SELECT count() FROM system.processes WHERE query LIKE '%INSERT INTO {staging}%' \
+         AND query NOT LIKE '%system.processes%'"
+    );
+    let running = || async {
+        probe
+            .client
+            .text("probe", &inserts, "TSV")
+            .await
+            .unwrap()
+            .trim()
+            != "0"
+    };
+    let cancel = CancellationToken::new();
+    let load = tokio::spawn({
+        let (slow, p, cancel) = (slow.clone(), p.clone(), cancel.clone());
+        async move { slow.load(&p, &cancel).await }
+    });
+    let t = Instant::now();
+    while !running().await {
+        assert!(t.elapsed().as_secs() < 30, "the INSERT never showed up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let it run a moment, as a Ctrl-C would.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cancel.cancel();
+    let t = Instant::now();
+    let err = load.await.unwrap().unwrap_err();
+    let took = t.elapsed();
+    eprintln!("load returned {took:?} after the cancel: {}", err.message);
+    assert!(took.as_secs() < 5, "the load waited {took:?}");
+    assert!(err.retryable, "{}", err.message);
+    assert!(
+        err.message
+            .contains("the statement was killed on the server"),
+        "{}",
+        err.message
+    );
+    let t = Instant::now();
+    while running().await {
+        assert!(
+            t.elapsed().as_secs() < 5,
+            "the INSERT still runs on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("INSERT gone from system.processes after {:?}", t.elapsed());
+    let count = |table: String| dst.exec(&format!("SELECT count() FROM {table}"));
+    let staged: u64 = count(staging.clone()).trim().parse().unwrap();
+    eprintln!("the killed INSERT left {staged} of 40 rows in staging");
+    assert!(staged < 40);
+    assert_eq!(count(format!("{}.trips", dst.name())).trim(), "0");
+
+    // The next attempt (same rows, no sleep) starts over from a fresh staging table.
+    let again = job(
+        &slow_ch,
+        &slow_ch,
+        true,
+        src.name(),
+        dst.name(),
+        Some("sleepEachRow(0) = 0"),
+    );
+    again.load(&p, &CancellationToken::new()).await.unwrap();
+    again.verify(&p).await.unwrap();
+    assert_eq!(count(format!("{}.trips", dst.name())).trim(), "40");
 }
 
 #[tokio::test]

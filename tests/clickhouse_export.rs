@@ -786,3 +786,59 @@ fn column_names(columns: &str) -> String {
     );
     names.join(", ")
 }
+
+/// The probe learns each server's style, and a setting that changes the text turns
+/// flow's formatting off (the server formats, the bytes stay the server's).
+#[tokio::test]
+async fn the_probe_learns_each_server_and_refuses_changed_text_settings() {
+    use flow::engines::clickhouse::{ChClient, ChParams};
+    for (modern, url) in [(false, support::ch_url()), (true, support::chdb_url())] {
+        let profile = ch(&url)
+            .client
+            .text_profile()
+            .await
+            .unwrap()
+            .expect("profile");
+        assert_eq!(profile.legacy_dates, !modern, "{url}");
+        assert_eq!(profile.decimal_trailing_zeros, !modern, "{url}");
+        assert_eq!(profile.booleans, modern, "{url}");
+        {
+            let (setting, value) = ("format_csv_delimiter", ";");
+            let client = ChClient::new(ChParams {
+                name: "changed".into(),
+                url: url.clone(),
+                settings: [(setting.to_string(), value.to_string())].into(),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(
+                client.text_profile().await.unwrap(),
+                None,
+                "{url}: {setting} = {value}"
+            );
+        }
+    }
+    // Settings 18.16 does not have: line ends, NULL and boolean text.
+    for (setting, value) in [
+        ("output_format_csv_crlf_end_of_line", "1"),
+        ("output_format_tsv_crlf_end_of_line", "1"),
+        ("format_csv_null_representation", "NULL"),
+        ("bool_true_representation", "yes"),
+        ("output_format_decimal_trailing_zeros", "1"),
+    ] {
+        let client = ChClient::new(ChParams {
+            name: "changed".into(),
+            url: support::chdb_url(),
+            settings: [(setting.to_string(), value.to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let profile = client.text_profile().await.unwrap();
+        if setting == "output_format_decimal_trailing_zeros" {
+            // A style flow knows: learned, not refused.
+            assert!(profile.expect("profile").decimal_trailing_zeros);
+        } else {
+            assert_eq!(profile, None, "{setting} = {value}");
+        }
+    }
+}

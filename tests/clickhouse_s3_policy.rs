@@ -9,6 +9,7 @@ use clickhouse_common::{ch, stats, AWKWARD_COLUMNS, AWKWARD_VALUES};
 use flow::engines::clickhouse::s3_policy::{PolicyMove, Roles};
 use flow::engines::clickhouse::split::{split, Grouping, SplitRequest};
 use flow::engines::clickhouse::{Ch, Stats};
+use tokio_util::sync::CancellationToken;
 
 fn mover(ch: &Ch, db: &str, holder: &str) -> PolicyMove {
     PolicyMove {
@@ -114,14 +115,17 @@ async fn the_whole_move_puts_every_part_on_s3_and_keeps_every_row() {
     m.prepare().await.unwrap();
     // Another plan is refused while this one holds the table.
     let other = mover(&ch, db.name(), "plan-b");
-    let err = other.load("201506").await.unwrap_err();
+    let err = other
+        .load("201506", &CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(err.message.contains("plan-a"), "{}", err.message);
 
     let ids = partition_ids(&ch, db.name(), None).await;
     assert_eq!(ids, vec!["201506", "201507", "201508", "201509"]);
     for id in &ids {
-        m.load(id).await.unwrap();
-        let again = m.load(id).await.unwrap();
+        m.load(id, &CancellationToken::new()).await.unwrap();
+        let again = m.load(id, &CancellationToken::new()).await.unwrap();
         assert!(again.note.contains("already loaded"), "{}", again.note);
         m.verify(id).await.unwrap();
         m.drop_partition(id).await.unwrap();
@@ -130,15 +134,15 @@ async fn the_whole_move_puts_every_part_on_s3_and_keeps_every_row() {
         // The verify still passes after the drop (a resumed run may repeat it).
         m.verify(id).await.unwrap();
     }
-    m.catch_up().await.unwrap();
+    m.catch_up(&CancellationToken::new()).await.unwrap();
     m.full_verify().await.unwrap();
-    let swap = m.swap(false).await.unwrap();
+    let swap = m.swap(false, &CancellationToken::new()).await.unwrap();
     assert!(swap.note.contains("EXCHANGE TABLES"), "{}", swap.note);
-    let again = m.swap(false).await.unwrap();
+    let again = m.swap(false, &CancellationToken::new()).await.unwrap();
     assert!(again.note.contains("already swapped"), "{}", again.note);
     assert_eq!(m.roles().await.unwrap(), Roles::Swapped);
-    m.cleanup().await.unwrap();
-    m.cleanup().await.unwrap();
+    m.cleanup(&CancellationToken::new()).await.unwrap();
+    m.cleanup(&CancellationToken::new()).await.unwrap();
     assert_eq!(m.roles().await.unwrap(), Roles::Done);
 
     let after = total(&ch, db.name(), "events").await;
@@ -196,7 +200,7 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
         "INSERT INTO {d}.events__flow_load_{0} SELECT * FROM {d}.events WHERE _partition_id = '{0}' LIMIT 3",
         ids[0]
     ));
-    m.load(&ids[0]).await.unwrap();
+    m.load(&ids[0], &CancellationToken::new()).await.unwrap();
     m.verify(&ids[0]).await.unwrap();
 
     // 2. Killed after the drop's move into quarantine, before the quarantined rows were
@@ -215,12 +219,15 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
 
     // 3. A row arrives in a loaded partition: the target differs from a non-empty
     //    source; load, verify and drop refuse, and never clear the target.
-    m.load(&ids[1]).await.unwrap();
+    m.load(&ids[1], &CancellationToken::new()).await.unwrap();
     write_both(&format!(
         "SELECT * FROM {d}.expected WHERE _partition_id = '{0}' ORDER BY id LIMIT 1",
         ids[1]
     ));
-    let err = m.load(&ids[1]).await.unwrap_err();
+    let err = m
+        .load(&ids[1], &CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(!err.retryable);
     assert!(err.message.contains("never clears"), "{}", err.message);
     let err = m.verify(&ids[1]).await.unwrap_err();
@@ -241,7 +248,7 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
         ids[1]
     ));
     for id in &ids[1..] {
-        m.load(id).await.unwrap();
+        m.load(id, &CancellationToken::new()).await.unwrap();
         m.verify(id).await.unwrap();
         m.drop_partition(id).await.unwrap();
     }
@@ -276,18 +283,18 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
         "ALTER TABLE {d}.events DROP PARTITION ID '201601'"
     ));
 
-    let r = m.catch_up().await.unwrap();
+    let r = m.catch_up(&CancellationToken::new()).await.unwrap();
     assert_eq!(r.rows, 150, "{}", r.note);
     m.full_verify().await.unwrap();
 
     // 6. Rows written into the old table right after the swap are moved by cleanup.
-    m.swap(false).await.unwrap();
+    m.swap(false, &CancellationToken::new()).await.unwrap();
     for t in ["events__flow_new", "expected"] {
         db.exec(&format!(
             "INSERT INTO {d}.{t} SELECT number + 990000, toDate('2015-07-05'), toDateTime('2015-07-05 00:00:00'), 'swap', 'x', NULL, NULL, 0, [], [], 'z' FROM numbers(7)"
         ));
     }
-    m.cleanup().await.unwrap();
+    m.cleanup(&CancellationToken::new()).await.unwrap();
 
     let after = total(&ch, &d, "events").await;
     let expected = total(&ch, &d, "expected").await;
@@ -351,13 +358,13 @@ async fn keeping_the_old_table_and_listing_a_whole_database() {
     let m = mover(&ch, db.name(), "plan-a");
     m.prepare().await.unwrap();
     for id in partition_ids(&ch, db.name(), None).await {
-        m.load(&id).await.unwrap();
+        m.load(&id, &CancellationToken::new()).await.unwrap();
         m.verify(&id).await.unwrap();
         m.drop_partition(&id).await.unwrap();
     }
-    m.catch_up().await.unwrap();
+    m.catch_up(&CancellationToken::new()).await.unwrap();
     m.full_verify().await.unwrap();
-    m.swap(true).await.unwrap();
+    m.swap(true, &CancellationToken::new()).await.unwrap();
     assert_eq!(total(&ch, db.name(), "events").await, before);
     let left = db.exec(&format!(
         "SELECT groupArray(name) FROM system.tables WHERE database = '{}' AND name LIKE 'events\\_\\_flow%'",
@@ -380,19 +387,19 @@ async fn an_unfinished_move_stays_on_the_whole_database_list() {
     let m = mover(&ch, db.name(), "plan-a");
     m.prepare().await.unwrap();
     for id in partition_ids(&ch, db.name(), None).await {
-        m.load(&id).await.unwrap();
+        m.load(&id, &CancellationToken::new()).await.unwrap();
         m.verify(&id).await.unwrap();
         m.drop_partition(&id).await.unwrap();
     }
-    m.catch_up().await.unwrap();
+    m.catch_up(&CancellationToken::new()).await.unwrap();
     m.full_verify().await.unwrap();
-    m.swap(false).await.unwrap();
+    m.swap(false, &CancellationToken::new()).await.unwrap();
     // Swapped, not cleaned up: `events` is on the policy but still listed.
     let listed = flow::engines::clickhouse::s3_policy::tables_to_move(&ch, db.name(), "s3")
         .await
         .unwrap();
     assert_eq!(listed, vec!["events"]);
-    m.cleanup().await.unwrap();
+    m.cleanup(&CancellationToken::new()).await.unwrap();
     let listed = flow::engines::clickhouse::s3_policy::tables_to_move(&ch, db.name(), "s3")
         .await
         .unwrap();

@@ -6,11 +6,21 @@
 //! lock wait timeout, too many connections, lost connection) or a transport failure;
 //! syntax and permission errors are permanent. Credentials never appear in messages:
 //! the URL may not carry them, and the password is redacted from server text.
+//!
+//! A cancelled step does not leave its statement running: flow kills the step's
+//! connection from a second one (`KILL CONNECTION <id>`, which also stops a statement
+//! whose request is still on its way, where `KILL QUERY` would miss it).
+
+use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
+use tokio_util::sync::CancellationToken;
 
 use crate::plan::schema::ConnectionKind;
 use crate::plan::Connection;
+
+/// How long killing a cancelled statement's connection may take.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// A failed MySQL request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -132,20 +142,63 @@ impl MysqlClient {
     }
 
     /// Runs statements one after another on one connection; returns affected rows.
-    pub async fn execute_all(&self, statements: &[String]) -> Result<u64, MysqlError> {
+    /// When `cancel` fires, flow stops waiting, kills the connection on the server and
+    /// returns a transient error.
+    pub async fn execute_all(
+        &self,
+        statements: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<u64, MysqlError> {
         let mut conn = mysql_async::Conn::new(self.opts.clone())
             .await
             .map_err(|e| self.err("connect", e))?;
         let mut affected = 0;
         for (i, sql) in statements.iter().enumerate() {
             let action = format!("statement {} of {}", i + 1, statements.len());
-            conn.query_drop(sql.as_str())
+            match cancel
+                .run_until_cancelled(conn.query_drop(sql.as_str()))
                 .await
-                .map_err(|e| self.err(&action, e))?;
+            {
+                Some(result) => result.map_err(|e| self.err(&action, e))?,
+                None => return Err(self.kill(&action, conn.id()).await),
+            }
             affected += conn.affected_rows();
         }
         let _ = conn.disconnect().await;
         Ok(affected)
+    }
+
+    /// Kills connection `id` from a new connection; the error says how that went.
+    async fn kill(&self, action: &str, id: u32) -> MysqlError {
+        tracing::warn!(connection = %self.name, action, id, "killing a cancelled statement");
+        let kill = async {
+            let mut conn = mysql_async::Conn::new(self.opts.clone()).await?;
+            conn.query_drop(format!("KILL CONNECTION {id}")).await?;
+            conn.disconnect().await
+        };
+        let what = match tokio::time::timeout(KILL_WAIT, kill).await {
+            Ok(Ok(())) => "its connection was killed on the server".to_string(),
+            // Unknown thread id: the connection had ended already.
+            Ok(Err(mysql_async::Error::Server(s))) if s.code == 1094 => {
+                "its connection had ended already".to_string()
+            }
+            Ok(Err(e)) => format!(
+                "killing its connection on the server failed ({}); look for it in SHOW PROCESSLIST",
+                self.err("kill", e).message
+            ),
+            Err(_) => format!(
+                "killing its connection on the server took more than {}s",
+                KILL_WAIT.as_secs()
+            ),
+        };
+        MysqlError {
+            kind: self.kind,
+            connection: self.name.clone(),
+            action: action.to_string(),
+            code: None,
+            message: format!("cancelled (interrupt); {what} (connection id {id})"),
+            retryable: true,
+        }
     }
 
     /// Runs a query and returns the first column of every row as text.

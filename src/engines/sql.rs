@@ -6,6 +6,10 @@
 //! takes one statement per request, so the text is split at semicolons outside
 //! quotes and comments, and the statements run in order; the first failure stops the
 //! step. The rendered text is never logged (it may hold secrets from `env`).
+//!
+//! A cancelled step (second Ctrl-C) or one past its `timeout` does not leave its
+//! statement running: it is killed on the server (ClickHouse by `query_id`, MySQL by
+//! connection id).
 
 use std::sync::Arc;
 
@@ -95,7 +99,7 @@ fn is_only_comments(s: &str) -> bool {
 
 #[async_trait::async_trait]
 impl TaskRunner for SqlRunner {
-    async fn run(&self, task: &Task, _ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
+    async fn run(&self, task: &Task, ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
         let WorkUnit::Step { step } = &task.unit else {
             return Err(TaskFailure::permanent(format!(
                 "task `{}` is not a step; the sql runner only runs sql steps",
@@ -123,6 +127,16 @@ impl TaskRunner for SqlRunner {
                 step.id
             )));
         }
+        // A timeout stops the statement the way a second Ctrl-C does: it is killed on
+        // the server, not left running there while a retry starts it again.
+        let stop = ctx.cancel.child_token();
+        let timer = step.timeout.map(|limit| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                stop.cancel();
+            })
+        });
         let run = async {
             match conn.kind {
                 ConnectionKind::Clickhouse => {
@@ -134,13 +148,13 @@ impl TaskRunner for SqlRunner {
                             i + 1,
                             statements.len()
                         );
-                        client.execute(&action, sql).await?;
+                        client.execute_cancellable(&action, sql, &stop).await?;
                     }
                     Ok::<Option<u64>, TaskFailure>(None)
                 }
                 ConnectionKind::Mysql | ConnectionKind::Starrocks => {
                     let client = MysqlClient::from_connection(conn)?;
-                    Ok(Some(client.execute_all(&statements).await?))
+                    Ok(Some(client.execute_all(&statements, &stop).await?))
                 }
                 other => Err(TaskFailure::permanent(format!(
                     "sql step `{}`: connection `{conn_name}` is of kind `{}`, which runs no SQL",
@@ -149,19 +163,21 @@ impl TaskRunner for SqlRunner {
                 ))),
             }
         };
-        let run = async {
-            match step.timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| {
-                    TaskFailure::transient(format!(
-                        "sql step `{}` timed out after {}",
-                        step.id,
-                        humantime::format_duration(limit)
-                    ))
-                })?,
-                None => run.await,
+        let result = run.await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        let affected = match (result, step.timeout) {
+            (Err(e), Some(limit)) if stop.is_cancelled() && !ctx.cancel.is_cancelled() => {
+                return Err(TaskFailure::transient(format!(
+                    "sql step `{}` timed out after {}: {}",
+                    step.id,
+                    humantime::format_duration(limit),
+                    e.message
+                )))
             }
+            (result, _) => result?,
         };
-        let affected = run.await?;
         Ok(TaskOutcome {
             rows: affected,
             note: Some(format!(

@@ -187,7 +187,7 @@ impl TaskRunner for TableRunner {
         match table.strategy {
             StrategyKind::Export => self.run_export(task, &ctx, table, partition).await,
             StrategyKind::Copy => self.run_copy(task, &ctx, table, partition).await,
-            StrategyKind::S3Policy => self.run_s3_policy(task, table, partition).await,
+            StrategyKind::S3Policy => self.run_s3_policy(task, &ctx, table, partition).await,
         }
     }
 }
@@ -532,6 +532,7 @@ impl TableRunner {
     async fn run_s3_policy(
         &self,
         task: &Task,
+        ctx: &TaskContext,
         table: &TableSpec,
         partition: Option<(Arc<Partition>, Option<u32>)>,
     ) -> Result<TaskOutcome, TaskFailure> {
@@ -557,7 +558,7 @@ impl TableRunner {
         };
         let r = match task.kind {
             TaskKind::Prepare => mv.prepare().await?,
-            TaskKind::Load => mv.load(&need_pid()?).await?,
+            TaskKind::Load => mv.load(&need_pid()?, &ctx.cancel).await?,
             TaskKind::Verify if pid.is_some() => mv.verify(&need_pid()?).await?,
             TaskKind::Verify => {
                 let r = mv.full_verify().await?;
@@ -567,9 +568,9 @@ impl TableRunner {
                 r
             }
             TaskKind::Drop => mv.drop_partition(&need_pid()?).await?,
-            TaskKind::CatchUp => mv.catch_up().await?,
-            TaskKind::Swap => mv.swap(table.keep_old).await?,
-            TaskKind::Cleanup => mv.cleanup().await?,
+            TaskKind::CatchUp => mv.catch_up(&ctx.cancel).await?,
+            TaskKind::Swap => mv.swap(table.keep_old, &ctx.cancel).await?,
+            TaskKind::Cleanup => mv.cleanup(&ctx.cancel).await?,
             _ => return Err(wrong_kind(task, table.strategy)),
         };
         Ok(outcome(

@@ -8,22 +8,32 @@
 //!
 //! Bulk transfers to a loopback server go uncompressed (compression costs CPU and
 //! buys nothing on one machine); remote servers get LZ4.
+//!
+//! Long statements (INSERT … SELECT) run under a `query_id` of flow's own, so that a
+//! cancelled task can kill them on the server instead of leaving them running there
+//! ([`ChClient::execute_cancellable`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clickhouse::query::BytesCursor;
 use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use super::caps::Caps;
 use super::errors::{exception_in_tail, from_client, ChError, Redactor};
-use super::text_out::{TextProfile, PROBE_SQL};
+use super::text_out::{self, TextProfile};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::Connection;
 
 /// One row of a JSONEachRow result.
 pub type JsonRow = Map<String, Value>;
+
+/// How long a cancelled statement's kill may take (`KILL QUERY … SYNC` waits until the
+/// statement has stopped); well inside the scheduler's grace after a second Ctrl-C.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// A ClickHouse HTTP endpoint plus what flow learned about it.
 #[derive(Clone)]
@@ -174,19 +184,32 @@ impl ChClient {
     }
 
     /// How the server writes text, when flow can write the same (asked once per client,
-    /// with the client's settings); None when the probe's answer is not what flow
-    /// would write (changed CSV settings, an unknown server generation).
+    /// with the client's settings); None when flow's text of the probe differs from
+    /// the server's (changed CSV settings, an unknown server generation).
     pub async fn text_profile(&self) -> Result<Option<TextProfile>, ChError> {
         self.text_profile
             .get_or_try_init(|| async {
-                let answer = self
-                    .text("probe how the server writes text", PROBE_SQL, "CSV")
-                    .await?;
-                let profile = TextProfile::from_probe(&answer);
+                let action = "probe how the server writes text";
+                // Servers without the Bool type refuse the first form.
+                let with_bool = text_out::probe_sql_with_bool();
+                let (sql, native) = match self.bytes(action, &with_bool, "Native").await {
+                    Ok(native) => (with_bool.as_str(), native),
+                    Err(_) => (
+                        text_out::PROBE_SQL,
+                        self.bytes(action, text_out::PROBE_SQL, "Native").await?,
+                    ),
+                };
+                let csv = self.bytes(action, sql, "CSV").await?;
+                let tsv = self.bytes(action, sql, "TabSeparated").await?;
+                let profile = TextProfile::learn(&text_out::ProbeAnswers {
+                    csv: &csv,
+                    tsv: &tsv,
+                    native: &native,
+                });
                 if profile.is_none() {
                     tracing::info!(
                         connection = %self.name,
-                        answer = %truncate(&answer, 300),
+                        answer = %String::from_utf8_lossy(&csv[..csv.len().min(300)]),
                         "the server writes text in a way flow does not imitate; it formats exports itself"
                     );
                 }
@@ -204,6 +227,76 @@ impl ChClient {
             .execute()
             .await
             .map_err(|e| self.err(action, &e))
+    }
+
+    /// Runs a statement that returns nothing and may take long (INSERT … SELECT), under
+    /// a fresh `query_id`. When `cancel` fires first, flow stops waiting, kills the
+    /// statement on the server (`KILL QUERY … SYNC`, on a separate request) and returns
+    /// a transient error; a statement not started yet is not sent.
+    pub async fn execute_cancellable(
+        &self,
+        action: &str,
+        sql: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), ChError> {
+        if cancel.is_cancelled() {
+            return Err(ChError::flow(
+                &self.name,
+                action,
+                "cancelled (interrupt) before it started",
+            )
+            .transient());
+        }
+        let query_id = new_query_id();
+        tracing::debug!(connection = %self.name, action, query_id, "clickhouse execute");
+        let run = self
+            .client
+            .query_raw(sql)
+            .with_setting("query_id", query_id.as_str())
+            .execute();
+        match cancel.run_until_cancelled(run).await {
+            Some(result) => result.map_err(|e| self.err(action, &e)),
+            None => Err(self.kill(action, &query_id).await),
+        }
+    }
+
+    /// Kills the statement running under `query_id`; the error says how that went.
+    async fn kill(&self, action: &str, query_id: &str) -> ChError {
+        tracing::warn!(connection = %self.name, action, query_id, "killing a cancelled statement");
+        let sql = format!(
+            "KILL QUERY WHERE query_id = {} SYNC",
+            crate::templates::quote_sql_string(query_id)
+        );
+        let attempt = async {
+            // Nothing found may mean the request has not reached the process list yet:
+            // ask once more, a moment later (killing a finished statement is a no-op).
+            for pause in [Duration::ZERO, Duration::from_millis(500)] {
+                tokio::time::sleep(pause).await;
+                let answer = self.text("kill a cancelled statement", &sql, "TSV").await?;
+                if !answer.trim().is_empty() {
+                    return Ok(true);
+                }
+            }
+            Ok::<bool, ChError>(false)
+        };
+        let what = match tokio::time::timeout(KILL_WAIT, attempt).await {
+            Ok(Ok(true)) => "the statement was killed on the server".to_string(),
+            Ok(Ok(false)) => "the statement was not running on the server any more".to_string(),
+            Ok(Err(e)) => format!(
+                "killing the statement on the server failed ({}); look for it in system.processes",
+                e.message
+            ),
+            Err(_) => format!(
+                "the server was asked to kill the statement but it had not stopped after {}s",
+                KILL_WAIT.as_secs()
+            ),
+        };
+        ChError::flow(
+            &self.name,
+            action,
+            format!("cancelled (interrupt); {what} (query_id {query_id})"),
+        )
+        .transient()
     }
 
     /// Runs a query and returns its rows as JSON objects (small results only).
@@ -224,6 +317,14 @@ impl ChClient {
 
     /// Runs a query and returns its whole result as text in `format` (small results).
     pub async fn text(&self, action: &str, sql: &str, format: &str) -> Result<String, ChError> {
+        let bytes = self.bytes(action, sql, format).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ChError::flow(&self.name, action, "the server answered with invalid UTF-8")
+        })
+    }
+
+    /// Runs a query and returns its whole result in `format` (small results).
+    pub async fn bytes(&self, action: &str, sql: &str, format: &str) -> Result<Bytes, ChError> {
         tracing::debug!(connection = %self.name, action, "clickhouse query");
         let mut cursor = self
             .client
@@ -234,9 +335,7 @@ impl ChClient {
         if let Some(exception) = exception_in_tail(tail(&bytes, 4096)) {
             return Err(server_error(&self.name, action, &exception, &self.redactor));
         }
-        String::from_utf8(bytes.to_vec()).map_err(|_| {
-            ChError::flow(&self.name, action, "the server answered with invalid UTF-8")
-        })
+        Ok(bytes)
     }
 
     /// Starts a streamed query; the caller reads chunks and must check the tail for a
@@ -286,6 +385,11 @@ pub fn server_error(connection: &str, action: &str, text: &str, redactor: &Redac
         message: redactor.redact(text.trim()),
         retryable: code.is_some_and(super::errors::is_transient_code),
     }
+}
+
+/// A query id no other statement has: `flow-` and 128 random bits.
+fn new_query_id() -> String {
+    format!("flow-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
 fn tail(bytes: &Bytes, n: usize) -> &[u8] {

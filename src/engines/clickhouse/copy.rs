@@ -9,7 +9,8 @@
 //!   HTTP response into an `INSERT … FORMAT Native` on the other — and then
 //!   `REPLACE PARTITION ID … FROM staging` swaps them into the target atomically. A
 //!   re-run replaces the partition again instead of adding rows: no duplicates, and a
-//!   crash mid-load leaves only a staging table that the next attempt drops. On one
+//!   crash mid-load — or a cancel, which kills the `INSERT … SELECT` on the server —
+//!   leaves only a staging table that the next attempt drops. On one
 //!   server without bounds, with identical definitions, the partition is replaced
 //!   straight from the source (hard links, no data copied).
 //! - verify: rows and the cross-version checksum of [`super::checksum`], source
@@ -235,10 +236,11 @@ impl CopyJob {
         let filter = self.source_filter(partition);
         let path = if self.same_server {
             self.target
-                .run(
+                .run_cancellable(
                     &action,
                     "insert_select",
                     context! { target => &staging, columns => &cols, from => self.src(), filter => &filter },
+                    cancel,
                 )
                 .await?;
             "INSERT … SELECT inside the server"

@@ -140,7 +140,7 @@ pub async fn export_unit(
     match (server_side, unit.server_side) {
         (Ok(()), _) => {
             let target = target.expect("checked above");
-            let file = export_server_side(ch, store, unit, &target).await?;
+            let file = export_server_side(ch, store, unit, &target, cancel).await?;
             let note = format!(
                 "server-side INSERT INTO FUNCTION s3 → {} ({} rows)",
                 file.location, file.rows
@@ -506,12 +506,15 @@ fn structure(columns: &[Column]) -> String {
         .join(", ")
 }
 
-/// Has the server write the unit to S3 itself, then reads it back.
+/// Has the server write the unit to S3 itself, then reads it back. A cancelled task
+/// kills the server's INSERT (nothing is committed: the object appears only when its
+/// upload completes, and the next attempt writes it again).
 pub async fn export_server_side(
     ch: &Ch,
     store: &dyn Store,
     unit: &ExportUnit,
     target: &ServerSideTarget,
+    cancel: &CancellationToken,
 ) -> Result<ExportedFile, TaskFailure> {
     let ch = redacting_client(ch, target);
     let action = format!("server-side export to {}", store.location(&unit.key));
@@ -527,7 +530,7 @@ pub async fn export_server_side(
             format => unit.format.clickhouse_name(), select => select,
         },
     )?;
-    ch.client.execute(&action, &sql).await?;
+    ch.client.execute_cancellable(&action, &sql, cancel).await?;
     // Read back with the source's types: every format ClickHouse writes reads back to
     // the same values, so rows and checksum must equal the source's.
     let columns = ch.columns(&unit.from).await?;

@@ -29,6 +29,7 @@ pub mod values;
 use std::collections::BTreeMap;
 
 use minijinja::Value;
+use tokio_util::sync::CancellationToken;
 
 pub use caps::{Caps, Feature, Version};
 pub use checksum::Column;
@@ -253,6 +254,19 @@ impl Ch {
     pub async fn run(&self, action: &str, template: &str, ctx: Value) -> Result<(), ChError> {
         let sql = self.sql(template, ctx)?;
         self.client.execute(action, &sql).await
+    }
+
+    /// Runs a rendered statement that may take long (INSERT … SELECT): when `cancel`
+    /// fires, it is killed on the server ([`ChClient::execute_cancellable`]).
+    pub async fn run_cancellable(
+        &self,
+        action: &str,
+        template: &str,
+        ctx: Value,
+        cancel: &CancellationToken,
+    ) -> Result<(), ChError> {
+        let sql = self.sql(template, ctx)?;
+        self.client.execute_cancellable(action, &sql, cancel).await
     }
 }
 

@@ -19,7 +19,8 @@
 //! Per partition (rows compared as count + the checksum of [`super::checksum`]):
 //! - load: source empty → done; target equals source → done (killed after the insert);
 //!   target empty → `INSERT … SELECT` into a fresh staging table, then `REPLACE
-//!   PARTITION` into the new table (a kill mid-insert leaves only a staging table);
+//!   PARTITION` into the new table (a kill mid-insert — flow's own, when the task is
+//!   cancelled — leaves only a staging table);
 //!   both non-empty and different → permanent failure, the target is never cleared.
 //! - verify: target equals source (or the source is gone and the target has rows: the
 //!   drop ran after a passed verify and re-checked).
@@ -37,6 +38,7 @@
 use std::collections::BTreeSet;
 
 use minijinja::context;
+use tokio_util::sync::CancellationToken;
 
 use super::checksum::checksum_expr;
 use super::{partition_id_filter, qualified, Ch, ChError, Feature, Stats};
@@ -363,7 +365,11 @@ impl PolicyMove {
     }
 
     /// Copies one partition into the new table (see the module notes for each case).
-    pub async fn load(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+    pub async fn load(
+        &self,
+        partition_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<StepResult, TaskFailure> {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
         };
@@ -413,13 +419,14 @@ impl PolicyMove {
             .await?;
         let cols = column_list(&self.ch, &old).await?;
         self.ch
-            .run(
+            .run_cancellable(
                 &action,
                 "insert_select",
                 context! {
                     target => &staging, columns => &cols, from => &old,
                     filter => partition_id_filter(partition_id),
                 },
+                cancel,
             )
             .await?;
         let staged = self.stats(&staging, partition_id, &checksum).await?;
@@ -608,7 +615,11 @@ impl PolicyMove {
     /// Moves whatever the old table (and quarantine, and unfinished staging tables)
     /// still hold into the new table, partition by partition, additively.
     /// Returns (rows moved, partitions moved).
-    pub async fn move_leftovers(&self, roles: &Roles) -> Result<(u64, usize), TaskFailure> {
+    pub async fn move_leftovers(
+        &self,
+        roles: &Roles,
+        cancel: &CancellationToken,
+    ) -> Result<(u64, usize), TaskFailure> {
         let (old, new) = self.names(roles);
         let old_name = match roles {
             Roles::Swapped => self.new_table.clone(),
@@ -634,7 +645,9 @@ impl PolicyMove {
         let mut rows = 0;
         let mut partitions = 0;
         for id in ids {
-            let moved = self.append_partition(&old, &new, &id, &checksum).await?;
+            let moved = self
+                .append_partition(&old, &new, &id, &checksum, cancel)
+                .await?;
             if moved > 0 {
                 rows += moved;
                 partitions += 1;
@@ -650,6 +663,7 @@ impl PolicyMove {
         new: &str,
         partition_id: &str,
         checksum: &str,
+        cancel: &CancellationToken,
     ) -> Result<u64, TaskFailure> {
         let action = format!("move arriving rows of partition {partition_id} into {new}");
         let quarantine = self.q(&self.quarantine_name());
@@ -691,13 +705,14 @@ impl PolicyMove {
                 .await?;
             let cols = column_list(&self.ch, old).await?;
             self.ch
-                .run(
+                .run_cancellable(
                     &action,
                     "insert_select",
                     context! {
                         target => &staging, columns => &cols, from => &quarantine,
                         filter => partition_id_filter(partition_id),
                     },
+                    cancel,
                 )
                 .await?;
             let staged = self.stats(&staging, partition_id, checksum).await?;
@@ -732,7 +747,7 @@ impl PolicyMove {
     }
 
     /// Moves rows that arrived since their partition was copied, in a few passes.
-    pub async fn catch_up(&self) -> Result<StepResult, TaskFailure> {
+    pub async fn catch_up(&self, cancel: &CancellationToken) -> Result<StepResult, TaskFailure> {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
         };
@@ -741,7 +756,7 @@ impl PolicyMove {
         let mut passes = 0;
         for _ in 0..CATCH_UP_PASSES {
             passes += 1;
-            let (rows, partitions) = self.move_leftovers(&roles).await?;
+            let (rows, partitions) = self.move_leftovers(&roles, cancel).await?;
             total += rows;
             parts += partitions;
             if rows == 0 {
@@ -863,7 +878,11 @@ impl PolicyMove {
     }
 
     /// Cuts over: the table's name then holds the S3 copy.
-    pub async fn swap(&self, release_lock: bool) -> Result<StepResult, TaskFailure> {
+    pub async fn swap(
+        &self,
+        release_lock: bool,
+        cancel: &CancellationToken,
+    ) -> Result<StepResult, TaskFailure> {
         self.check_lock().await?;
         let roles = self.roles().await?;
         let mut note = match roles {
@@ -879,7 +898,7 @@ impl PolicyMove {
             Roles::Moving { new_exists: true } => {
                 // One more pass for rows that arrived since the catch-up, then refuse to
                 // swap if the old table still holds rows the new one lacks.
-                let (moved, _) = self.move_leftovers(&roles).await?;
+                let (moved, _) = self.move_leftovers(&roles, cancel).await?;
                 let (old, new) = self.names(&roles);
                 let left = self.ch.stats("count rows left", &old, None, None).await?;
                 let q = self
@@ -932,7 +951,7 @@ impl PolicyMove {
             // Rows written into the old table in the instant before the exchange.
             let swapped = self.roles().await?;
             if swapped == Roles::Swapped {
-                let (rows, _) = self.move_leftovers(&swapped).await?;
+                let (rows, _) = self.move_leftovers(&swapped, cancel).await?;
                 if rows > 0 {
                     note.push_str(&format!("; {rows} rows written during the swap moved over"));
                 }
@@ -978,7 +997,7 @@ impl PolicyMove {
     }
 
     /// Drops the old table (and flow's helper tables) once it is empty.
-    pub async fn cleanup(&self) -> Result<StepResult, TaskFailure> {
+    pub async fn cleanup(&self, cancel: &CancellationToken) -> Result<StepResult, TaskFailure> {
         self.check_lock().await?;
         let roles = self.roles().await?;
         if roles == (Roles::Moving { new_exists: true }) {
@@ -989,7 +1008,7 @@ impl PolicyMove {
         }
         let mut note = String::new();
         if roles == Roles::Swapped {
-            let (rows, _) = self.move_leftovers(&roles).await?;
+            let (rows, _) = self.move_leftovers(&roles, cancel).await?;
             let (old, _) = self.names(&roles);
             let left = self.ch.stats("count rows left", &old, None, None).await?;
             if !left.is_empty() {

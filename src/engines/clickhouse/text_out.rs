@@ -44,38 +44,83 @@ pub struct TextProfile {
     /// 18.x date tables: zero dates print as `0000-00-00`; dates past 2099 and times
     /// in zones not offset by whole hours are left to the server.
     pub legacy_dates: bool,
+    /// The probe had a Bool and flow wrote it as the server did.
+    pub booleans: bool,
 }
 
 /// The probe: one row of values whose text differs between server generations and
-/// settings. Its answer in CSV must equal [`TextProfile::expected_probe`].
+/// settings, asked in CSV, TSV and Native (see [`TextProfile::learn`]).
 pub const PROBE_SQL: &str = "SELECT timezone() AS zone, toDate(0) AS zero_date, \
      toDecimal32(1, 2) AS decimal, toFloat64(1.5e-7) AS small, toFloat64(1e21) AS large, \
-     toFloat32(0.1) AS single, 'a\"b' AS text, toDateTime(86400 * 365, 'UTC') AS time \
-     FORMAT CSV";
+     toFloat32(0.1) AS single, -toFloat64(0) AS negative_zero, 'a\"b\\t\\'\\\\,' AS text, \
+     toFixedString('x', 2) AS fixed, toDateTime(86400 * 365 + 3661) AS time, \
+     CAST(NULL AS Nullable(UInt8)) AS nothing, CAST('x' AS Enum8('x' = 1)) AS choice, \
+     toDecimal64(-5, 3) AS negative";
+/// The probe plus a Bool, for servers that have the type.
+pub fn probe_sql_with_bool() -> String {
+    format!("SELECT *, CAST(1 AS Bool) AS flag FROM ({PROBE_SQL})")
+}
+
+/// The probe's answers.
+pub struct ProbeAnswers<'a> {
+    pub csv: &'a [u8],
+    pub tsv: &'a [u8],
+    pub native: &'a [u8],
+}
 
 impl TextProfile {
-    /// Reads the probe's answer; None when it does not look like a server flow can
-    /// imitate (changed delimiters, another date or float style…).
-    pub fn from_probe(answer: &str) -> Option<TextProfile> {
-        let line = answer.strip_suffix('\n')?;
-        let rest = line.strip_prefix('"')?;
-        let (zone, rest) = rest.split_once("\",")?;
-        let (legacy_dates, rest) = if let Some(r) = rest.strip_prefix("\"0000-00-00\",") {
-            (true, r)
-        } else {
-            (false, rest.strip_prefix("\"1970-01-01\",")?)
+    /// Reads the zone and the date and decimal style off the probe's CSV answer, then
+    /// formats its Native answer with them: the profile holds only if flow's CSV and
+    /// TSV equal the server's byte for byte (so a changed delimiter, NULL text, line
+    /// end, quoting or boolean text turns flow's formatting off).
+    pub fn learn(answers: &ProbeAnswers<'_>) -> Option<TextProfile> {
+        let line = std::str::from_utf8(answers.csv).ok()?;
+        let mut fields = line.split(',');
+        let zone = fields.next()?.strip_prefix('"')?.strip_suffix('"')?;
+        let legacy_dates = match fields.next()? {
+            "\"0000-00-00\"" => true,
+            "\"1970-01-01\"" => false,
+            _ => return None,
         };
-        let (decimal_trailing_zeros, rest) = if let Some(r) = rest.strip_prefix("1.00,") {
-            (true, r)
-        } else {
-            (false, rest.strip_prefix("1,")?)
+        let decimal_trailing_zeros = match fields.next()? {
+            "1.00" => true,
+            "1" => false,
+            _ => return None,
         };
+        let blocks = super::native::NativeReader::new()
+            .push(answers.native)
+            .ok()?;
+        let block = blocks.first()?;
         let profile = TextProfile {
             server_zone: zone.to_string(),
             decimal_trailing_zeros,
             legacy_dates,
+            booleans: block.columns.iter().any(|c| c.kind == Kind::Bool),
         };
-        (rest == "1.5e-7,1e21,0.1,\"a\"\"b\",\"1971-01-01 00:00:00\"").then_some(profile)
+        let described: Vec<Column> = block
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                // Only a time column's described type is read (for its zone); the
+                // probe's time is in the server's zone.
+                data_type: match c.value_kind() {
+                    Kind::DateTime { .. } => "DateTime".into(),
+                    _ => String::new(),
+                },
+            })
+            .collect();
+        for (style, expected) in [(TextStyle::Csv, answers.csv), (TextStyle::Tsv, answers.tsv)] {
+            let mut writer = TextWriter::new(style, profile.clone(), described.clone());
+            writer.write_block(block).ok()?;
+            let text = writer.take();
+            // The header line is not part of the answer (plain CSV / TSV).
+            let body = &text[text.iter().position(|&b| b == b'\n')? + 1..];
+            if body != expected {
+                return None;
+            }
+        }
+        Some(profile)
     }
 }
 
@@ -239,6 +284,7 @@ impl TextWriter {
                     b.format_finite(v)
                 });
             }
+            Kind::Bool if !self.profile.booleans => return Err(unsupported(column)),
             Kind::Bool => {
                 let v = column.fixed(row, 1)[0] != 0;
                 self.out
@@ -761,20 +807,19 @@ mod tests {
     }
 
     #[test]
-    fn probes_are_read_or_refused() {
-        let old =
-            "\"Etc/UTC\",\"0000-00-00\",1.00,1.5e-7,1e21,0.1,\"a\"\"b\",\"1971-01-01 00:00:00\"\n";
+    fn probes_are_refused_when_the_header_fields_are_unknown() {
+        let answers = |csv: &'static [u8]| ProbeAnswers {
+            csv,
+            tsv: b"",
+            native: b"",
+        };
         assert_eq!(
-            TextProfile::from_probe(old),
-            Some(TextProfile {
-                server_zone: "Etc/UTC".into(),
-                decimal_trailing_zeros: true,
-                legacy_dates: true
-            })
+            TextProfile::learn(&answers(b"\"UTC\";\"1970-01-01\";1\n")),
+            None
         );
-        let new = "\"Asia/Shanghai\",\"1970-01-01\",1,1.5e-7,1e21,0.1,\"a\"\"b\",\"1971-01-01 00:00:00\"\n";
-        assert!(!TextProfile::from_probe(new).unwrap().legacy_dates);
-        let semicolons = new.replace(',', ";");
-        assert_eq!(TextProfile::from_probe(&semicolons), None);
+        assert_eq!(
+            TextProfile::learn(&answers(b"\"UTC\",\"1970-01-01\",1.0\n")),
+            None
+        );
     }
 }
