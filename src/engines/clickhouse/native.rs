@@ -470,15 +470,31 @@ impl ColumnData {
     }
 }
 
-/// Reads a little-endian integer of up to 16 bytes, sign-extended when `signed`.
+/// Reads a little-endian integer of 1, 2, 4, 8 or 16 bytes, sign-extended when
+/// `signed` (fixed-size reads: no call to `memcpy` per value).
 #[inline]
 pub fn le_int(bytes: &[u8], signed: bool) -> i128 {
-    let mut buf = [0u8; 16];
-    buf[..bytes.len()].copy_from_slice(bytes);
-    if signed && bytes.last().is_some_and(|b| b & 0x80 != 0) {
-        buf[bytes.len()..].fill(0xff);
+    macro_rules! read {
+        ($signed:ty, $unsigned:ty) => {{
+            let raw = bytes.try_into().expect("width checked by the match");
+            if signed {
+                i128::from(<$signed>::from_le_bytes(raw))
+            } else {
+                i128::from(<$unsigned>::from_le_bytes(raw))
+            }
+        }};
     }
-    i128::from_le_bytes(buf)
+    match bytes.len() {
+        1 => read!(i8, u8),
+        2 => read!(i16, u16),
+        4 => read!(i32, u32),
+        8 => read!(i64, u64),
+        16 => {
+            let raw: [u8; 16] = bytes.try_into().expect("16 bytes");
+            i128::from_le_bytes(raw)
+        }
+        other => unreachable!("no integer of {other} bytes in Native"),
+    }
 }
 
 #[cfg(test)]

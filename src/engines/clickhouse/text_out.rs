@@ -257,7 +257,7 @@ impl TextWriter {
 
     fn value(&mut self, column: &ColumnData, index: usize, row: usize) -> Result<(), NativeError> {
         if column.is_null(row) {
-            self.out.extend_from_slice(b"\\N");
+            put(&mut self.out, b"\\N");
             return Ok(());
         }
         let quote = self.style == TextStyle::Csv;
@@ -270,7 +270,7 @@ impl TextWriter {
                     (8, true) => buf.format(i64::from_le_bytes(bytes.try_into().expect("8"))),
                     _ => buf.format(le_int(bytes, *signed) as i64),
                 };
-                self.out.extend_from_slice(text.as_bytes());
+                put(&mut self.out, text.as_bytes());
             }
             Kind::Float32 => {
                 let v = f32::from_le_bytes(column.fixed(row, 4).try_into().expect("4"));
@@ -287,8 +287,7 @@ impl TextWriter {
             Kind::Bool if !self.profile.booleans => return Err(unsupported(column)),
             Kind::Bool => {
                 let v = column.fixed(row, 1)[0] != 0;
-                self.out
-                    .extend_from_slice(if v { b"true" } else { b"false" });
+                put(&mut self.out, if v { b"true" } else { b"false" });
             }
             Kind::Decimal { width, scale } => {
                 let v = le_int(column.fixed(row, *width), true);
@@ -303,7 +302,7 @@ impl TextWriter {
                 let days = u16::from_le_bytes(column.fixed(row, 2).try_into().expect("2"));
                 self.open(quote);
                 if self.profile.legacy_dates && days == 0 {
-                    self.out.extend_from_slice(b"0000-00-00");
+                    put(&mut self.out, b"0000-00-00");
                 } else if self.profile.legacy_dates && days > LEGACY_LAST_DAY {
                     return Err(unsupported_value(column, "a date after 2099"));
                 } else {
@@ -324,7 +323,7 @@ impl TextWriter {
                 let secs = u32::from_le_bytes(column.fixed(row, 4).try_into().expect("4"));
                 self.open(quote);
                 if self.profile.legacy_dates && secs == 0 {
-                    self.out.extend_from_slice(b"0000-00-00 00:00:00");
+                    put(&mut self.out, b"0000-00-00 00:00:00");
                 } else if self.profile.legacy_dates && i64::from(secs) >= LEGACY_END_SECS {
                     return Err(unsupported_value(column, "a time after 2099"));
                 } else {
@@ -391,22 +390,22 @@ impl TextWriter {
                 self.out.push(b'"');
                 let mut rest = s;
                 while let Some(i) = rest.iter().position(|&b| b == b'"') {
-                    self.out.extend_from_slice(&rest[..=i]);
+                    put(&mut self.out, &rest[..=i]);
                     self.out.push(b'"');
                     rest = &rest[i + 1..];
                 }
-                self.out.extend_from_slice(rest);
+                put(&mut self.out, rest);
                 self.out.push(b'"');
             }
             TextStyle::Tsv => {
                 let mut rest = s;
                 while let Some(i) = rest.iter().position(|&b| tsv_escape(b).is_some()) {
-                    self.out.extend_from_slice(&rest[..i]);
+                    put(&mut self.out, &rest[..i]);
                     self.out.push(b'\\');
                     self.out.push(tsv_escape(rest[i]).expect("found above"));
                     rest = &rest[i + 1..];
                 }
-                self.out.extend_from_slice(rest);
+                put(&mut self.out, rest);
             }
         }
     }
@@ -540,7 +539,7 @@ impl DayCache {
             self.text[8..10].copy_from_slice(&DIGITS2[d as usize]);
             self.day = Some(days);
         }
-        out.extend_from_slice(&self.text);
+        put(out, &self.text);
     }
 
     /// `YYYY-MM-DD hh:mm:ss` of local seconds since the epoch.
@@ -559,7 +558,43 @@ impl DayCache {
             DIGITS2[s % 60][0],
             DIGITS2[s % 60][1],
         ];
-        out.extend_from_slice(&text);
+        put(out, &text);
+    }
+}
+
+/// Appends `s`: short values (most of a row's) without a call to `memcpy`, whose
+/// call costs more than copying a few bytes.
+#[inline(always)]
+fn put(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len();
+    if n > 16 {
+        out.extend_from_slice(s);
+        return;
+    }
+    out.reserve(16);
+    let len = out.len();
+    // SAFETY: `reserve(16)` leaves at least 16 writable bytes after `len`, and every
+    // write below stays within `dst[..n]` with n ≤ 16; reads stay within `s`.
+    unsafe {
+        let src = s.as_ptr();
+        let dst = out.as_mut_ptr().add(len);
+        if n >= 8 {
+            // Two 8-byte moves that overlap when n < 16.
+            let head = std::ptr::read_unaligned(src as *const u64);
+            let tail = std::ptr::read_unaligned(src.add(n - 8) as *const u64);
+            std::ptr::write_unaligned(dst as *mut u64, head);
+            std::ptr::write_unaligned(dst.add(n - 8) as *mut u64, tail);
+        } else if n >= 4 {
+            let head = std::ptr::read_unaligned(src as *const u32);
+            let tail = std::ptr::read_unaligned(src.add(n - 4) as *const u32);
+            std::ptr::write_unaligned(dst as *mut u32, head);
+            std::ptr::write_unaligned(dst.add(n - 4) as *mut u32, tail);
+        } else if n > 0 {
+            *dst = *src;
+            *dst.add(n / 2) = *src.add(n / 2);
+            *dst.add(n - 1) = *src.add(n - 1);
+        }
+        out.set_len(len + n);
     }
 }
 
@@ -582,7 +617,7 @@ fn pad(out: &mut Vec<u8>, v: u64, width: usize) {
     for _ in text.len()..width {
         out.push(b'0');
     }
-    out.extend_from_slice(text.as_bytes());
+    put(out, text.as_bytes());
 }
 
 fn write_decimal(out: &mut Vec<u8>, v: i128, scale: u32, trailing_zeros: bool) {
@@ -594,11 +629,11 @@ fn write_decimal(out: &mut Vec<u8>, v: i128, scale: u32, trailing_zeros: bool) {
     if let (Ok(small), true) = (u64::try_from(magnitude), scale < 20) {
         // Decimal32/64: 64-bit arithmetic (128-bit division is a library call).
         let unit = 10u64.pow(scale);
-        out.extend_from_slice(buf.format(small / unit).as_bytes());
+        put(out, buf.format(small / unit).as_bytes());
         return write_fraction(out, u128::from(small % unit), scale, trailing_zeros);
     }
     let unit = 10u128.pow(scale);
-    out.extend_from_slice(buf.format(magnitude / unit).as_bytes());
+    put(out, buf.format(magnitude / unit).as_bytes());
     write_fraction(out, magnitude % unit, scale, trailing_zeros);
 }
 
@@ -626,7 +661,7 @@ fn write_fraction(out: &mut Vec<u8>, frac: u128, scale: u32, trailing_zeros: boo
     };
     out.push(b'.');
     out.extend(std::iter::repeat_n(b'0', digits - text.len()));
-    out.extend_from_slice(text.as_bytes());
+    put(out, text.as_bytes());
 }
 
 /// Writes a float the server's way; `shortest` gives ryu's text of a finite value.
@@ -639,11 +674,9 @@ fn write_float(
 ) {
     use std::num::FpCategory;
     match class {
-        FpCategory::Nan => return out.extend_from_slice(b"nan"),
-        FpCategory::Infinite => {
-            return out.extend_from_slice(if negative { b"-inf" } else { b"inf" })
-        }
-        FpCategory::Zero => return out.extend_from_slice(if negative { b"-0" } else { b"0" }),
+        FpCategory::Nan => return put(out, b"nan"),
+        FpCategory::Infinite => return put(out, if negative { b"-inf" } else { b"inf" }),
+        FpCategory::Zero => return put(out, if negative { b"-0" } else { b"0" }),
         FpCategory::Normal | FpCategory::Subnormal => {}
     }
     let mut buf = ryu::Buffer::new();
@@ -682,30 +715,30 @@ fn write_float(
     let exponent = decimal_point - 1;
     if (-6..21).contains(&exponent) {
         if decimal_point <= 0 {
-            out.extend_from_slice(b"0.");
+            put(out, b"0.");
             out.extend(std::iter::repeat_n(b'0', (-decimal_point) as usize));
-            out.extend_from_slice(digits);
+            put(out, digits);
         } else if decimal_point as usize >= digits.len() {
-            out.extend_from_slice(digits);
+            put(out, digits);
             out.extend(std::iter::repeat_n(
                 b'0',
                 decimal_point as usize - digits.len(),
             ));
         } else {
             let (int, frac) = digits.split_at(decimal_point as usize);
-            out.extend_from_slice(int);
+            put(out, int);
             out.push(b'.');
-            out.extend_from_slice(frac);
+            put(out, frac);
         }
     } else {
         out.push(digits[0]);
         if digits.len() > 1 {
             out.push(b'.');
-            out.extend_from_slice(&digits[1..]);
+            put(out, &digits[1..]);
         }
         out.push(b'e');
         let mut buf = itoa::Buffer::new();
-        out.extend_from_slice(buf.format(exponent).as_bytes());
+        put(out, buf.format(exponent).as_bytes());
     }
 }
 
@@ -761,6 +794,17 @@ mod tests {
         assert_eq!(float32(33333333.3333333), "33333334");
         assert_eq!(float32(1.234_567_9e20), "123456790000000000000");
         assert_eq!(float32(0.1), "0.1");
+    }
+
+    #[test]
+    fn short_and_long_appends_copy_exactly() {
+        let source: Vec<u8> = (0..40u8).collect();
+        for n in 0..=40 {
+            let mut out = b"ab".to_vec();
+            put(&mut out, &source[..n]);
+            assert_eq!(&out[..2], b"ab");
+            assert_eq!(&out[2..], &source[..n], "{n} bytes");
+        }
     }
 
     #[test]
