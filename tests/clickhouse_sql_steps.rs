@@ -208,6 +208,69 @@ fn interrupt_twice_during(
     )
 }
 
+/// A database on 18.16 with a `sink` table, and a plan (no retries) whose one `sql`
+/// step (with `step_keys`) inserts into it for two minutes, a row a second.
+fn slow_insert_plan(prefix: &str, step_keys: &str) -> (support::ChDatabase, String) {
+    let url = support::ch_url();
+    let db = support::ChDatabase::new(&url, prefix);
+    db.exec(&format!(
+        "CREATE TABLE {}.sink (x UInt8) ENGINE = Memory",
+        db.name()
+    ));
+    let plan = format!(
+        r#"
+[plan]
+name = "{prefix}"
+retries = 0
+
+[connections.old]
+kind = "clickhouse"
+url = "{url}"
+
+[[steps]]
+id = "long"
+kind = "sql"
+connection = "old"
+{step_keys}
+sql = "INSERT INTO {db}.sink SELECT sleepEachRow(1) FROM numbers(120) SETTINGS max_block_size = 1"
+"#,
+        db = db.name(),
+    );
+    (db, plan)
+}
+
+/// Whether the slow INSERT into `<db>.sink` (two minutes, a row a second) runs on the
+/// server. The statement is known by its text (flow's query_id is its own); the probe
+/// itself names the table too, so it leaves itself out.
+fn sink_insert_running(db: &support::ChDatabase) -> bool {
+    db.exec(&format!(
+        "SELECT count() FROM system.processes WHERE query LIKE '%{}.sink SELECT%' \
+         AND query NOT LIKE '%system.processes%'",
+        db.name()
+    ))
+    .trim()
+        != "0"
+}
+
+/// After two Ctrl-C: flow exited 130 within 5 s saying `killed`, and the statement is
+/// gone from the server within 5 s.
+fn assert_killed_at_once(
+    (code, took, stderr): (Option<i32>, Duration, String),
+    killed: &str,
+    running: impl Fn() -> bool,
+) {
+    eprintln!("flow exited {took:?} after the second Ctrl-C");
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        took < Duration::from_secs(5),
+        "flow waited {took:?}: {stderr}"
+    );
+    assert!(stderr.contains(killed), "{stderr}");
+    let gone = gone_within(Duration::from_secs(5), running);
+    eprintln!("statement gone from the server after {gone:?}");
+    assert!(gone.is_some(), "the statement still runs on the server");
+}
+
 /// Polls `running` until it is false; how long that took, or None after `limit`.
 fn gone_within(limit: Duration, running: impl Fn() -> bool) -> Option<Duration> {
     let t = Instant::now();
@@ -227,55 +290,11 @@ fn gone_within(limit: Duration, running: impl Fn() -> bool) -> Option<Duration> 
 /// a kill by query_id cannot find the statement there.
 #[test]
 fn a_second_ctrl_c_kills_a_running_clickhouse_statement() {
-    let url = support::ch_url();
-    let db = support::ChDatabase::new(&url, "steps_kill");
-    db.exec(&format!(
-        "CREATE TABLE {}.sink (x UInt8) ENGINE = Memory",
-        db.name()
-    ));
+    let (db, plan) = slow_insert_plan("steps_kill", "");
     let dir = tempfile::tempdir().unwrap();
-    let plan = format!(
-        r#"
-[plan]
-name = "steps-kill"
-
-[connections.old]
-kind = "clickhouse"
-url = "{url}"
-
-[[steps]]
-id = "long"
-kind = "sql"
-connection = "old"
-sql = "INSERT INTO {db}.sink SELECT sleepEachRow(1) FROM numbers(120) SETTINGS max_block_size = 1"
-"#,
-        db = db.name(),
-    );
-    // The statement is known by its text (flow's query_id is its own); the probe itself
-    // names the table too, so it leaves itself out.
-    let running = || {
-        db.exec(&format!(
-            "SELECT count() FROM system.processes WHERE query LIKE '%{}.sink SELECT%' \
-             AND query NOT LIKE '%system.processes%'",
-            db.name()
-        ))
-        .trim()
-            != "0"
-    };
-    let (code, took, stderr) = interrupt_twice_during(dir.path(), &plan, &[], running);
-    eprintln!("flow exited {took:?} after the second Ctrl-C");
-    assert_eq!(code, Some(130), "{stderr}");
-    assert!(
-        took < Duration::from_secs(5),
-        "flow waited {took:?}: {stderr}"
-    );
-    assert!(
-        stderr.contains("the statement was killed on the server"),
-        "{stderr}"
-    );
-    let gone = gone_within(Duration::from_secs(5), running);
-    eprintln!("statement gone from system.processes after {gone:?}");
-    assert!(gone.is_some(), "the INSERT still runs on the server");
+    let running = || sink_insert_running(&db);
+    let outcome = interrupt_twice_during(dir.path(), &plan, &[], running);
+    assert_killed_at_once(outcome, "the statement was killed on the server", running);
 }
 
 /// The same on MySQL (MariaDB): flow kills the step's connection from another one,
@@ -319,57 +338,21 @@ sql = "SELECT SLEEP(120) AS {marker}"
         });
         n != Some(0)
     };
-    let (code, took, stderr) = interrupt_twice_during(
+    let outcome = interrupt_twice_during(
         dir.path(),
         &plan,
         &[("FLOW_TEST_MY_PASSWORD", my_pass.as_str())],
         running,
     );
-    eprintln!("flow exited {took:?} after the second Ctrl-C");
-    assert_eq!(code, Some(130), "{stderr}");
-    assert!(
-        took < Duration::from_secs(5),
-        "flow waited {took:?}: {stderr}"
-    );
-    assert!(
-        stderr.contains("its connection was killed on the server"),
-        "{stderr}"
-    );
-    let gone = gone_within(Duration::from_secs(5), running);
-    eprintln!("statement gone from the process list after {gone:?}");
-    assert!(gone.is_some(), "the statement still runs on the server");
+    assert_killed_at_once(outcome, "its connection was killed on the server", running);
 }
 
 /// A step past its `timeout` fails (no retries here) and its statement is killed on
 /// the server, not left running while a retry would start it again.
 #[test]
 fn a_timed_out_clickhouse_step_kills_its_statement() {
-    let url = support::ch_url();
-    let db = support::ChDatabase::new(&url, "steps_timeout");
-    db.exec(&format!(
-        "CREATE TABLE {}.sink (x UInt8) ENGINE = Memory",
-        db.name()
-    ));
+    let (db, plan) = slow_insert_plan("steps_timeout", "timeout = \"2s\"");
     let dir = tempfile::tempdir().unwrap();
-    let plan = format!(
-        r#"
-[plan]
-name = "steps-timeout"
-retries = 0
-
-[connections.old]
-kind = "clickhouse"
-url = "{url}"
-
-[[steps]]
-id = "long"
-kind = "sql"
-connection = "old"
-timeout = "2s"
-sql = "INSERT INTO {db}.sink SELECT sleepEachRow(1) FROM numbers(120) SETTINGS max_block_size = 1"
-"#,
-        db = db.name(),
-    );
     let started = Instant::now();
     let out = apply(dir.path(), &plan, &[]);
     let took = started.elapsed();
@@ -384,15 +367,7 @@ sql = "INSERT INTO {db}.sink SELECT sleepEachRow(1) FROM numbers(120) SETTINGS m
         stderr.contains("the statement was killed on the server"),
         "{stderr}"
     );
-    let running = || {
-        db.exec(&format!(
-            "SELECT count() FROM system.processes WHERE query LIKE '%{}.sink SELECT%' \
-             AND query NOT LIKE '%system.processes%'",
-            db.name()
-        ))
-        .trim()
-            != "0"
-    };
+    let running = || sink_insert_running(&db);
     assert!(
         gone_within(Duration::from_secs(5), running).is_some(),
         "the INSERT still runs on the server"
