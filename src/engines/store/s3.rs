@@ -141,6 +141,23 @@ impl S3Store {
         Ok(join_prefix(&self.config.prefix, key))
     }
 
+    /// The body of `key`, None when there is no such object.
+    async fn body(&self, key: &str) -> Result<Option<SdkByteStream>, StoreError> {
+        let full_key = self.full_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(&full_key)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(output.body)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.remote_error(key, "get", e)),
+        }
+    }
+
     fn remote_error<E>(&self, key: &str, action: &'static str, err: SdkError<E>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -285,68 +302,28 @@ impl Store for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let full_key = self.full_key(key)?;
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.config.bucket)
-            .key(&full_key)
-            .send()
-            .await;
-        match result {
-            Ok(output) => {
-                let data = output
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| StoreError::Remote {
-                        location: self.location(key),
-                        action: "read",
-                        message: e.to_string(),
-                        retryable: true,
-                    })?;
-                Ok(Some(data.into_bytes()))
-            }
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.remote_error(key, "get", e)),
-        }
+        let Some(body) = self.body(key).await? else {
+            return Ok(None);
+        };
+        let data = body
+            .collect()
+            .await
+            .map_err(|e| read_error(self.location(key), e))?;
+        Ok(Some(data.into_bytes()))
     }
 
     async fn open(&self, key: &str) -> Result<ByteStream, StoreError> {
-        let full_key = self.full_key(key)?;
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.config.bucket)
-            .key(&full_key)
-            .send()
-            .await;
-        let output = match result {
-            Ok(o) => o,
-            Err(e) if is_not_found(&e) => {
-                return Err(StoreError::NotFound {
-                    location: self.location(key),
-                })
-            }
-            Err(e) => return Err(self.remote_error(key, "get", e)),
-        };
+        let body = self.body(key).await?.ok_or_else(|| StoreError::NotFound {
+            location: self.location(key),
+        })?;
         let location = self.location(key);
-        let stream =
-            futures::stream::unfold((output.body, location), |(mut body, location)| async move {
-                match body.next().await {
-                    Some(Ok(bytes)) => Some((Ok(bytes), (body, location))),
-                    Some(Err(e)) => Some((
-                        Err(StoreError::Remote {
-                            location: location.clone(),
-                            action: "read",
-                            message: e.to_string(),
-                            retryable: true,
-                        }),
-                        (body, location),
-                    )),
-                    None => None,
-                }
-            });
+        let stream = futures::stream::unfold((body, location), |(mut body, location)| async move {
+            match body.next().await {
+                Some(Ok(bytes)) => Some((Ok(bytes), (body, location))),
+                Some(Err(e)) => Some((Err(read_error(location.clone(), e)), (body, location))),
+                None => None,
+            }
+        });
         Ok(Box::pin(stream))
     }
 
@@ -454,6 +431,16 @@ impl Store for S3Store {
             access_key_id: self.config.access_key_id.clone(),
             secret_access_key: self.config.secret_access_key.clone(),
         })
+    }
+}
+
+/// A failure while reading an object's body (the connection broke): retryable.
+fn read_error(location: String, err: impl fmt::Display) -> StoreError {
+    StoreError::Remote {
+        location,
+        action: "read",
+        message: err.to_string(),
+        retryable: true,
     }
 }
 
