@@ -499,10 +499,12 @@ impl CopyJob {
 
 /// The engine of a database (`Atomic`, `Ordinary`, …).
 pub async fn database_engine(ch: &Ch, database: &str) -> Result<String, ChError> {
-    let sql = ch.sql("database_engine", context! { database => database })?;
     let rows = ch
-        .client
-        .json_rows(&format!("look up database {database}"), &sql)
+        .rows(
+            &format!("look up database {database}"),
+            "database_engine",
+            context! { database => database },
+        )
         .await?;
     Ok(rows
         .first()
@@ -512,13 +514,12 @@ pub async fn database_engine(ch: &Ch, database: &str) -> Result<String, ChError>
 
 /// The comment of a marker table.
 pub async fn marker_comment(ch: &Ch, database: &str, name: &str) -> Result<String, ChError> {
-    let sql = ch.sql(
-        "marker_info",
-        context! { database => database, name => name },
-    )?;
     let rows = ch
-        .client
-        .json_rows(&format!("read marker {database}.{name}"), &sql)
+        .rows(
+            &format!("read marker {database}.{name}"),
+            "marker_info",
+            context! { database => database, name => name },
+        )
         .await?;
     Ok(rows
         .first()

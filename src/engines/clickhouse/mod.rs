@@ -131,18 +131,17 @@ impl Ch {
     ) -> Result<BTreeMap<String, TableInfo>, ChError> {
         let caps = self.caps().await?;
         let modern = caps.has(Feature::StoragePolicies);
-        let sql = self.sql(
-            "table_info",
-            minijinja::context! {
-                database => database,
-                tables => names,
-                storage_policies => modern,
-                uuids => caps.has(Feature::ExchangeTables),
-            },
-        )?;
         let rows = self
-            .client
-            .json_rows(&format!("look up tables in `{database}`"), &sql)
+            .rows(
+                &format!("look up tables in `{database}`"),
+                "table_info",
+                minijinja::context! {
+                    database => database,
+                    tables => names,
+                    storage_policies => modern,
+                    uuids => caps.has(Feature::ExchangeTables),
+                },
+            )
             .await?;
         Ok(rows
             .iter()
@@ -181,10 +180,12 @@ impl Ch {
     /// Ordinary (stored) columns of a table or query, in order: what `SELECT *` and an
     /// INSERT without a column list see.
     pub async fn columns(&self, from: &str) -> Result<Vec<Column>, ChError> {
-        let sql = self.sql("columns", minijinja::context! { from => from })?;
         let rows = self
-            .client
-            .json_rows(&format!("describe {from}"), &sql)
+            .rows(
+                &format!("describe {from}"),
+                "columns",
+                minijinja::context! { from => from },
+            )
             .await?;
         Ok(rows
             .iter()
@@ -209,11 +210,13 @@ impl Ch {
         filter: Option<&str>,
         checksum: Option<&str>,
     ) -> Result<Stats, ChError> {
-        let sql = self.sql(
-            "count",
-            minijinja::context! { from => from, filter => filter, checksum => checksum },
-        )?;
-        let rows = self.client.json_rows(action, &sql).await?;
+        let rows = self
+            .rows(
+                action,
+                "count",
+                minijinja::context! { from => from, filter => filter, checksum => checksum },
+            )
+            .await?;
         let row = rows
             .first()
             .ok_or_else(|| ChError::flow(self.name(), action, "the count query returned no row"))?;
@@ -231,11 +234,13 @@ impl Ch {
         filter: Option<&str>,
         checksum: &str,
     ) -> Result<BTreeMap<String, Stats>, ChError> {
-        let sql = self.sql(
-            "count_by_partition",
-            minijinja::context! { from => from, filter => filter, checksum => checksum },
-        )?;
-        let rows = self.client.json_rows(action, &sql).await?;
+        let rows = self
+            .rows(
+                action,
+                "count_by_partition",
+                minijinja::context! { from => from, filter => filter, checksum => checksum },
+            )
+            .await?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -248,6 +253,17 @@ impl Ch {
                 ))
             })
             .collect())
+    }
+
+    /// Runs a rendered query and returns its rows (small results).
+    pub async fn rows(
+        &self,
+        action: &str,
+        template: &str,
+        ctx: Value,
+    ) -> Result<Vec<JsonRow>, ChError> {
+        let sql = self.sql(template, ctx)?;
+        self.client.json_rows(action, &sql).await
     }
 
     /// Runs a rendered statement.

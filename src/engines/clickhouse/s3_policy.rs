@@ -258,14 +258,13 @@ impl PolicyMove {
     }
 
     async fn list_prefixed(&self, prefix: &str) -> Result<Vec<String>, ChError> {
-        let sql = self.ch.sql(
-            "list_tables",
-            context! { database => &self.database, prefix => prefix },
-        )?;
         Ok(self
             .ch
-            .client
-            .json_rows("list staging tables", &sql)
+            .rows(
+                "list staging tables",
+                "list_tables",
+                context! { database => &self.database, prefix => prefix },
+            )
             .await?
             .iter()
             .filter_map(|r| super::json_str(r, "name"))
@@ -290,15 +289,7 @@ impl PolicyMove {
         self.ch
             .require(Feature::MovePartitionToTable, "strategy s3-policy")
             .await?;
-        let sql = self
-            .ch
-            .sql("storage_policy", context! { policy => &self.policy })?;
-        let volumes = self
-            .ch
-            .client
-            .json_rows(&format!("look up storage policy {}", self.policy), &sql)
-            .await?;
-        if volumes.is_empty() {
+        if self.policy_volumes().await?.is_empty() {
             return Err(fail(format!(
                 "s3-policy: storage policy `{}` does not exist on the server (system.storage_policies); \
                  define it in the server's storage_configuration or fix `storage_policy`",
@@ -845,30 +836,34 @@ impl PolicyMove {
     }
 
     async fn disks_of(&self, table: &str) -> Result<Vec<String>, ChError> {
-        let sql = self.ch.sql(
-            "part_disks",
-            context! { database => &self.database, table => table },
-        )?;
         Ok(self
             .ch
-            .client
-            .json_rows(&format!("list disks of {table}"), &sql)
+            .rows(
+                &format!("list disks of {table}"),
+                "part_disks",
+                context! { database => &self.database, table => table },
+            )
             .await?
             .iter()
             .filter_map(|r| super::json_str(r, "disk_name"))
             .collect())
     }
 
+    /// The policy's volumes (system.storage_policies rows); none when it is unknown.
+    async fn policy_volumes(&self) -> Result<Vec<super::JsonRow>, ChError> {
+        self.ch
+            .rows(
+                &format!("look up storage policy {}", self.policy),
+                "storage_policy",
+                context! { policy => &self.policy },
+            )
+            .await
+    }
+
     async fn policy_disks(&self) -> Result<Vec<String>, ChError> {
-        let sql = self
-            .ch
-            .sql("storage_policy", context! { policy => &self.policy })?;
-        let rows = self
-            .ch
-            .client
-            .json_rows(&format!("look up storage policy {}", self.policy), &sql)
-            .await?;
-        Ok(rows
+        Ok(self
+            .policy_volumes()
+            .await?
             .iter()
             .filter_map(|r| r.get("disks"))
             .filter_map(|d| d.as_array())
@@ -1045,13 +1040,12 @@ impl PolicyMove {
 pub async fn tables_to_move(ch: &Ch, database: &str, policy: &str) -> Result<Vec<String>, ChError> {
     ch.require(Feature::StoragePolicies, "strategy s3-policy")
         .await?;
-    let sql = ch.sql(
-        "policy_candidates",
-        context! { database => database, policy => policy },
-    )?;
     Ok(ch
-        .client
-        .json_rows(&format!("list tables of {database}"), &sql)
+        .rows(
+            &format!("list tables of {database}"),
+            "policy_candidates",
+            context! { database => database, policy => policy },
+        )
         .await?
         .iter()
         .filter_map(|r| super::json_str(r, "name"))

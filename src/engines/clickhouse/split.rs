@@ -91,10 +91,12 @@ fn normalize(expr: &str) -> String {
 
 /// Seed 004's report: rows and sizes per partition from `system.parts`.
 pub async fn size_report(ch: &Ch, database: &str, table: &str) -> Result<Vec<PartSize>, ChError> {
-    let sql = ch.sql("parts", context! { database => database, table => table })?;
     let rows = ch
-        .client
-        .json_rows(&format!("list partitions of {database}.{table}"), &sql)
+        .rows(
+            &format!("list partitions of {database}.{table}"),
+            "parts",
+            context! { database => database, table => table },
+        )
         .await?;
     Ok(rows
         .iter()
@@ -130,18 +132,16 @@ pub async fn split(ch: &Ch, req: &SplitRequest) -> Result<SplitResult, ChError> 
     match req.grouping {
         Grouping::Physical => {
             let in_bounds: BTreeMap<String, u64> = match &req.bounds {
-                Some(bounds) => {
-                    let sql = ch.sql(
+                Some(bounds) => ch
+                    .rows(
+                        &format!("count rows within bounds in {from}"),
                         "partition_id_rows",
                         context! { from => &from, filter => bounds },
-                    )?;
-                    ch.client
-                        .json_rows(&format!("count rows within bounds in {from}"), &sql)
-                        .await?
-                        .iter()
-                        .filter_map(|r| Some((json_str(r, "partition_id")?, json_u64(r, "rows")?)))
-                        .collect()
-                }
+                    )
+                    .await?
+                    .iter()
+                    .filter_map(|r| Some((json_str(r, "partition_id")?, json_u64(r, "rows")?)))
+                    .collect(),
                 None => sizes
                     .iter()
                     .map(|s| (s.partition_id.clone(), s.rows))
@@ -444,13 +444,12 @@ async fn sub_split(
         arms.push(format!("{col} < {b}, {i}"));
     }
     let chunk_expr = format!("multiIf({}, {n})", arms.join(", "));
-    let sql = ch.sql(
-        "chunk_rows",
-        context! { from => from, filter => filter, chunk_expr => chunk_expr },
-    )?;
     let counts: BTreeMap<u64, u64> = ch
-        .client
-        .json_rows(&format!("count rows per chunk in {from}"), &sql)
+        .rows(
+            &format!("count rows per chunk in {from}"),
+            "chunk_rows",
+            context! { from => from, filter => filter, chunk_expr => chunk_expr },
+        )
         .await?
         .iter()
         .filter_map(|r| Some((json_u64(r, "chunk")?, json_u64(r, "rows")?)))
