@@ -91,6 +91,66 @@ fn run_with_kills_then(plan: &Path, max_delay_ms: u64, before_final: impl FnOnce
     panic!("flow apply --resume did not finish");
 }
 
+/// A plan moving `table` of `database` (or every table, `*`) to the `s3` policy, with
+/// the seed's pace and retries, dropping the old table at the end.
+fn s3_policy_plan(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    database: &str,
+    table: &str,
+) -> std::path::PathBuf {
+    write_plan(
+        dir,
+        &format!(
+            r#"
+[plan]
+name = "{name}"
+concurrency = 3
+retries = 5
+retry_backoff = "200ms"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+max_concurrency = 3
+# The seed's insert interval; it also stretches the run so the kills land mid-way.
+pause_between = "250ms"
+
+[[tables]]
+source = "ch"
+database = "{database}"
+table = "{table}"
+strategy = "s3-policy"
+storage_policy = "s3"
+keep_old = false
+"#
+        ),
+    )
+}
+
+/// `table` is on the `s3` policy and every active part with rows is on the S3 disk.
+fn assert_on_s3(db: &support::ChDatabase, table: &str) {
+    let d = db.name();
+    assert_eq!(
+        db.exec(&format!(
+            "SELECT storage_policy FROM system.tables WHERE database = '{d}' AND name = '{table}'"
+        ))
+        .trim(),
+        "s3",
+        "{table}"
+    );
+    assert_eq!(
+        db.exec(&format!(
+            "SELECT groupUniqArray(disk_name) FROM system.parts WHERE database = '{d}' \
+             AND table = '{table}' AND active AND rows > 0"
+        ))
+        .trim(),
+        "['s3']",
+        "{table}: every active part on the S3 disk"
+    );
+}
+
 fn write_plan(dir: &Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("plan.toml");
     std::fs::write(&path, body).unwrap();
@@ -115,52 +175,13 @@ fn s3_policy_survives_sigkill_at_random_moments() {
     let engine = ch(&url);
     let before: Stats = rt.block_on(stats(&engine, &format!("{d}.events"), None));
     let dir = tempfile::tempdir().unwrap();
-    let plan = write_plan(
-        dir.path(),
-        &format!(
-            r#"
-[plan]
-name = "crash-policy"
-concurrency = 3
-retries = 5
-retry_backoff = "200ms"
-
-[connections.ch]
-kind = "clickhouse"
-url = "{url}"
-max_concurrency = 3
-# The seed's insert interval; it also stretches the run so the kills land mid-way.
-pause_between = "250ms"
-
-[[tables]]
-source = "ch"
-database = "{d}"
-table = "events"
-strategy = "s3-policy"
-storage_policy = "s3"
-keep_old = false
-"#
-        ),
-    );
+    let plan = s3_policy_plan(dir.path(), "crash-policy", &url, d, "events");
     let killed = run_with_kills(&plan, 3000);
     assert!(killed >= 3, "only {killed} run(s) were killed mid-way");
     eprintln!("s3-policy: {killed} run(s) killed mid-way");
     let after = rt.block_on(stats(&engine, &format!("{d}.events"), None));
     assert_eq!(before, after, "no row lost or duplicated");
-    assert_eq!(
-        db.exec(&format!(
-            "SELECT storage_policy FROM system.tables WHERE database = '{d}' AND name = 'events'"
-        ))
-        .trim(),
-        "s3"
-    );
-    assert_eq!(
-        db.exec(&format!(
-            "SELECT groupUniqArray(disk_name) FROM system.parts WHERE database = '{d}' AND table = 'events' AND active AND rows > 0"
-        ))
-        .trim(),
-        "['s3']"
-    );
+    assert_on_s3(&db, "events");
     assert_eq!(
         db.exec(&format!(
             "SELECT groupArray(name) FROM system.tables WHERE database = '{d}' AND name != 'events'"
@@ -387,32 +408,7 @@ fn s3_policy_whole_database_survives_sigkill_at_random_moments() {
         .map(|t| rt.block_on(stats(&engine, &format!("{d}.{t}"), None)))
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let plan = write_plan(
-        dir.path(),
-        &format!(
-            r#"
-[plan]
-name = "crash-whole"
-concurrency = 3
-retries = 5
-retry_backoff = "200ms"
-
-[connections.ch]
-kind = "clickhouse"
-url = "{url}"
-max_concurrency = 3
-pause_between = "250ms"
-
-[[tables]]
-source = "ch"
-database = "{d}"
-table = "*"
-strategy = "s3-policy"
-storage_policy = "s3"
-keep_old = false
-"#
-        ),
-    );
+    let plan = s3_policy_plan(dir.path(), "crash-whole", &url, d, "*");
     let killed = run_with_kills(&plan, 5000);
     assert!(killed >= 3, "only {killed} run(s) were killed mid-way");
     eprintln!("whole-database s3-policy: {killed} run(s) killed mid-way");
@@ -421,22 +417,7 @@ keep_old = false
         assert_eq!(*before, after, "{t}: no row lost or duplicated");
     }
     for t in moved {
-        assert_eq!(
-            db.exec(&format!(
-                "SELECT storage_policy FROM system.tables WHERE database = '{d}' AND name = '{t}'"
-            ))
-            .trim(),
-            "s3",
-            "{t}"
-        );
-        assert_eq!(
-            db.exec(&format!(
-                "SELECT groupUniqArray(disk_name) FROM system.parts WHERE database = '{d}' AND table = '{t}' AND active AND rows > 0"
-            ))
-            .trim(),
-            "['s3']",
-            "{t}: every active part on the S3 disk"
-        );
+        assert_on_s3(&db, t);
     }
     assert_eq!(
         db.exec(&format!(
