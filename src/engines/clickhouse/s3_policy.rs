@@ -401,26 +401,20 @@ impl PolicyMove {
         self.ch
             .run(&action, "drop_table", context! { table => &staging })
             .await?;
-        self.ch
-            .run(
+        let staged = self
+            .stage(
                 &action,
-                "create_like",
-                context! { table => &staging, like => &new, storage_policy => None::<String> },
-            )
-            .await?;
-        let cols = column_list(&self.ch, &old).await?;
-        self.ch
-            .run_cancellable(
-                &action,
-                "insert_select",
-                context! {
-                    target => &staging, columns => &cols, from => &old,
-                    filter => partition_id_filter(partition_id),
+                Staging {
+                    staging: &staging,
+                    like: &new,
+                    columns_of: &old,
+                    from: &old,
+                    partition_id,
+                    checksum: &checksum,
                 },
                 cancel,
             )
             .await?;
-        let staged = self.stats(&staging, partition_id, &checksum).await?;
         if staged.is_empty() {
             return Err(TaskFailure::transient(format!(
                 "{action}: the staging copy is empty although the source had {} rows",
@@ -687,26 +681,20 @@ impl PolicyMove {
                     return Ok(0);
                 }
             }
-            self.ch
-                .run(
+            let staged = self
+                .stage(
                     &action,
-                    "create_like",
-                    context! { table => &staging, like => new, storage_policy => None::<String> },
-                )
-                .await?;
-            let cols = column_list(&self.ch, old).await?;
-            self.ch
-                .run_cancellable(
-                    &action,
-                    "insert_select",
-                    context! {
-                        target => &staging, columns => &cols, from => &quarantine,
-                        filter => partition_id_filter(partition_id),
+                    Staging {
+                        staging: &staging,
+                        like: new,
+                        columns_of: old,
+                        from: &quarantine,
+                        partition_id,
+                        checksum,
                     },
                     cancel,
                 )
                 .await?;
-            let staged = self.stats(&staging, partition_id, checksum).await?;
             if staged != q {
                 self.ch
                     .run(&action, "drop_table", context! { table => &staging })
@@ -833,6 +821,36 @@ impl PolicyMove {
             checksum: Some(moved.checksum_text()),
             note,
         })
+    }
+
+    /// Creates `staging` like the new table (default policy) and copies one partition
+    /// into it inside the server; returns what it holds.
+    async fn stage(
+        &self,
+        action: &str,
+        s: Staging<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Stats, TaskFailure> {
+        self.ch
+            .run(
+                action,
+                "create_like",
+                context! { table => s.staging, like => s.like, storage_policy => None::<String> },
+            )
+            .await?;
+        let cols = column_list(&self.ch, s.columns_of).await?;
+        self.ch
+            .run_cancellable(
+                action,
+                "insert_select",
+                context! {
+                    target => s.staging, columns => &cols, from => s.from,
+                    filter => partition_id_filter(s.partition_id),
+                },
+                cancel,
+            )
+            .await?;
+        Ok(self.stats(s.staging, s.partition_id, s.checksum).await?)
     }
 
     async fn disks_of(&self, table: &str) -> Result<Vec<String>, ChError> {
@@ -1053,6 +1071,18 @@ pub async fn tables_to_move(ch: &Ch, database: &str, policy: &str) -> Result<Vec
 }
 
 /// Quoted, comma-separated ordinary columns of a table.
+/// One partition copied into a staging table: where from, shaped like what.
+struct Staging<'a> {
+    staging: &'a str,
+    /// The new table, whose structure the staging table takes (default policy).
+    like: &'a str,
+    /// The table whose columns are listed for the INSERT.
+    columns_of: &'a str,
+    from: &'a str,
+    partition_id: &'a str,
+    checksum: &'a str,
+}
+
 async fn column_list(ch: &Ch, table: &str) -> Result<String, ChError> {
     Ok(ch
         .columns(table)
