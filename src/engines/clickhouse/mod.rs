@@ -266,6 +266,22 @@ impl Ch {
         self.client.json_rows(action, &sql).await
     }
 
+    /// Runs a rendered query and returns one text column of every row.
+    pub async fn strings(
+        &self,
+        action: &str,
+        template: &str,
+        ctx: Value,
+        column: &str,
+    ) -> Result<Vec<String>, ChError> {
+        Ok(self
+            .rows(action, template, ctx)
+            .await?
+            .iter()
+            .filter_map(|r| json_str(r, column))
+            .collect())
+    }
+
     /// Runs a rendered statement.
     pub async fn run(&self, action: &str, template: &str, ctx: Value) -> Result<(), ChError> {
         let sql = self.sql(template, ctx)?;

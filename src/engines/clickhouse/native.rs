@@ -137,6 +137,15 @@ impl Kind {
         }
     }
 
+    /// A time column's zone (None inside: the server's); None for other kinds.
+    pub fn zone(self) -> Option<Option<String>> {
+        match self {
+            Kind::DateTime { zone } | Kind::DateTime64 { zone, .. } => Some(zone),
+            Kind::Nullable(inner) => inner.zone(),
+            _ => None,
+        }
+    }
+
     /// Bytes per value for fixed-width kinds.
     fn fixed_width(&self) -> Option<usize> {
         match self {
@@ -220,6 +229,8 @@ fn enum_names(args: &str) -> Option<Vec<(i16, Vec<u8>)>> {
 #[derive(Debug)]
 pub struct ColumnData {
     pub name: String,
+    /// The type as the server names it (for messages).
+    pub data_type: String,
     pub kind: Kind,
     /// Fixed-width values, or the strings' bytes (varints included).
     pub data: Bytes,
@@ -398,6 +409,7 @@ impl NativeReader {
             }
             layout.columns.push(ColumnLayout {
                 name,
+                data_type,
                 kind,
                 nulls,
                 data: start..c.pos,
@@ -410,6 +422,7 @@ impl NativeReader {
 
 struct ColumnLayout {
     name: String,
+    data_type: String,
     kind: Kind,
     nulls: Option<std::ops::Range<usize>>,
     data: std::ops::Range<usize>,
@@ -431,6 +444,7 @@ impl Layout {
                 .into_iter()
                 .map(|c| ColumnData {
                     name: c.name,
+                    data_type: c.data_type,
                     kind: c.kind,
                     data: bytes.slice(c.data),
                     nulls: c.nulls.map(|r| bytes.slice(r)),
@@ -592,6 +606,12 @@ mod tests {
                 zone: Some("Asia/Shanghai".into())
             })
         );
+        assert_eq!(
+            Kind::parse("Nullable(DateTime('Asia/Tokyo'))").and_then(Kind::zone),
+            Some(Some("Asia/Tokyo".to_string()))
+        );
+        assert_eq!(Kind::parse("DateTime").and_then(Kind::zone), Some(None));
+        assert_eq!(Kind::parse("String").and_then(Kind::zone), None);
         assert_eq!(
             Kind::parse("Decimal(10, 2)"),
             Some(Kind::Decimal { width: 8, scale: 2 })

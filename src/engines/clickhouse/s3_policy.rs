@@ -258,17 +258,14 @@ impl PolicyMove {
     }
 
     async fn list_prefixed(&self, prefix: &str) -> Result<Vec<String>, ChError> {
-        Ok(self
-            .ch
-            .rows(
+        self.ch
+            .strings(
                 "list staging tables",
                 "list_tables",
                 context! { database => &self.database, prefix => prefix },
+                "name",
             )
-            .await?
-            .iter()
-            .filter_map(|r| super::json_str(r, "name"))
-            .collect())
+            .await
     }
 
     /// Partition ids of a table that hold rows.
@@ -854,17 +851,14 @@ impl PolicyMove {
     }
 
     async fn disks_of(&self, table: &str) -> Result<Vec<String>, ChError> {
-        Ok(self
-            .ch
-            .rows(
+        self.ch
+            .strings(
                 &format!("list disks of {table}"),
                 "part_disks",
                 context! { database => &self.database, table => table },
+                "disk_name",
             )
-            .await?
-            .iter()
-            .filter_map(|r| super::json_str(r, "disk_name"))
-            .collect())
+            .await
     }
 
     /// The policy's volumes (system.storage_policies rows); none when it is unknown.
@@ -1058,16 +1052,13 @@ impl PolicyMove {
 pub async fn tables_to_move(ch: &Ch, database: &str, policy: &str) -> Result<Vec<String>, ChError> {
     ch.require(Feature::StoragePolicies, "strategy s3-policy")
         .await?;
-    Ok(ch
-        .rows(
-            &format!("list tables of {database}"),
-            "policy_candidates",
-            context! { database => database, policy => policy },
-        )
-        .await?
-        .iter()
-        .filter_map(|r| super::json_str(r, "name"))
-        .collect())
+    ch.strings(
+        &format!("list tables of {database}"),
+        "policy_candidates",
+        context! { database => database, policy => policy },
+        "name",
+    )
+    .await
 }
 
 /// Quoted, comma-separated ordinary columns of a table.

@@ -181,10 +181,7 @@ impl TextWriter {
                 "a block's columns differ from the first block's".into(),
             ));
         }
-        let sep = match self.style {
-            TextStyle::Csv => b',',
-            TextStyle::Tsv => b'\t',
-        };
+        let sep = self.separator();
         for row in 0..block.rows {
             for (i, column) in block.columns.iter().enumerate() {
                 if i > 0 {
@@ -209,6 +206,13 @@ impl TextWriter {
         Bytes::from(std::mem::replace(&mut self.out, next))
     }
 
+    fn separator(&self) -> u8 {
+        match self.style {
+            TextStyle::Csv => b',',
+            TextStyle::Tsv => b'\t',
+        }
+    }
+
     fn start(&mut self, block: &Block) -> Result<(), NativeError> {
         if block.columns.len() != self.described.len() {
             return Err(NativeError::Unsupported {
@@ -226,24 +230,21 @@ impl TextWriter {
                 return Err(unsupported(column));
             }
             if i > 0 {
-                self.out.push(match self.style {
-                    TextStyle::Csv => b',',
-                    TextStyle::Tsv => b'\t',
-                });
+                self.out.push(self.separator());
             }
             self.string(column.name.as_bytes());
             let clock = match column.value_kind() {
                 Kind::DateTime { .. } | Kind::DateTime64 { .. } => {
-                    let zone = match Kind::parse(&described.data_type) {
-                        Some(Kind::DateTime { zone } | Kind::DateTime64 { zone, .. }) => zone,
-                        Some(Kind::Nullable(inner)) => match *inner {
-                            Kind::DateTime { zone } | Kind::DateTime64 { zone, .. } => zone,
-                            _ => return Err(unsupported(column)),
-                        },
-                        _ => return Err(unsupported(column)),
+                    // The described type carries the zone the Native header lost.
+                    let unknown_zone = || NativeError::Unsupported {
+                        column: column.name.clone(),
+                        data_type: format!("{} (a zone flow cannot load)", described.data_type),
                     };
+                    let zone = Kind::parse(&described.data_type)
+                        .and_then(|k| k.zone())
+                        .ok_or_else(unknown_zone)?;
                     let name = zone.as_deref().unwrap_or(&self.profile.server_zone);
-                    Some(ZoneClock::new(name).ok_or_else(|| unsupported(column))?)
+                    Some(ZoneClock::new(name).ok_or_else(unknown_zone)?)
                 }
                 _ => None,
             };
@@ -430,7 +431,7 @@ fn tsv_escape(b: u8) -> Option<u8> {
 fn unsupported(column: &ColumnData) -> NativeError {
     NativeError::Unsupported {
         column: column.name.clone(),
-        data_type: format!("{:?}", column.kind),
+        data_type: column.data_type.clone(),
     }
 }
 
@@ -438,8 +439,8 @@ fn unsupported_value(column: &ColumnData, what: &str) -> NativeError {
     NativeError::Unsupported {
         column: column.name.clone(),
         data_type: format!(
-            "{:?} holding {what} (old servers print those their own way)",
-            column.kind
+            "{} holding {what} (old servers print those their own way)",
+            column.data_type
         ),
     }
 }
