@@ -529,14 +529,36 @@ async fn verify_catches_missing_and_altered_files() {
     };
     verify(false).await.unwrap();
     verify(true).await.unwrap();
-    // Same size, one byte changed: only the read-back sees it.
+    // Same size, one byte changed: the file is no longer the one the export committed
+    // (its identity in the store changed), and the read-back sees the bytes differ.
     let path = dir.path().join("flat.csv");
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 2;
     bytes[last] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
-    verify(false).await.unwrap();
-    let err = verify(true).await.unwrap_err();
+    let err = verify(false).await.unwrap_err();
+    assert!(
+        err.message.contains("not the object the export wrote"),
+        "{}",
+        err.message
+    );
+    let mut same_identity = file.clone();
+    same_identity.version = None;
+    let err = verify_partition(
+        &ch,
+        store.as_ref(),
+        VerifyRequest {
+            partition: &partition,
+            from: &from,
+            filter: None,
+            format: ExportFormat::Csv,
+            files: vec![same_identity],
+            read_back: true,
+        },
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.message.contains("does not hash"), "{}", err.message);
     // Truncated, then gone.
     std::fs::write(&path, &bytes[..10]).unwrap();

@@ -40,7 +40,8 @@ use crate::plan::Plan;
 use crate::report::{self, ReportContext};
 use crate::state::lock::{LockError, PlanLock};
 use crate::state::{
-    self, decide, Action, RunReason, SqliteStore, StateStore, StateWriter, TaskDecision, TaskRecord,
+    self, decide, Action, RunReason, SqliteStore, StateStore, StateWriter, TaskDecision,
+    TaskRecord, TaskRef, Transition,
 };
 use crate::templates::Templates;
 
@@ -205,6 +206,9 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         store.clear()?;
         eprintln!("restart: discarded the state in {}", db.display());
     }
+    if let Some(code) = claim_state(&mut store, &plan, &db, args)? {
+        return Ok(code);
+    }
     let progress = Arc::new(Progress::new(match args.progress {
         ProgressArg::Auto => ProgressMode::Auto,
         ProgressArg::Plain => ProgressMode::Plain,
@@ -242,6 +246,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         metrics: metrics.clone(),
         interrupts,
         resuming: args.resume,
+        upgrade_said: Default::default(),
     };
     let outcome = ctx.apply().await;
 
@@ -338,6 +343,44 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// Makes sure the state belongs to this plan file and records it: two plan files with
+/// the same `name` in one state folder would otherwise resume each other's tasks. A
+/// state whose recorded plan file no longer exists was moved with its plan, and is
+/// taken over. Returns an exit code when the run must not go on.
+fn claim_state(
+    store: &mut SqliteStore,
+    plan: &Plan,
+    db: &std::path::Path,
+    args: &ApplyArgs,
+) -> anyhow::Result<Option<u8>> {
+    let this = std::fs::canonicalize(&args.plan).unwrap_or_else(|_| args.plan.clone());
+    match store.plan_file()? {
+        Some(recorded) if recorded == this => return Ok(None),
+        Some(recorded) if recorded.exists() && store.has_tasks()? => {
+            eprintln!(
+                "error: the state {} belongs to the plan file {}, which also has the name `{}`; this is {}",
+                db.display(),
+                recorded.display(),
+                plan.name,
+                this.display()
+            );
+            eprintln!(
+                "  help: give one of the two plans its own `name` (or `state_dir`) in [plan]; to run this file over that state anyway, start over with `flow apply {} --restart`",
+                args.plan.display()
+            );
+            return Ok(Some(EXIT_USAGE));
+        }
+        Some(recorded) if store.has_tasks()? => eprintln!(
+            "note: the plan file of this state moved from {} to {}; the state goes on with it",
+            recorded.display(),
+            this.display()
+        ),
+        _ => {}
+    }
+    store.set_plan_file(&this)?;
+    Ok(None)
+}
+
 fn run_options(plan: &Plan, keep_going: bool) -> RunOptions {
     RunOptions {
         concurrency: plan.concurrency,
@@ -374,6 +417,8 @@ struct Ctx<'a> {
     metrics: Arc<Metrics>,
     interrupts: Interrupts,
     resuming: bool,
+    /// The upgrade note was printed.
+    upgrade_said: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx<'_> {
@@ -396,6 +441,7 @@ impl Ctx<'_> {
             let selected = with_dependencies(&first, &splits);
             let records = self.records()?;
             let decisions = decide(&first, &records, &HashSet::new());
+            self.rerecord(&first, &decisions, Some(&selected));
             self.announce(&decisions, &records, Some(&selected), &HashSet::new());
             let starts = starts(&decisions, &records, Some(&selected));
             let summary = self.schedule(first.clone(), "split", starts).await;
@@ -409,9 +455,11 @@ impl Ctx<'_> {
         let records = self.records()?;
         let partitions = state::listed_partitions(&first, &records, &self.plan.state_db_path())?;
         let graph = expand(self.plan, self.templates, &partitions)
-            .context("expanding the plan with the listed partitions")?;
+            .map_err(|e| anyhow::anyhow!("{e}\n  help: {}", e.help()))
+            .context("expanding the plan with the listed partitions; nothing was exported")?;
         let graph = Arc::new(graph);
         let decisions = decide(&graph, &records, &ran);
+        self.rerecord(&graph, &decisions, None);
         self.announce(&decisions, &records, None, &ran);
         let starts = starts(&decisions, &records, None);
         let summary = self.schedule(graph.clone(), "run", starts).await;
@@ -431,6 +479,38 @@ impl Ctx<'_> {
         .observe(self.metrics.clone())
         .run(starts, self.interrupts.clone())
         .await
+    }
+
+    /// Records again the done tasks an earlier flow recorded without the inputs this
+    /// flow adds; they stay done. Said once per run.
+    fn rerecord(
+        &self,
+        graph: &Arc<TaskGraph>,
+        decisions: &[TaskDecision],
+        selected: Option<&HashSet<NodeIndex>>,
+    ) {
+        let mut names = std::collections::BTreeSet::new();
+        let mut count = 0;
+        for d in decisions.iter().filter(|d| !d.upgraded.is_empty()) {
+            if selected.is_some_and(|s| !s.contains(&d.index)) {
+                continue;
+            }
+            self.writer
+                .send(Transition::Rerecord(TaskRef::new(graph.clone(), d.index)));
+            names.extend(d.upgraded.iter().map(|n| format!("`{n}`")));
+            count += 1;
+        }
+        if count > 0
+            && !self
+                .upgrade_said
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let names: Vec<String> = names.into_iter().collect();
+            self.progress.println(&format!(
+                "upgrade: {count} done task(s) were recorded by an earlier flow without input(s) {}; their other inputs are unchanged, so they stay done and these inputs are recorded from now on",
+                names.join(", ")
+            ));
+        }
     }
 
     /// Says what a resumed run will do differently: re-runs, dirty and kept tasks.

@@ -354,11 +354,9 @@ impl TableRunner {
                     .iter()
                     .flat_map(|p| p.files.iter().map(|f| f.key.as_str()))
                     .collect();
-                let key = table
-                    .options
-                    .get("manifest")
-                    .cloned()
-                    .unwrap_or_else(|| export::manifest_key(&table.name, &keys));
+                let key = task.inputs.get("path").cloned().ok_or_else(|| {
+                    TaskFailure::permanent(format!("task `{}` has no manifest path", task.id))
+                })?;
                 let mut source = std::collections::BTreeMap::new();
                 source.insert("connection".to_string(), table.source.clone());
                 source.insert("database".to_string(), table.database.clone());
@@ -467,6 +465,7 @@ impl TableRunner {
                 row_checksum: None,
                 path: export::ExportPath::Streamed,
                 chunk,
+                version: meta.version,
             });
         }
         Ok(files)

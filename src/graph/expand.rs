@@ -15,6 +15,7 @@ use petgraph::graph::NodeIndex;
 use super::{
     GraphError, Partition, Placement, Task, TaskGraph, TaskId, TaskInputs, TaskKind, WorkUnit,
 };
+use crate::plan::identity::{identity, object_location};
 use crate::plan::{Mode, PartitionSource, Plan, StepKind, TableSpec};
 use crate::templates::{env_value, Templates};
 
@@ -31,10 +32,16 @@ pub fn expand(
 ) -> Result<TaskGraph, GraphError> {
     let mut graph = TaskGraph::new();
     let templates_hash = templates_hash(templates);
+    let identities: BTreeMap<&str, String> = plan
+        .connections
+        .iter()
+        .map(|(name, c)| (name.as_str(), identity(c, plan.base_dir())))
+        .collect();
     let mut table_tasks: HashMap<&str, Vec<NodeIndex>> = HashMap::new();
     for table in &plan.tables {
         let known = known_partitions(table, partitions);
-        let mut builder = TableBuilder::new(&mut graph, plan, templates, table, &templates_hash);
+        let common = common_inputs(table, &templates_hash, &identities);
+        let mut builder = TableBuilder::new(&mut graph, plan, templates, table, common);
         table
             .strategy
             .strategy()
@@ -48,8 +55,9 @@ pub fn expand(
         }
         table_tasks.insert(table.name.as_str(), tasks);
     }
+    check_object_keys(plan, &graph)?;
     for step in &plan.steps {
-        let task = step_task(plan, templates, step);
+        let task = step_task(plan, templates, step, &identities);
         let index = graph.add(task)?;
         for after in &step.after {
             if let Some(tasks) = table_tasks.get(after.as_str()) {
@@ -109,7 +117,42 @@ fn literal_for_id(id: &str) -> String {
     }
 }
 
-fn step_task(plan: &Plan, templates: &Templates, step: &crate::plan::StepSpec) -> Task {
+/// Refuses two tasks that would write the same object (two export units, or a unit and
+/// a manifest, on one key of one store): the second would overwrite the first and its
+/// verify could still pass on what the other wrote.
+fn check_object_keys(plan: &Plan, graph: &TaskGraph) -> Result<(), GraphError> {
+    let mut writers: HashMap<String, &Task> = HashMap::new();
+    for task in graph.tasks() {
+        if !matches!(task.kind, TaskKind::Export | TaskKind::Manifest) {
+            continue;
+        }
+        let (Some(key), Some(table)) = (task.inputs.get("path"), task.unit.table()) else {
+            continue;
+        };
+        let Some(target) = plan.tables[table].target.as_deref() else {
+            continue;
+        };
+        let Some(location) = object_location(plan.connection(target), plan.base_dir(), key) else {
+            continue;
+        };
+        if let Some(first) = writers.insert(location, task) {
+            return Err(GraphError::KeyCollision {
+                key: key.clone(),
+                target: target.to_string(),
+                first: first.id.clone(),
+                second: task.id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn step_task(
+    plan: &Plan,
+    templates: &Templates,
+    step: &crate::plan::StepSpec,
+    identities: &BTreeMap<&str, String>,
+) -> Task {
     let mut inputs = BTreeMap::new();
     let kind = match step.kind {
         StepKind::Sql => TaskKind::Sql,
@@ -133,6 +176,11 @@ fn step_task(plan: &Plan, templates: &Templates, step: &crate::plan::StepSpec) -
     }
     let mut connections: Vec<String> = step.connection.iter().cloned().collect();
     connections.extend(step.uses.iter().cloned());
+    for name in &connections {
+        if let Some(id) = identities.get(name.as_str()) {
+            inputs.insert(format!("{CONNECTION_INPUT}{name}"), id.clone());
+        }
+    }
     let placement = match step.kind {
         StepKind::Sql => Placement::InServer,
         StepKind::Exec => Placement::External,
@@ -191,13 +239,13 @@ impl<'g> TableBuilder<'g> {
         plan: &'g Plan,
         templates: &'g Templates,
         table: &'g TableSpec,
-        templates_hash: &str,
+        common: BTreeMap<String, String>,
     ) -> Self {
         TableBuilder {
             graph,
             templates,
             table,
-            common: Arc::new(common_inputs(table, templates_hash)),
+            common: Arc::new(common),
             path_template: table
                 .path
                 .as_deref()
@@ -234,12 +282,17 @@ impl<'g> TableBuilder<'g> {
             return Ok(None);
         }
         let source = self.table.source.clone();
+        // The declared partitions are what the split lists: another list is another split.
+        let mut inputs = BTreeMap::new();
+        if let PartitionSource::Declared(ids) = &self.table.partitions {
+            inputs.insert("partitions".to_string(), ids.join(","));
+        }
         self.table_task(
             "split",
             TaskKind::Split,
             Placement::Metadata,
             vec![source],
-            BTreeMap::new(),
+            inputs,
         )
         .map(Some)
     }
@@ -374,8 +427,15 @@ fn path_base_context(plan: &Plan, table: &TableSpec) -> minijinja::Value {
     }
 }
 
+/// Prefix of the inputs that hold a connection's identity (`connection.ch`).
+pub const CONNECTION_INPUT: &str = "connection.";
+
 /// Inputs every task of a table shares: a change to any of them dirties the table.
-fn common_inputs(table: &TableSpec, templates_hash: &str) -> BTreeMap<String, String> {
+fn common_inputs(
+    table: &TableSpec,
+    templates_hash: &str,
+    identities: &BTreeMap<&str, String>,
+) -> BTreeMap<String, String> {
     let mut inputs = BTreeMap::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -398,6 +458,12 @@ fn common_inputs(table: &TableSpec, templates_hash: &str) -> BTreeMap<String, St
     put("target_table", table.target_table.clone());
     for (k, v) in &table.options {
         inputs.insert(format!("options.{k}"), v.clone());
+    }
+    // Where the data comes from and goes to: a moved source or target dirties the table.
+    for name in std::iter::once(&table.source).chain(table.target.iter()) {
+        if let Some(id) = identities.get(name.as_str()) {
+            inputs.insert(format!("{CONNECTION_INPUT}{name}"), id.clone());
+        }
     }
     // Engine templates are part of what a task does: a changed template dirties tasks.
     inputs.insert("templates".into(), templates_hash.to_string());

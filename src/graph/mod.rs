@@ -39,6 +39,33 @@ pub enum GraphError {
     UnverifiedDestructive(TaskId),
     #[error("{0}")]
     Template(String),
+    #[error("tasks `{first}` and `{second}` would both write `{key}` on connection `{target}`: the second would overwrite the first")]
+    KeyCollision {
+        key: String,
+        target: String,
+        first: TaskId,
+        second: TaskId,
+    },
+    #[error("table {table}: `path` renders the same key `{key}` for every {unit}: all of them would write one object")]
+    PathNotUnique {
+        table: String,
+        key: String,
+        unit: &'static str,
+    },
+}
+
+impl GraphError {
+    /// How to fix the plan, for messages.
+    pub fn help(&self) -> &'static str {
+        match self {
+            GraphError::KeyCollision { .. } | GraphError::PathNotUnique { .. } => {
+                "make `path` unique per unit: include {{ partition_id }} in partition mode and \
+                 {{ chunk }} when max_rows/max_bytes cut partitions, and give each table its \
+                 own path (e.g. start it with {{ table.name }})"
+            }
+            _ => "rename the table or step so task ids are unique, and make destructive work depend on a verify",
+        }
+    }
 }
 
 impl TaskGraph {

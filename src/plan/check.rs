@@ -1051,6 +1051,7 @@ impl Checker {
             target_table: text(&def.target_table),
             format,
             path: def.path.as_ref().map(|p| p.get_ref().clone()),
+            path_span: def.path.as_ref().map(|p| p.span()),
             storage_policy: text(&def.storage_policy).unwrap_or_else(|| "s3".into()),
             swap: def.swap.unwrap_or(strategy == StrategyKind::S3Policy),
             keep_old: def.keep_old.unwrap_or(true),
@@ -1392,13 +1393,23 @@ impl Checker {
                         .find(|t| id.0.starts_with(&format!("{}/", t.name)))
                         .map(|t| t.span.clone())
                 }),
+            GraphError::KeyCollision { second: id, .. } => plan
+                .tables
+                .iter()
+                .find(|t| id.0.starts_with(&format!("{}/", t.name)))
+                .map(|t| t.path_span.clone().unwrap_or_else(|| t.span.clone())),
+            GraphError::PathNotUnique { table, .. } => plan
+                .tables
+                .iter()
+                .find(|t| &t.name == table)
+                .map(|t| t.path_span.clone().unwrap_or_else(|| t.span.clone())),
             _ => None,
         };
         self.error(
             span,
             format!("the plan does not expand into a valid task graph: {e}"),
             "here",
-            "rename the table or step so task ids are unique, and make destructive work depend on a verify",
+            e.help(),
         );
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod diagnostic;
+pub mod identity;
 pub mod interpolate;
 pub mod partitions;
 pub mod schema;
@@ -168,6 +169,8 @@ pub struct TableSpec {
     pub target_table: Option<String>,
     pub format: ExportFormat,
     pub path: Option<String>,
+    /// Where `path` is written in the plan file, for errors about it.
+    pub path_span: Option<Range<usize>>,
     pub storage_policy: String,
     pub swap: bool,
     pub keep_old: bool,

@@ -250,12 +250,17 @@ pub enum Transition {
     Skipped { task: TaskRef, reason: String },
     /// Back to `pending` (`flow state reset`).
     Reset { id: TaskId },
+    /// A done task recorded by an earlier flow, whose recorded inputs are unchanged but
+    /// lack inputs this flow adds: it stays done and takes the new definition, so the
+    /// new inputs are compared from now on.
+    Rerecord(TaskRef),
 }
 
 impl Transition {
     pub fn id(&self) -> &TaskId {
         match self {
             Transition::Register(task)
+            | Transition::Rerecord(task)
             | Transition::Start { task, .. }
             | Transition::Done { task, .. }
             | Transition::Failed { task, .. }
@@ -268,7 +273,9 @@ impl Transition {
     pub fn entry(&self) -> Entry {
         let mut e = Entry::new(self.op(), self.id().clone());
         match self {
-            Transition::Register(task) => e.def = Some(Def::of(task.task())),
+            Transition::Register(task) | Transition::Rerecord(task) => {
+                e.def = Some(Def::of(task.task()))
+            }
             Transition::Start { task, attempt, at } => {
                 e.def = Some(Def::of(task.task()));
                 e.attempts = Some(*attempt);
@@ -322,6 +329,7 @@ impl Transition {
             Transition::Failed { .. } => Op::Failed,
             Transition::Skipped { .. } => Op::Skipped,
             Transition::Reset { .. } => Op::Reset,
+            Transition::Rerecord(_) => Op::Rerecord,
         }
     }
 }
@@ -336,10 +344,11 @@ pub enum Op {
     Failed,
     Skipped,
     Reset,
+    Rerecord,
 }
 
 impl Op {
-    const ALL: [Op; 7] = [
+    const ALL: [Op; 8] = [
         Op::Register,
         Op::Start,
         Op::Retry,
@@ -347,6 +356,7 @@ impl Op {
         Op::Failed,
         Op::Skipped,
         Op::Reset,
+        Op::Rerecord,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -358,6 +368,7 @@ impl Op {
             Op::Failed => "failed",
             Op::Skipped => "skipped",
             Op::Reset => "reset",
+            Op::Rerecord => "rerecord",
         }
     }
 
@@ -478,6 +489,13 @@ pub fn fold(record: Option<TaskRecord>, e: &Entry) -> Option<TaskRecord> {
             record.error.clone_from(&e.error);
         }
         Op::Reset => record.reset(),
+        Op::Rerecord => {
+            if record.status == TaskStatus::Done {
+                if let Some(def) = &e.def {
+                    record.set_def(def);
+                }
+            }
+        }
     }
     Some(record)
 }

@@ -17,7 +17,7 @@ use std::fmt;
 use petgraph::graph::NodeIndex;
 
 use super::{StateError, StateStore, TaskRecord, TaskStatus};
-use crate::graph::{Task, TaskGraph, TaskId};
+use crate::graph::{Task, TaskGraph, TaskId, TaskKind};
 
 /// Why a done task no longer matches the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +121,9 @@ pub struct TaskDecision {
     /// Status in the state, None when the task is not there.
     pub stored: Option<TaskStatus>,
     pub action: Action,
+    /// A skipped task recorded by an earlier flow without these inputs, which this flow
+    /// adds (see [`ADDED_INPUTS`]): it stays done and should be recorded again.
+    pub upgraded: Vec<String>,
 }
 
 impl TaskDecision {
@@ -156,6 +159,54 @@ impl TaskDecision {
     pub fn runs(&self) -> bool {
         matches!(self.action, Action::Run(_))
     }
+}
+
+/// Inputs that a flow release added to fingerprints, by name (`x`) or family (`x.`).
+/// A done task recorded without any input of a family was recorded by an earlier flow:
+/// if nothing else differs it stays done, and is recorded again with the new inputs —
+/// upgrading flow in the middle of a migration does not redo the migration.
+pub const ADDED_INPUTS: &[&str] = &[
+    // identity of the connections a task uses
+    "connection.",
+    // a manifest's key, computed at expansion
+    "path",
+    // a split's declared partitions
+    "partitions",
+];
+
+fn family(name: &str) -> Option<&'static str> {
+    ADDED_INPUTS.iter().copied().find(|f| {
+        if f.ends_with('.') {
+            name.starts_with(f)
+        } else {
+            name == *f
+        }
+    })
+}
+
+/// The inputs `task` has that `record` lacks only because an earlier flow did not
+/// record them; empty when anything else differs.
+fn upgrade_inputs(record: &TaskRecord, task: &Task) -> Vec<String> {
+    if record.kind != task.kind.as_str() {
+        return Vec::new();
+    }
+    let mut added = Vec::new();
+    for (name, value) in &task.inputs {
+        match record.inputs.get(name) {
+            Some(old) if old == value => {}
+            Some(_) => return Vec::new(),
+            None => match family(name) {
+                Some(f) if !record.inputs.keys().any(|k| family(k) == Some(f)) => {
+                    added.push(name.clone())
+                }
+                _ => return Vec::new(),
+            },
+        }
+    }
+    if record.inputs.keys().any(|k| !task.inputs.contains_key(k)) {
+        return Vec::new();
+    }
+    added
 }
 
 /// Compares a done record with the task the plan now makes.
@@ -216,13 +267,19 @@ pub fn decide(
                 TaskStatus::Skipped => Action::Run(RunReason::SkippedBefore),
                 TaskStatus::Done => match dirty_reason(r, task) {
                     None => Action::Skip,
+                    Some(_) if !upgrade_inputs(r, task).is_empty() => Action::Skip,
                     Some(d) if task.once => Action::Keep(d),
                     Some(d) => Action::Run(RunReason::Dirty(d)),
                 },
             },
         };
         let action = if own == Action::Skip {
+            // A split that runs again only lists units; each unit's own inputs (its
+            // filter, its key) say whether the unit changed, so it does not dirty them.
             let rerun_dependency = graph.dependencies(index).find(|d| {
+                if graph.task(*d).kind == TaskKind::Split {
+                    return false;
+                }
                 let dep = decisions[d.index()]
                     .as_ref()
                     .expect("dependencies come first in topological order");
@@ -242,11 +299,16 @@ pub fn decide(
         } else {
             own
         };
+        let upgraded = match (record, &action) {
+            (Some(r), Action::Skip) if r.fingerprint != task.fingerprint => upgrade_inputs(r, task),
+            _ => Vec::new(),
+        };
         decisions[index.index()] = Some(TaskDecision {
             index,
             id: task.id.clone(),
             stored: record.map(|r| r.status),
             action,
+            upgraded,
         });
     }
     decisions

@@ -379,7 +379,9 @@ impl SqliteStore {
     fn journal_insert(tx: &rusqlite::Transaction<'_>, t: &Transition) -> rusqlite::Result<()> {
         // Written straight from the transition: no owned copy of the inputs.
         let (task, attempts, started_at, ended_at, outcome, error) = match t {
-            Transition::Register(task) => (Some(task.task()), None, None, None, None, None),
+            Transition::Register(task) | Transition::Rerecord(task) => {
+                (Some(task.task()), None, None, None, None, None)
+            }
             Transition::Start { task, attempt, at } => (
                 Some(task.task()),
                 Some(*attempt),
@@ -681,6 +683,46 @@ impl StateStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The plan file this state belongs to (its absolute path, recorded by `apply`);
+    /// None for a new state, or one written before flow recorded it.
+    pub fn plan_file(&self) -> Result<Option<PathBuf>, StateError> {
+        let has_meta = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .is_some();
+        if !has_meta {
+            return Ok(None);
+        }
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'plan_file'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map(|v| v.map(PathBuf::from))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the plan file this state belongs to.
+    pub fn set_plan_file(&mut self, file: &Path) -> Result<(), StateError> {
+        self.conn
+            .execute_batch("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)")
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('plan_file', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![file.display().to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Whether any task has been recorded (a plain `apply` refuses to run over state).
     pub fn has_tasks(&self) -> Result<bool, StateError> {
         self.conn

@@ -44,13 +44,14 @@ impl Strategy for Export {
         let target = table.target.clone().expect("export targets are checked");
         let split = b.split_task()?;
         let Some(partitions) = partitions else {
-            return Ok(());
+            return path_distinguishes_units(table, b);
         };
         let placement = match (table.server_side, plan.connection(&target).kind) {
             (ServerSide::Never, _) | (_, ConnectionKind::Fs) => Placement::Streamed,
             _ => Placement::InServer,
         };
         let mut verifies = Vec::new();
+        let mut keys = Vec::new();
         for partition in partitions {
             let chunks: Vec<Option<u32>> = if partition.chunks.is_empty() {
                 vec![None]
@@ -60,10 +61,9 @@ impl Strategy for Export {
             let mut exports = Vec::new();
             for chunk in chunks {
                 let mut inputs = BTreeMap::new();
-                inputs.insert(
-                    "path".into(),
-                    b.render_path(DEFAULT_PATH, partition, chunk)?,
-                );
+                let key = b.render_path(DEFAULT_PATH, partition, chunk)?;
+                keys.push(key.clone());
+                inputs.insert("path".into(), key);
                 inputs.insert("format".into(), table.format.clickhouse_name().into());
                 inputs.insert(
                     "server_side".into(),
@@ -95,16 +95,110 @@ impl Strategy for Export {
             }
             verifies.push(verify);
         }
+        let manifest_path = match table.options.get("manifest") {
+            Some(key) => key.clone(),
+            None => manifest_key(&table.name, &keys),
+        };
         let manifest = b.table_task(
             "manifest",
             TaskKind::Manifest,
             Placement::Metadata,
             vec![target.clone()],
-            BTreeMap::new(),
+            BTreeMap::from([("path".to_string(), manifest_path)]),
         )?;
         for v in verifies {
             b.depend(manifest, v);
         }
         Ok(())
+    }
+}
+
+/// Before the partitions are known (listed at apply time), a `path` that renders one
+/// key for two partitions, or for two chunks of a partition that may be cut, is refused
+/// now: every unit would overwrite the same object.
+fn path_distinguishes_units(table: &TableSpec, b: &TableBuilder<'_>) -> Result<(), GraphError> {
+    if !b.is_partitioned() {
+        return Ok(());
+    }
+    let probe = |id: &str| {
+        Arc::new(Partition {
+            id: id.into(),
+            value: None,
+            filter: None,
+            rows: None,
+            bytes: None,
+            chunks: vec![],
+        })
+    };
+    let (a, z) = (probe("201501"), probe("201502"));
+    let key = b.render_path(DEFAULT_PATH, &a, None)?;
+    if key == b.render_path(DEFAULT_PATH, &z, None)? {
+        return Err(GraphError::PathNotUnique {
+            table: table.name.clone(),
+            key,
+            unit: "partition",
+        });
+    }
+    let cut = table.split_by.is_some() && (table.max_rows.is_some() || table.max_bytes.is_some());
+    if cut {
+        let key = b.render_path(DEFAULT_PATH, &a, Some(0))?;
+        if key == b.render_path(DEFAULT_PATH, &a, Some(1))? {
+            return Err(GraphError::PathNotUnique {
+                table: table.name.clone(),
+                key,
+                unit: "chunk of a partition cut by max_rows/max_bytes",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Where the manifest goes: beside the files (their common directory), or
+/// `<table>.manifest.json` at the root when they share none.
+pub fn manifest_key(table_name: &str, keys: &[String]) -> String {
+    let mut common: Option<Vec<&str>> = None;
+    for k in keys {
+        let dirs: Vec<&str> = match k.rsplit_once('/') {
+            Some((d, _)) => d.split('/').collect(),
+            None => vec![],
+        };
+        common = Some(match common {
+            None => dirs,
+            Some(c) => c
+                .iter()
+                .zip(dirs.iter())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| *a)
+                .collect(),
+        });
+    }
+    match common {
+        Some(c) if !c.is_empty() => format!("{}/_manifest.json", c.join("/")),
+        _ => format!("{}.manifest.json", table_name.replace('/', "_")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::manifest_key;
+
+    #[test]
+    fn manifests_sit_beside_the_files() {
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            manifest_key(
+                "default.trips",
+                &keys(&["trips/201506/part-000.csv", "trips/201507/part-000.csv"])
+            ),
+            "trips/_manifest.json"
+        );
+        assert_eq!(
+            manifest_key("default.trips", &keys(&["a.csv", "b.csv"])),
+            "default.trips.manifest.json"
+        );
+        assert_eq!(
+            manifest_key("q", &keys(&["x/y/a.csv"])),
+            "x/y/_manifest.json"
+        );
     }
 }

@@ -68,6 +68,10 @@ pub struct ExportedFile {
     /// Chunk index when the unit is a chunk of a partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<u32>,
+    /// The store's identity of the object as committed ([`crate::engines::store::ObjectMeta::version`]):
+    /// verify finds a file that was replaced after the export wrote it, whatever its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// What one export unit needs.
@@ -453,6 +457,7 @@ pub async fn export_streamed(
         row_checksum: None,
         path: ExportPath::Streamed,
         chunk: unit.chunk,
+        version: meta.version,
     };
     Ok((file, how))
 }
@@ -604,6 +609,7 @@ pub async fn export_server_side(
         row_checksum,
         path: ExportPath::ServerSide,
         chunk: unit.chunk,
+        version: meta.version,
     })
 }
 
@@ -717,6 +723,13 @@ pub async fn verify_partition(
                 "{} has {} bytes, the export wrote {}",
                 f.location, meta.size, f.bytes
             )),
+            Some(meta) if f.version.is_some() && meta.version != f.version => {
+                problems.push(format!(
+                    "{} is not the object the export wrote (it was replaced since: by another \
+                     writer of the same key, or by hand)",
+                    f.location
+                ))
+            }
             Some(_) => {}
         }
         if read_back && problems.is_empty() {
@@ -811,31 +824,6 @@ pub struct Manifest {
     pub partitions: Vec<VerifiedPartition>,
 }
 
-/// Where the manifest goes: beside the files (their common directory), or
-/// `<table>.manifest.json` at the root when they share none.
-pub fn manifest_key(table_name: &str, keys: &[&str]) -> String {
-    let mut common: Option<Vec<&str>> = None;
-    for k in keys {
-        let dirs: Vec<&str> = match k.rsplit_once('/') {
-            Some((d, _)) => d.split('/').collect(),
-            None => vec![],
-        };
-        common = Some(match common {
-            None => dirs,
-            Some(c) => c
-                .iter()
-                .zip(dirs.iter())
-                .take_while(|(a, b)| a == b)
-                .map(|(a, _)| *a)
-                .collect(),
-        });
-    }
-    match common {
-        Some(c) if !c.is_empty() => format!("{}/_manifest.json", c.join("/")),
-        _ => format!("{}.manifest.json", table_name.replace('/', "_")),
-    }
-}
-
 /// Writes the manifest (replacing one from an earlier run).
 pub async fn write_manifest(
     store: &dyn Store,
@@ -860,26 +848,5 @@ pub struct ExportState {
 impl ExportState {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn manifests_sit_beside_the_files() {
-        assert_eq!(
-            manifest_key(
-                "default.trips",
-                &["trips/201506/part-000.csv", "trips/201507/part-000.csv"]
-            ),
-            "trips/_manifest.json"
-        );
-        assert_eq!(
-            manifest_key("default.trips", &["a.csv", "b.csv"]),
-            "default.trips.manifest.json"
-        );
-        assert_eq!(manifest_key("q", &["x/y/a.csv"]), "x/y/_manifest.json");
     }
 }

@@ -16,8 +16,8 @@
 //! Sizes come from `system.parts` (seed 004's report: rows, compressed and uncompressed
 //! bytes per partition); a unit's bytes are its share of the uncompressed bytes, which
 //! is what a text export writes. A unit bigger than `max_rows`/`max_bytes` is cut by
-//! `split_by` into half-open ranges at boundaries from `quantiles(…)`: `< b1`,
-//! `>= b1 AND < b2`, …, `>= bn` (NULLs go to the first chunk). The ranges are disjoint
+//! `split_by` into half-open ranges at boundaries from `quantiles(…)`: `NOT (>= b1)`,
+//! `>= b1 AND < b2`, …, `>= bn` (NULLs and NaN go to the first chunk, ±inf to the ends). The ranges are disjoint
 //! and cover every value, so every row is in exactly one chunk however approximate the
 //! quantiles are; only the chunk sizes are approximate.
 //!
@@ -365,6 +365,39 @@ pub async fn split(ch: &Ch, req: &SplitRequest) -> Result<SplitResult, ChError> 
     })
 }
 
+/// Types whose values can be cut into ranges (`quantiles` and `<`/`>=` work and are
+/// ordered), optionally Nullable.
+const RANGE_TYPES: &[&str] = &["UInt", "Int", "Float", "Decimal", "Date", "DateTime"];
+
+/// Refuses a `split_by` column whose type cannot be cut into ranges, naming the column,
+/// its type and the types that work — before any chunk is formed.
+async fn check_split_type(
+    ch: &Ch,
+    from: &str,
+    split_by: &str,
+    action: &str,
+) -> Result<(), ChError> {
+    let sql = format!("SELECT toTypeName({split_by}) FROM {from} LIMIT 1");
+    let text = ch.client.text(action, &sql, "TabSeparated").await?;
+    let type_name = text.trim();
+    let inner = type_name
+        .strip_prefix("Nullable(")
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or(type_name);
+    if type_name.is_empty() || RANGE_TYPES.iter().any(|t| inner.starts_with(t)) {
+        return Ok(());
+    }
+    Err(ChError::flow(
+        ch.name(),
+        action,
+        format!(
+            "`split_by = \"{split_by}\"` is of type {type_name}, which cannot be cut into \
+             ranges; use a column of an integer, Float, Decimal, Date or DateTime type \
+             (Nullable allowed), e.g. the table's time column"
+        ),
+    ))
+}
+
 /// Cuts the rows `filter` selects into about `pieces` chunks by `split_by`.
 async fn sub_split(
     ch: &Ch,
@@ -374,6 +407,7 @@ async fn sub_split(
     pieces: u64,
 ) -> Result<Vec<Chunk>, ChError> {
     let action = format!("find chunk boundaries by {split_by} in {from}");
+    check_split_type(ch, from, split_by, &action).await?;
     let levels: Vec<String> = (1..pieces)
         .map(|i| format!("{}", i as f64 / pieces as f64))
         .collect();
@@ -421,7 +455,8 @@ async fn sub_split(
     let n = bounds.len();
     for i in 0..=n {
         let mut filter = match (i.checked_sub(1).map(|j| &bounds[j]), bounds.get(i)) {
-            (None, Some(hi)) => format!("{col} < {hi}"),
+            // Not `< hi`: NaN compares false with everything and must land somewhere.
+            (None, Some(hi)) => format!("NOT ({col} >= {hi})"),
             (Some(lo), Some(hi)) => format!("{col} >= {lo} AND {col} < {hi}"),
             (Some(lo), None) => format!("{col} >= {lo}"),
             (None, None) => unreachable!("there is at least one boundary"),
@@ -441,7 +476,11 @@ async fn sub_split(
         arms.push(format!("isNull{col}, 0"));
     }
     for (i, b) in bounds.iter().enumerate() {
-        arms.push(format!("{col} < {b}, {i}"));
+        if i == 0 {
+            arms.push(format!("NOT ({col} >= {b}), 0"));
+        } else {
+            arms.push(format!("{col} < {b}, {i}"));
+        }
     }
     let chunk_expr = format!("multiIf({}, {n})", arms.join(", "));
     let counts: BTreeMap<u64, u64> = ch

@@ -3,8 +3,8 @@
 //! A write goes to a hidden temp file next to its final name (same directory, so the
 //! rename is atomic on one file system), is fsynced, then renamed over the key and the
 //! directory is fsynced: after a crash the key holds either the old object or the
-//! complete new one. Temp files of a killed run are named `.<name>.flow-tmp-…` and are
-//! ignored by `list`. Writes are coalesced into 1 MiB buffers and overlap with
+//! complete new one. Temp files of a killed run are named `.<name>.flow-tmp-<pid>-…`, are
+//! ignored by `list`, and are removed by the next writer of the same key. Writes are coalesced into 1 MiB buffers and overlap with
 //! receiving (one buffer in flight).
 
 use std::io::Write;
@@ -62,6 +62,35 @@ fn temp_path(path: &Path) -> PathBuf {
         fastrand::u32(..)
     );
     path.with_file_name(unique)
+}
+
+/// Removes the temp files a killed writer of `path` left behind (`.<name>.flow-tmp-<pid>-…`
+/// whose process is gone), so a re-run leaves only committed objects. Temp files of a
+/// live writer (another process writing the same key) are left alone.
+fn remove_dead_writers_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let stem = format!(".{}{TMP_MARKER}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&stem)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() as i32
+            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            tracing::debug!(file = %entry.path().display(), "removing a killed writer's temp file");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -171,7 +200,7 @@ impl ObjectWriter for FsWriter {
         let temp = self.temp_path.clone();
         let dest = self.final_path.clone();
         let location = self.location.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        let version = tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
             let io = |action| {
                 let location = location.clone();
                 move |source| StoreError::Io {
@@ -186,7 +215,8 @@ impl ObjectWriter for FsWriter {
             if let Some(dir) = dest.parent() {
                 sync_dir(dir).map_err(io("fsync directory"))?;
             }
-            Ok(())
+            let meta = std::fs::metadata(&dest).map_err(io("stat"))?;
+            Ok(version_of(&meta))
         })
         .await
         .expect("commit task does not panic")?;
@@ -194,6 +224,7 @@ impl ObjectWriter for FsWriter {
         Ok(ObjectMeta {
             key: self.key.clone(),
             size: self.size,
+            version: Some(version),
         })
     }
 
@@ -224,6 +255,7 @@ impl Store for FsStore {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(self.io(key, "create directory"))?;
+        remove_dead_writers_temps(&final_path);
         let temp_path = temp_path(&final_path);
         let file = std::fs::File::create(&temp_path).map_err(self.io(key, "create temp file"))?;
         Ok(Box::new(FsWriter {
@@ -281,6 +313,7 @@ impl Store for FsStore {
                     Ok(()) => Ok(ObjectMeta {
                         key: key.to_string(),
                         size,
+                        version: None,
                     }),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         Err(StoreError::AlreadyExists { location })
@@ -332,6 +365,7 @@ impl Store for FsStore {
             Ok(m) if m.is_file() => Ok(Some(ObjectMeta {
                 key: key.to_string(),
                 size: m.len(),
+                version: Some(version_of(&m)),
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -377,8 +411,12 @@ impl Store for FsStore {
                         .to_string_lossy()
                         .replace('\\', "/");
                     if key.starts_with(&prefix) {
-                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                        out.push(ObjectMeta { key, size });
+                        let meta = entry.metadata().ok();
+                        out.push(ObjectMeta {
+                            key,
+                            size: meta.as_ref().map_or(0, |m| m.len()),
+                            version: meta.as_ref().map(version_of),
+                        });
                     }
                 }
             }
@@ -397,4 +435,11 @@ impl Store for FsStore {
             Err(e) => Err(self.io(key, "delete")(e)),
         }
     }
+}
+
+/// A file's identity for [`ObjectMeta::version`]: inode and modification time, which a
+/// rename of another file into its place changes.
+fn version_of(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{:x}-{}.{:09}", meta.ino(), meta.mtime(), meta.mtime_nsec())
 }

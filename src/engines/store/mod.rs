@@ -30,6 +30,11 @@ pub struct ObjectMeta {
     /// The key relative to the store root (without the store's prefix).
     pub key: String,
     pub size: u64,
+    /// What identifies this very object, so a replaced one is told apart from the one
+    /// a writer committed even at the same size: the S3 ETag; on `fs`, the file's
+    /// inode and modification time. None when the store did not say.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// How a whole-object write treats an existing object.

@@ -291,13 +291,14 @@ impl Store for S3Store {
         if mode == PutMode::IfAbsent {
             request = request.if_none_match("*");
         }
-        request
+        let output = request
             .send()
             .await
             .map_err(|e| self.remote_error(key, "put", e))?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size,
+            version: output.e_tag().map(str::to_string),
         })
     }
 
@@ -340,6 +341,7 @@ impl Store for S3Store {
             Ok(output) => Ok(Some(ObjectMeta {
                 key: key.to_string(),
                 size: output.content_length().unwrap_or(0).max(0) as u64,
+                version: output.e_tag().map(str::to_string),
             })),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(self.remote_error(key, "head", e)),
@@ -371,6 +373,7 @@ impl Store for S3Store {
                     out.push(ObjectMeta {
                         key: key.get(strip..).unwrap_or(key).to_string(),
                         size: object.size().unwrap_or(0).max(0) as u64,
+                        version: object.e_tag().map(str::to_string),
                     });
                 }
             }
@@ -474,6 +477,7 @@ impl S3Writer {
         if let Some(id) = &self.upload_id {
             return Ok(id.clone());
         }
+        self.abort_earlier_uploads().await;
         let output = self
             .store
             .client
@@ -497,6 +501,45 @@ impl S3Writer {
             .to_string();
         self.upload_id = Some(id.clone());
         Ok(id)
+    }
+
+    /// Aborts incomplete multipart uploads of this very key that an earlier, killed
+    /// writer left (they cost storage and are invisible to listings). Keys are one
+    /// writer's each (the plan checker refuses two units on one key), so an upload of
+    /// this key that is still open is a dead attempt's. A store that does not allow
+    /// listing uploads keeps them: that is logged, not fatal.
+    async fn abort_earlier_uploads(&self) {
+        let client = &self.store.client;
+        let bucket = &self.store.config.bucket;
+        let listed = client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(&self.full_key)
+            .send()
+            .await;
+        let uploads = match listed {
+            Ok(out) => out.uploads().to_vec(),
+            Err(e) => {
+                tracing::debug!(key = %self.key, error = %e, "cannot list earlier multipart uploads");
+                return;
+            }
+        };
+        for upload in uploads {
+            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            if key != self.full_key {
+                continue;
+            }
+            tracing::debug!(key = %self.key, upload = id, "aborting an earlier incomplete upload");
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await;
+        }
     }
 
     async fn wait_one(&mut self) -> Result<(), StoreError> {
@@ -603,8 +646,10 @@ impl ObjectWriter for S3Writer {
         let result = async {
             if self.upload_id.is_none() {
                 // Small object: one PutObject.
+                self.abort_earlier_uploads().await;
                 let data = std::mem::take(&mut self.buffer).freeze();
-                self.store
+                let output = self
+                    .store
                     .client
                     .put_object()
                     .bucket(&self.store.config.bucket)
@@ -613,7 +658,7 @@ impl ObjectWriter for S3Writer {
                     .send()
                     .await
                     .map_err(|e| self.store.remote_error(&self.key, "put", e))?;
-                return Ok(());
+                return Ok(output.e_tag().map(str::to_string));
             }
             if !self.buffer.is_empty() {
                 let last = std::mem::take(&mut self.buffer).freeze();
@@ -625,7 +670,8 @@ impl ObjectWriter for S3Writer {
             let mut parts = std::mem::take(&mut self.parts);
             parts.sort_by_key(|p| p.part_number());
             let upload_id = self.upload_id.clone().expect("upload was started");
-            self.store
+            let output = self
+                .store
                 .client
                 .complete_multipart_upload()
                 .bucket(&self.store.config.bucket)
@@ -643,15 +689,16 @@ impl ObjectWriter for S3Writer {
                         .remote_error(&self.key, "complete multipart upload", e)
                 })?;
             self.upload_id = None;
-            Ok(())
+            Ok(output.e_tag().map(str::to_string))
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(version) => {
                 self.finished = true;
                 Ok(ObjectMeta {
                     key: self.key.clone(),
                     size: self.size,
+                    version,
                 })
             }
             Err(e) => {

@@ -1,0 +1,86 @@
+//! A state database written by an earlier flow (before connection identities, manifest
+//! keys and declared partitions became inputs of fingerprints) resumes on this flow
+//! without running any task again: the tasks' recorded inputs are unchanged, so they
+//! stay done, flow says once that it records the new inputs, and from then on those
+//! inputs are compared like any other. The fixture's plan points at a server that does
+//! not exist: a task that ran would fail the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v0");
+    std::fs::create_dir_all(dir.path().join(".flow")).unwrap();
+    std::fs::copy(src.join("plan.toml"), dir.path().join("plan.toml")).unwrap();
+    std::fs::copy(
+        src.join("fixture-v0.db"),
+        dir.path().join(".flow/fixture-v0.db"),
+    )
+    .unwrap();
+    let plan = dir.path().join("plan.toml");
+    (dir, plan)
+}
+
+fn flow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flow"))
+        .args(args)
+        .env_remove("FLOW_FIXTURE_CH_URL")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn an_earlier_flows_state_resumes_without_rerunning_and_then_tracks_the_new_inputs() {
+    let (_dir, plan) = fixture();
+    let plan_arg = plan.to_str().unwrap();
+    let resume = || flow(&["apply", plan_arg, "--resume", "--progress", "plain"]);
+
+    let first = resume();
+    let all = text(&first);
+    assert!(first.status.success(), "{all}");
+    assert!(all.contains("0 done in this run, 7 done before"), "{all}");
+    assert_eq!(all.matches("upgrade:").count(), 1, "said once: {all}");
+    assert!(
+        all.contains("`connection.ch`") && all.contains("`connection.out`"),
+        "{all}"
+    );
+
+    let second = resume();
+    let all = text(&second);
+    assert!(second.status.success(), "{all}");
+    assert!(!all.contains("upgrade:"), "recorded the first time: {all}");
+    assert!(all.contains("0 done in this run, 7 done before"), "{all}");
+
+    // The new inputs are compared now: a moved target makes the exports dirty.
+    let moved = std::fs::read_to_string(&plan)
+        .unwrap()
+        .replace("path = \"out\"", "path = \"elsewhere\"");
+    std::fs::write(&plan, moved).unwrap();
+    let out = flow(&["plan", plan_arg, "--format", "json"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tasks = json["tasks"].as_array().expect("tasks in the plan JSON");
+    let export = tasks
+        .iter()
+        .find(|t| t["id"] == "flow_fixture.trips/201506/export")
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(export["status"], "dirty", "{export}");
+    assert!(
+        export["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection.out"),
+        "{export}"
+    );
+}
