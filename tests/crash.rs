@@ -220,6 +220,14 @@ fn a_step_of_a_killed_flow_never_runs_beside_its_rerun() {
         "the worker of the killed run outlives flow until the next flow command (otherwise this test shows nothing)"
     );
 
+    let status = p.command(&["status", "plan.toml"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("left running: step `work` (attempt 1)")
+            && status.contains(&format!("{survivor} (sh)")),
+        "status names what the killed run left running: {status}"
+    );
+
     let resumed = p.apply(&["--resume"]);
     assert_eq!(resumed.code, 0, "{}", resumed.show());
     assert!(

@@ -258,7 +258,7 @@ pub async fn run_command(
         Ended::Exited(status) => status,
         Ended::Cancelled => {
             return Err(TaskFailure::permanent(format!(
-                "cancelled (interrupt); the command was stopped{}",
+                "cancelled (the run was interrupted twice or lost its lock); the command was stopped{}",
                 stopped_text.map(|s| format!(": {s}")).unwrap_or_default()
             )));
         }

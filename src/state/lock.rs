@@ -131,9 +131,8 @@ fn ago(d: Duration) -> String {
 /// How to stop a live holder on this host.
 fn stop_hint(pid: u32) -> String {
     if crate::exec::process_group::stopped(pid) {
-        format!(
-            "it is stopped (SIGSTOP or Ctrl-Z): stop it first (`kill {pid}; kill -CONT {pid}`), or let it go on (`kill -CONT {pid}`)"
-        )
+        // A stopped process keeps SIGTERM pending until it is continued.
+        format!("stop it first (`kill {pid}; kill -CONT {pid}`)")
     } else {
         format!("stop it first (`kill {pid}`)")
     }
@@ -163,9 +162,15 @@ fn held_message(path: &Path, holder: Option<&LockRecord>, stale: Option<&Stalene
             ago(*d)
         )),
         None => {
-            if let Some(h) = holder.filter(|h| h.silence() > STALE_AFTER) {
+            let here = holder.filter(|h| h.host == this_host());
+            if let Some(h) = here.filter(|h| crate::exec::process_group::stopped(h.pid)) {
                 msg.push_str(&format!(
-                    "; it has sent no heartbeat for {} but its process is alive (stopped or hung?)",
+                    "; it is stopped (SIGSTOP or Ctrl-Z): `kill -CONT {}` lets it go on",
+                    h.pid
+                ));
+            } else if let Some(h) = holder.filter(|h| h.silence() > STALE_AFTER) {
+                msg.push_str(&format!(
+                    "; it has sent no heartbeat for {} but its process is alive (hung?)",
                     ago(h.silence())
                 ));
             }

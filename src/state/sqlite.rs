@@ -149,6 +149,8 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Connection,
     journal_rows: u64,
+    /// The `synchronous` setting of task transitions.
+    sync: &'static str,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -210,11 +212,12 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn,
             journal_rows: 0,
+            sync: match durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
         };
-        let sync = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
+        let sync = store.sync;
         store
             .conn
             .busy_timeout(std::time::Duration::from_secs(10))
@@ -699,6 +702,38 @@ impl StateStore for SqliteStore {
         if changes.is_empty() {
             return Ok(());
         }
+        // A group record only has to survive flow's death, not the machine's (a power
+        // loss ends every process of the group too): no fsync, so the command it gates
+        // does not wait for the disk.
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
+        let result = self.write_process_groups(changes);
+        self.conn
+            .pragma_update(None, "synchronous", self.sync)
+            .map_err(|e| self.err(e))?;
+        result
+    }
+
+    fn process_groups(&mut self) -> Result<Vec<ProcessRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT task, attempt, started_at, pgid, leader_start, boot_id, host
+                 FROM processes ORDER BY task",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            out.push(self.process_group(row)?);
+        }
+        Ok(out)
+    }
+}
+
+impl SqliteStore {
+    fn write_process_groups(&self, changes: &[GroupChange]) -> Result<(), StateError> {
         let tx = rusqlite::Transaction::new_unchecked(
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
@@ -732,24 +767,6 @@ impl StateStore for SqliteStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn process_groups(&mut self) -> Result<Vec<ProcessRecord>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT task, attempt, started_at, pgid, leader_start, boot_id, host
-                 FROM processes ORDER BY task",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-            out.push(self.process_group(row)?);
-        }
-        Ok(out)
-    }
-}
-
-impl SqliteStore {
     fn process_group(&self, row: &Row<'_>) -> Result<ProcessRecord, StateError> {
         let get_err = |e| self.err(e);
         let task: String = row.get(0).map_err(get_err)?;
