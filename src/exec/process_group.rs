@@ -128,8 +128,17 @@ impl GroupId {
         })
     }
 
+    /// Whether the id can name a step's group at all: never 0 (to `killpg`, the
+    /// caller's own group), 1 (init's) or flow's own group, whatever a state file says.
+    fn plausible(&self) -> bool {
+        self.pgid > 1 && self.pgid != nix::unistd::getpgrp().as_raw() as u32
+    }
+
     /// The group's live members, leader first; empty when the group is gone.
     pub fn members(&self) -> Result<Vec<Member>, GroupError> {
+        if !self.plausible() {
+            return Ok(Vec::new());
+        }
         if self.host != crate::state::lock::this_host() {
             return Err(GroupError::Elsewhere {
                 pgid: self.pgid,
@@ -167,6 +176,9 @@ impl GroupId {
     }
 
     fn signal(&self, signal: Signal) {
+        if !self.plausible() {
+            return;
+        }
         if let Ok(raw) = i32::try_from(self.pgid) {
             let _ = killpg(Pid::from_raw(raw), signal);
         }
@@ -322,7 +334,38 @@ mod tests {
             other.members().unwrap().is_empty(),
             "a pid whose start time differs is not the recorded group"
         );
+        for pgid in [0, 1, nix::unistd::getpgrp().as_raw() as u32] {
+            other.pgid = pgid;
+            assert!(
+                other.members().unwrap().is_empty(),
+                "group {pgid} is never a step's"
+            );
+        }
         other.host = "elsewhere".into();
+        other.pgid = 4242;
         assert!(matches!(other.members(), Err(GroupError::Elsewhere { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_member_is_continued_so_that_sigterm_reaches_it() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & kill -STOP $!; wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = GroupId::of_leader(child.id()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let members = group.members().unwrap();
+            if members.iter().any(|m| m.name == "sleep" && stopped(m.pid)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{members:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stopped = stop(&group, Duration::from_secs(5)).await.unwrap().unwrap();
+        assert!(!stopped.killed, "SIGTERM was enough: {stopped:?}");
+        child.wait().unwrap();
+        assert!(group.members().unwrap().is_empty());
     }
 }

@@ -596,4 +596,26 @@ mod tests {
             "the new holder's file is left alone"
         );
     }
+
+    #[test]
+    fn a_removed_lock_file_raises_the_fence_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("plan.db");
+        let lock = PlanLock::acquire(&db).unwrap();
+        let mut lost = lock.lost();
+        std::fs::remove_file(lock.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let message = rt.block_on(async {
+            tokio::time::timeout(FENCE_CHECK * 5, lost.wait_for(Option::is_some))
+                .await
+                .expect("the fence is raised within a few checks")
+                .unwrap()
+                .clone()
+                .unwrap()
+        });
+        assert!(message.contains("was removed"), "{message}");
+    }
 }
