@@ -527,7 +527,11 @@ impl<'s, 'w> Run<'s, 'w> {
             tokio::select! {
                 changed = changed_opt(&mut self.fence), if fence_open => {
                     if changed.is_err() {
-                        // The lock is released or dropped: nothing more will be raised.
+                        // The heartbeat ended: after raising the fence (its message
+                        // stays readable), or with the lock released.
+                        if let Some(message) = self.fence_lost() {
+                            self.lock_lost(message);
+                        }
                         self.fence = None;
                     }
                 }
@@ -1350,6 +1354,43 @@ mod tests {
         );
         assert_eq!(summary.failed.len(), 2);
         assert_eq!(summary.not_started, n - 2 - summary.skipped.len());
+    }
+
+    /// The fence goes up while two tasks run: they are cancelled, nothing else starts,
+    /// and the summary says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_raised_fence_cancels_running_tasks_and_starts_nothing() {
+        let store = shared(MemoryStore::new());
+        let mut f = Fake::new(store.clone());
+        f.sleep = Duration::from_secs(60);
+        let fake = Arc::new(f);
+        let writer = StateWriter::spawn(store.clone());
+        let graph = chains(4, 3);
+        let n = graph.len();
+        let (raise, fence) = watch::channel(None);
+        let scheduler =
+            Scheduler::new(Arc::new(graph), fake.clone(), &writer, options(2)).fence(fence);
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            raise
+                .send(Some("held by pid 4242 on host db2".to_string()))
+                .unwrap();
+        });
+        let summary = tokio::time::timeout(
+            Duration::from_secs(10),
+            scheduler.run(vec![Start::Run; n], Interrupts::none()),
+        )
+        .await
+        .expect("a lost lock ends the run promptly");
+        t.await.unwrap();
+        assert_eq!(
+            summary.lock_lost.as_deref(),
+            Some("held by pid 4242 on host db2")
+        );
+        assert!(matches!(summary.stopped, Some(StopReason::LockLost(_))));
+        assert_eq!(fake.started.lock().unwrap().len(), 2, "nothing new started");
+        assert_eq!(summary.failed.len(), 2, "the running ones were cancelled");
+        assert!(!summary.success());
     }
 
     #[tokio::test]
