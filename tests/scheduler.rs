@@ -636,3 +636,50 @@ fn a_run_that_lost_its_lock_stops_and_names_the_new_holder() {
     assert_eq!(run.code, 0, "{}", run.show());
     assert_eq!(p.lines("ran"), vec!["slow", "next"]);
 }
+
+/// Whether `pid` runs (a zombie does not: it runs nothing).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The second Ctrl-C stops the step's whole process group, not only its shell: a
+/// grandchild that ignores SIGTERM gets SIGKILL after the grace period.
+#[test]
+fn a_second_ctrl_c_stops_a_grandchild_that_ignores_sigterm() {
+    let mut p = TestPlan::new("stubborn");
+    p.steps = vec![Step::new(
+        "long",
+        "(trap '' TERM; exec sleep 30) & echo $! > pid; wait",
+    )];
+    p.write();
+    let (child, err) = p.spawn_apply(&[], "first");
+    wait_for_file(&p.file("pid"), 20);
+    std::thread::sleep(Duration::from_millis(200));
+    let grandchild: u32 = std::fs::read_to_string(p.file("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(err).unwrap();
+    let alive = running(grandchild);
+    if alive {
+        signal(grandchild, nix::sys::signal::Signal::SIGKILL);
+    }
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        !alive,
+        "the grandchild {grandchild} outlived the cancel: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{grandchild} (sleep)")),
+        "the cancel names what it stopped: {stderr}"
+    );
+}
