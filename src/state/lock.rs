@@ -33,6 +33,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::exec::process_group::ProcStat;
+
 /// How often the holder refreshes its heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// A heartbeat older than this marks a holder on another host as stale.
@@ -50,6 +52,11 @@ pub struct LockRecord {
     /// The command line of the holder (`flow apply plans/x.toml --resume`).
     #[serde(default)]
     pub command: String,
+    /// The holder's start time (clock ticks since boot, `/proc/<pid>/stat`), so a pid
+    /// handed to another process after the holder died is not taken for the holder.
+    /// None in records of older flows.
+    #[serde(default)]
+    pub start: Option<u64>,
 }
 
 impl LockRecord {
@@ -61,6 +68,7 @@ impl LockRecord {
             started_at: now,
             heartbeat_at: now,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            start: ProcStat::of(std::process::id()).map(|s| s.start),
         }
     }
 
@@ -73,6 +81,7 @@ impl LockRecord {
             "started_at": self.started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             "heartbeat_at": self.heartbeat_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             "command": self.command,
+            "start": self.start,
         })
         .to_string()
             + "\n"
@@ -108,10 +117,10 @@ pub struct LockInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{}", held_message(.path, .holder.as_ref(), .stale.as_ref()))]
+    #[error("{}", held_message(.path, .holder.as_deref(), .stale.as_ref()))]
     Held {
         path: PathBuf,
-        holder: Option<LockRecord>,
+        holder: Option<Box<LockRecord>>,
         stale: Option<Staleness>,
     },
     #[error("lock file {path}: {source}")]
@@ -121,7 +130,10 @@ pub enum LockError {
         source: std::io::Error,
     },
     #[error("{}; {} — breaking the lock of a live run would let two runs write one state", held_message(.path, Some(.holder), None), stop_hint(.holder.pid))]
-    HolderAlive { path: PathBuf, holder: LockRecord },
+    HolderAlive {
+        path: PathBuf,
+        holder: Box<LockRecord>,
+    },
 }
 
 fn ago(d: Duration) -> String {
@@ -205,6 +217,15 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether the holder of a record made on this host still runs: its pid is alive and,
+/// when the record has it, with the same start time.
+fn holder_alive(record: &LockRecord) -> bool {
+    pid_alive(record.pid)
+        && record
+            .start
+            .is_none_or(|start| ProcStat::of(record.pid).is_none_or(|s| s.start == start))
+}
+
 /// The lock file beside a state database (`.flow/trips.db` → `.flow/trips.lock`).
 pub fn lock_path(state_db: &Path) -> PathBuf {
     state_db.with_extension("lock")
@@ -220,7 +241,7 @@ fn staleness(record: Option<&LockRecord>) -> Option<Staleness> {
     let record = record?;
     if record.host == this_host() {
         // Here the pid decides: a live holder is never stale, however silent.
-        return (!pid_alive(record.pid)).then_some(Staleness::DeadProcess);
+        return (!holder_alive(record)).then_some(Staleness::DeadProcess);
     }
     let silence = record.silence();
     (silence > STALE_AFTER).then_some(Staleness::Silent(silence))
@@ -266,7 +287,7 @@ impl PlanLock {
                     let stale = staleness(holder.as_ref());
                     return Err(LockError::Held {
                         path,
-                        holder,
+                        holder: holder.map(Box::new),
                         stale,
                     });
                 }
@@ -440,7 +461,10 @@ pub fn break_lock(state_db: &Path) -> Result<Broken, LockError> {
             Ok(Broken::Stale(info.record, stale))
         }
         None => match info.record {
-            Some(holder) => Err(LockError::HolderAlive { path, holder }),
+            Some(holder) => Err(LockError::HolderAlive {
+                path,
+                holder: Box::new(holder),
+            }),
             None => Err(LockError::Held {
                 path,
                 holder: None,
@@ -546,6 +570,29 @@ mod tests {
         ));
         record.heartbeat_at = Utc::now();
         assert_eq!(staleness(Some(&record)), None);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_holder() {
+        let mut record = LockRecord::current();
+        assert!(record.start.is_some());
+        assert!(holder_alive(&record));
+        record.start = record.start.map(|s| s + 1);
+        assert_eq!(
+            staleness(Some(&record)),
+            Some(Staleness::DeadProcess),
+            "same pid, another start time: another process"
+        );
+        record.start = None;
+        assert!(
+            holder_alive(&record),
+            "older records: the pid alone decides"
+        );
+        let old: LockRecord = serde_json::from_str(
+            r#"{"pid":1,"host":"h","started_at":"2026-01-01T00:00:00.000Z","heartbeat_at":"2026-01-01T00:00:00.000Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.start, None);
     }
 
     #[test]
