@@ -129,3 +129,135 @@ fn rerun_ids(stderr: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// What the markers of one instance of a step's command say: pid, start, last sign of
+/// life (its last tick or its end), whether it reached its end.
+#[derive(Debug)]
+struct Instance {
+    pid: u32,
+    start: u128,
+    last: u128,
+    ended: bool,
+}
+
+/// `start|tick|end PID NANOS` lines, grouped by the pid that wrote them, by start time.
+fn instances(lines: &[String]) -> Vec<Instance> {
+    let mut by_pid: BTreeMap<u32, Instance> = BTreeMap::new();
+    for line in lines {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [what, pid, t] = parts[..] else {
+            panic!("unexpected marker line {line:?}");
+        };
+        let (pid, t): (u32, u128) = (pid.parse().unwrap(), t.parse().unwrap());
+        let i = by_pid.entry(pid).or_insert(Instance {
+            pid,
+            start: u128::MAX,
+            last: 0,
+            ended: false,
+        });
+        match what {
+            "start" => i.start = i.start.min(t),
+            "tick" => {}
+            "end" => i.ended = true,
+            other => panic!("unexpected marker {other:?}"),
+        }
+        i.last = i.last.max(t);
+    }
+    let mut out: Vec<Instance> = by_pid.into_values().collect();
+    out.sort_by_key(|i| i.start);
+    out
+}
+
+/// Whether `pid` is a running process (a zombie is not: it runs nothing).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            !state.is_some_and(|s| s.starts_with('Z'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// SIGKILL `flow apply` while an exec step's work runs in a background child of its
+/// shell (`sh worker.sh & wait`: the shell is flow's child, the worker its grandchild).
+/// The worker writes `start`, a `tick` every 0.1 s and `end` after 3 s. After
+/// `--resume`: the killed attempt's worker was stopped before the step ran again (no
+/// tick of it after the new start, and it never reached its end), the resume said so,
+/// the step was done exactly once, and its dependent ran once.
+#[test]
+fn a_step_of_a_killed_flow_never_runs_beside_its_rerun() {
+    let mut p = TestPlan::new("survivor");
+    std::fs::write(
+        p.file("worker.sh"),
+        "echo \"start $$ $(date +%s%N)\" >> markers\n\
+         i=0\n\
+         while [ $i -lt 30 ]; do echo \"tick $$ $(date +%s%N)\" >> markers; sleep 0.1; i=$((i+1)); done\n\
+         echo \"end $$ $(date +%s%N)\" >> markers\n",
+    )
+    .unwrap();
+    p.steps = vec![
+        Step::new("work", "sh worker.sh & wait"),
+        Step::new("after", "echo after >> ran").after(&["work"]),
+    ];
+    p.write();
+
+    let (mut child, _) = p.spawn_apply(&[], "killed");
+    exec_support::wait_for_file(&p.file("markers"), 20);
+    std::thread::sleep(Duration::from_millis(400));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let first = instances(&p.lines("markers"));
+    assert_eq!(first.len(), 1, "{first:?}");
+    let survivor = first[0].pid;
+    assert!(
+        running(survivor),
+        "the worker of the killed run outlives flow until the next flow command (otherwise this test shows nothing)"
+    );
+
+    let status = p.command(&["status", "plan.toml"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("left running: step `work` (attempt 1)")
+            && status.contains(&format!("{survivor} (sh)")),
+        "status names what the killed run left running: {status}"
+    );
+
+    let resumed = p.apply(&["--resume"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.show());
+    assert!(
+        resumed.stderr.contains(&format!("{survivor} (sh)")),
+        "the resume names the process it stopped: {}",
+        resumed.show()
+    );
+    assert!(
+        resumed.stderr.contains("stopped"),
+        "the resume says it stopped it: {}",
+        resumed.show()
+    );
+    assert!(!running(survivor), "the killed run's worker is gone");
+
+    let all = instances(&p.lines("markers"));
+    assert_eq!(all.len(), 2, "one killed instance, one re-run: {all:?}");
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].last < pair[1].start,
+            "instance {} was still running {} ms after instance {} started: {all:?}",
+            pair[0].pid,
+            (pair[0].last - pair[1].start) / 1_000_000,
+            pair[1].pid
+        );
+    }
+    let ends = all.iter().filter(|i| i.ended).count();
+    assert_eq!(ends, 1, "the work was completed exactly once: {all:?}");
+    assert!(all[1].ended, "the re-run completed it");
+    let status = p.task_status();
+    assert_eq!(status["work"].0, "done");
+    assert_eq!(status["after"].0, "done");
+    assert_eq!(p.lines("ran"), vec!["after"]);
+}

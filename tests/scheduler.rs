@@ -515,3 +515,171 @@ fn a_killed_holder_does_not_block_the_next_run() {
         run.show()
     );
 }
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// Rewrites the lock record in place (same file, so the holder's flock still covers
+/// it) with a heartbeat 5 minutes old: what a holder stopped for that long leaves.
+fn age_heartbeat(lock_path: &std::path::Path) {
+    let text = std::fs::read_to_string(lock_path).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let old = chrono::Utc::now() - chrono::Duration::minutes(5);
+    record["heartbeat_at"] = old
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        .into();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(lock_path)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let text = format!("{record}\n");
+    file.set_len(0).unwrap();
+    file.write_all_at(text.as_bytes(), 0).unwrap();
+}
+
+/// `flow unlock --force` never breaks the lock of a holder alive on this host, even a
+/// stopped one whose heartbeat is long silent: it names the pid, says to stop it
+/// first, exits 3, and the lock stays.
+#[test]
+fn unlock_force_refuses_a_live_holder_even_a_stopped_one() {
+    let mut p = TestPlan::new("stopped");
+    p.steps = vec![Step::new("slow", "touch started; sleep 30")];
+    p.write();
+    let (mut holder, _) = p.spawn_apply(&[], "holder");
+    wait_for_file(&p.file("started"), 20);
+    let pid = holder.id();
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let lock_path = p.file(".flow/stopped.lock");
+    age_heartbeat(&lock_path);
+
+    let forced = p
+        .command(&["unlock", "plan.toml", "--force"])
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&forced.stdout),
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    let refused = forced.status.code();
+    let lock_kept = lock_path.exists();
+    // Let the holder go before asserting, so a failure does not leave it stopped.
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(refused, Some(3), "{out}");
+    assert!(out.contains(&format!("pid {pid}")), "{out}");
+    assert!(out.contains("stop it first"), "{out}");
+    assert!(out.contains(&format!("kill {pid}")), "{out}");
+    assert!(lock_kept, "the lock file is still there: {out}");
+}
+
+/// A run whose lock is broken and taken by another holder while a slow step runs
+/// notices, stops its running step, starts nothing more, and exits 3 naming the
+/// holder that has the lock now.
+#[test]
+fn a_run_that_lost_its_lock_stops_and_names_the_new_holder() {
+    let mut p = TestPlan::new("fenced");
+    p.steps = vec![
+        Step::new("slow", "touch started; sleep 8; echo slow >> ran"),
+        Step::new("next", "echo next >> ran").after(&["slow"]),
+    ];
+    p.write();
+    let (first, err) = p.spawn_apply(&[], "first");
+    wait_for_file(&p.file("started"), 20);
+
+    // Break the lock (unlink its file) and take a new one, as a second flow would.
+    let lock_path = p.file(".flow/fenced.lock");
+    std::fs::remove_file(&lock_path).unwrap();
+    let taker = std::fs::File::create_new(&lock_path).unwrap();
+    taker.lock().unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let me = std::process::id();
+    std::fs::write(
+        &lock_path,
+        format!(
+            "{{\"pid\":{me},\"host\":\"{}\",\"started_at\":\"{now}\",\"heartbeat_at\":\"{now}\",\"command\":\"flow apply plan.toml --resume\"}}\n",
+            hostname()
+        ),
+    )
+    .unwrap();
+    let taken = Instant::now();
+
+    let out = first.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(err).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        taken.elapsed() < Duration::from_secs(6),
+        "stopped soon after losing the lock, not after the slow step: {:?}",
+        taken.elapsed()
+    );
+    assert!(stderr.contains("lost"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {me} on host {}", hostname())),
+        "names the new holder: {stderr}"
+    );
+    assert!(
+        p.lines("ran").is_empty(),
+        "nothing ran on: {:?}",
+        p.lines("ran")
+    );
+    let status = p.task_status();
+    assert_eq!(status["slow"].0, "failed", "cancelled: {status:?}");
+    assert!(
+        ["pending", "skipped"].contains(&status["next"].0.as_str()),
+        "never started: {status:?}"
+    );
+    drop(taker);
+    let run = p.apply(&["--resume"]);
+    assert_eq!(run.code, 0, "{}", run.show());
+    assert_eq!(p.lines("ran"), vec!["slow", "next"]);
+}
+
+/// Whether `pid` runs (a zombie does not: it runs nothing).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The second Ctrl-C stops the step's whole process group, not only its shell: a
+/// grandchild that ignores SIGTERM gets SIGKILL after the grace period.
+#[test]
+fn a_second_ctrl_c_stops_a_grandchild_that_ignores_sigterm() {
+    let mut p = TestPlan::new("stubborn");
+    p.steps = vec![Step::new(
+        "long",
+        "(trap '' TERM; exec sleep 30) & echo $! > pid; wait",
+    )];
+    p.write();
+    let (child, err) = p.spawn_apply(&[], "first");
+    wait_for_file(&p.file("pid"), 20);
+    std::thread::sleep(Duration::from_millis(200));
+    let grandchild: u32 = std::fs::read_to_string(p.file("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(child.id(), nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(err).unwrap();
+    let alive = running(grandchild);
+    if alive {
+        signal(grandchild, nix::sys::signal::Signal::SIGKILL);
+    }
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        !alive,
+        "the grandchild {grandchild} outlived the cancel: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{grandchild} (sleep)")),
+        "the cancel names what it stopped: {stderr}"
+    );
+}

@@ -5,7 +5,9 @@
 //!    apply is refused with the holder's pid and host.
 //! 2. Open the state. A plan with state needs `--resume` or `--restart`: running over
 //!    an earlier run silently would either redo work or skip it, and the user should
-//!    choose which.
+//!    choose which. Then stop what a killed earlier run left running: the process
+//!    groups of exec steps still on record (a step must not run beside its own
+//!    earlier attempt).
 //! 3. Split phase: the graph expanded without partitions holds the split tasks; run
 //!    them (and anything they depend on). Their outcomes — the partition lists — are
 //!    stored, so a resumed run expands the same partitions.
@@ -16,6 +18,8 @@
 //!
 //! Ctrl-C: the first stops starting tasks and lets running ones finish; the second
 //! cancels them. Either way state, report and metrics are written before exiting.
+//! A run whose lock is broken or taken while it runs stops the same way as after a
+//! second Ctrl-C, and exits 3 naming the new holder.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -30,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     load_plan, OutputFormat, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE,
 };
+use crate::engines::exec::KILL_GRACE;
+use crate::exec::process_group::{self, GroupError};
 use crate::exec::runner::TaskRunner;
 use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary, Scheduler, Start};
 use crate::exec::{ConnectionLimit, Progress, ProgressMode, RetryPolicy};
@@ -202,6 +208,10 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_USAGE);
     }
+    if let Err(e) = stop_earlier_attempts(&mut store).await {
+        eprintln!("error: plan `{}`: {e:#}", plan.name);
+        return Ok(EXIT_FAILED);
+    }
     if args.restart && store.has_tasks()? {
         store.clear()?;
         eprintln!("restart: discarded the state in {}", db.display());
@@ -245,6 +255,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         progress: progress.clone(),
         metrics: metrics.clone(),
         interrupts,
+        lost: lock.lost(),
         resuming: args.resume,
         upgrade_said: Default::default(),
     };
@@ -258,11 +269,14 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
     };
     let interrupted = summaries.iter().any(|s| s.interrupted);
     let cancelled = summaries.iter().any(|s| s.cancelled);
+    let lock_lost = summaries.iter().find_map(|s| s.lock_lost.clone());
     let flush_error = writer.flush().await.err();
     let compact_error = writer.with_store(|s| s.compact()).err();
     let success =
         error.is_none() && flush_error.is_none() && summaries.iter().all(RunSummary::success);
-    let outcome_word = if cancelled {
+    let outcome_word = if lock_lost.is_some() {
+        "lost-lock"
+    } else if cancelled {
         "aborted"
     } else if interrupted {
         "interrupted"
@@ -331,6 +345,13 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
     if let Some(e) = &error {
         eprintln!("error: {e:#}");
     }
+    if let Some(lost) = &lock_lost {
+        eprintln!(
+            "error: plan `{}`: lost the plan's lock: {lost}; stopped starting tasks and cancelled the running ones, so as not to run beside the other holder",
+            plan.name
+        );
+        return Ok(EXIT_LOCKED);
+    }
     if !success && error.is_none() {
         eprintln!("to resume: {}", resume_command(args));
     }
@@ -381,6 +402,36 @@ fn claim_state(
     Ok(None)
 }
 
+/// Stops the processes of exec step attempts that an earlier, killed run left running
+/// (their groups are on record until they are gone), so that no step runs beside its
+/// own earlier attempt. Says what it stopped; fails when a group will not die.
+async fn stop_earlier_attempts(store: &mut SqliteStore) -> anyhow::Result<()> {
+    for record in store.process_groups()? {
+        let what = format!(
+            "step `{}` (attempt {}, started {})",
+            record.task,
+            record.attempt,
+            record.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        match process_group::stop(&record.group, KILL_GRACE).await {
+            Ok(None) => {}
+            Ok(Some(stopped)) => eprintln!(
+                "note: {what} was still running from the previous run, which was killed; stopped its processes before anything runs again: {}",
+                stopped.describe()
+            ),
+            Err(e @ GroupError::Elsewhere { .. }) => eprintln!(
+                "warning: {what}: {e}; make sure none of its processes still runs there"
+            ),
+            Err(e @ GroupError::Unkillable { .. }) => anyhow::bail!(
+                "{what} is still running from the previous run and could not be stopped: {e}; stop them by hand (`kill -KILL -- -{}`) and run again",
+                record.group.pgid
+            ),
+        }
+        store.set_process_groups(&[(record.task.clone(), None)])?;
+    }
+    Ok(())
+}
+
 fn run_options(plan: &Plan, keep_going: bool) -> RunOptions {
     RunOptions {
         concurrency: plan.concurrency,
@@ -416,6 +467,8 @@ struct Ctx<'a> {
     progress: Arc<Progress>,
     metrics: Arc<Metrics>,
     interrupts: Interrupts,
+    /// Raised by the plan's lock when it is broken or taken (fencing).
+    lost: tokio::sync::watch::Receiver<Option<String>>,
     resuming: bool,
     /// The upgrade note was printed.
     upgrade_said: std::sync::atomic::AtomicBool,
@@ -475,6 +528,7 @@ impl Ctx<'_> {
             self.options.clone(),
         )
         .phase(phase)
+        .fence(self.lost.clone())
         .observe(self.progress.clone())
         .observe(self.metrics.clone())
         .run(starts, self.interrupts.clone())

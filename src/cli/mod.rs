@@ -2,7 +2,8 @@
 //!
 //! Exit codes (also in the README): 0 success; 1 the plan is invalid or the run
 //! failed; 2 usage error (bad flags, `apply` on a plan with state but neither
-//! `--resume` nor `--restart`); 3 the plan is locked by another run; 130 interrupted.
+//! `--resume` nor `--restart`); 3 the plan is locked by another run (also: `unlock
+//! --force` refused a live holder, or a run lost its lock and stopped); 130 interrupted.
 
 pub mod apply;
 pub mod graph;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{load_plan, OutputFormat, EXIT_OK};
+use crate::exec::process_group;
 use crate::state::lock::{self, LockInfo, Staleness};
 use crate::state::{self, RunRecord, SqliteStore, StateStore, TaskRecord, TaskStatus};
 
@@ -163,6 +164,22 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<u8> {
                         _ => "did not finish (killed?)".to_string(),
                     }
                 );
+            }
+            // Nobody runs the plan: a group on record with live members was left by a
+            // killed run.
+            for record in store.process_groups()? {
+                if let Ok(members) = record.group.members() {
+                    if !members.is_empty() {
+                        outln!(
+                            out,
+                            "left running: step `{}` (attempt {}) still has processes of the killed run: {}; the next `flow apply {} --resume` stops them before it runs anything",
+                            record.task,
+                            record.attempt,
+                            process_group::describe(&members),
+                            args.plan.display()
+                        );
+                    }
+                }
             }
         }
     }

@@ -3,7 +3,10 @@
 //! Without `--force` it only looks: it says who holds the lock and whether the holder
 //! looks gone, and removes a record left by a killed run (harmless: nobody holds the
 //! OS lock). With `--force` it breaks a *stale* lock — holder pid dead on this host,
-//! or no heartbeat for a while — and refuses to break a live one.
+//! or, for a holder on another host, no heartbeat for a while — and refuses (exit 3)
+//! to break the lock of a holder alive on this host, even a stopped or hung one: it
+//! names the pid and says how to stop it. A broken lock is also noticed by its holder
+//! if it still runs (fencing: it stops and exits 3).
 
 use std::path::PathBuf;
 
@@ -14,7 +17,8 @@ use crate::state::lock::{self, Broken, Staleness};
 pub struct UnlockArgs {
     /// The plan file.
     pub plan: PathBuf,
-    /// Break the lock when its holder is gone (dead pid, or no heartbeat).
+    /// Break the lock when its holder is gone (dead pid here, or no heartbeat from
+    /// another host); never the lock of a live holder on this host.
     #[arg(long)]
     pub force: bool,
 }

@@ -10,10 +10,16 @@
 //! transient and retried; any other non-zero exit or a death by signal is permanent.
 //!
 //! Process hygiene: the command runs in its own process group, so a Ctrl-C on the
-//! terminal reaches flow (which lets running steps finish) but not the step; a cancel
-//! (second Ctrl-C) or a timeout sends SIGTERM to the whole group, then SIGKILL after
-//! [`KILL_GRACE`]. On Linux the shell also gets SIGKILL if flow itself dies, so a
-//! `kill -9` of flow does not leave a step running beside the next `--resume`.
+//! terminal reaches flow (which lets running steps finish) but not the step. However
+//! the attempt ends — the command exits, a cancel (second Ctrl-C), a timeout — nothing
+//! of its group outlives it: SIGTERM to the whole group, then SIGKILL after
+//! [`KILL_GRACE`], until no member is left; processes a finished command left behind
+//! are named in the task's note. The group is on record in the state before the
+//! command runs (the shell waits on its stdin for flow's go, [`GATE`]), and the record
+//! goes when the group is gone; so when flow itself is killed — the shell gets SIGKILL
+//! with it (Linux parent-death signal), its children do not — the next `flow apply`
+//! finds the survivors and stops them before the step runs again
+//! ([`process_group`](crate::exec::process_group)).
 //!
 //! Environment seen by the command: flow's own, plus `FLOW_TASK_ID`, `FLOW_ATTEMPT`
 //! and `FLOW_LOG_DIR`, plus the step's `env` (resolved secrets, never logged).
@@ -23,14 +29,23 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
+
+use crate::exec::process_group::{self, GroupId, KillOnDrop};
 use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
 use crate::graph::{Task, TaskId};
 use crate::plan::Secret;
+use crate::state::ProcessRecord;
 
 /// Exit code treated as transient by default (`EX_TEMPFAIL`).
 pub const EX_TEMPFAIL: i32 = 75;
 /// Time between SIGTERM and SIGKILL when a step is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// The shell's first script, run as `sh -c GATE sh COMMAND`: wait for flow's go on
+/// stdin (sent once the group is on record), then become `sh -c COMMAND` — same pid,
+/// same group — with stdin from /dev/null. If flow dies first, the read meets the end
+/// of the pipe and nothing runs.
+pub const GATE: &str = "read -r _ || exit 1; exec sh -c \"$1\" </dev/null";
 
 /// A command ready to run.
 #[derive(Clone, Debug)]
@@ -117,23 +132,11 @@ fn tail(path: &Path, max_lines: usize) -> String {
     lines[lines.len().saturating_sub(max_lines)..].join(" | ")
 }
 
-fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
-    if let Ok(raw) = i32::try_from(pid) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), signal);
-    }
-}
-
-/// Stops the process group: SIGTERM, then SIGKILL after the grace period.
-async fn stop(child: &mut tokio::process::Child) -> Option<ExitStatus> {
-    let pid = child.id()?;
-    signal_group(pid, nix::sys::signal::Signal::SIGTERM);
-    match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-        Ok(status) => status.ok(),
-        Err(_) => {
-            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-            child.wait().await.ok()
-        }
-    }
+/// How an attempt ended, before its group is stopped.
+enum Ended {
+    Exited(ExitStatus),
+    Cancelled,
+    TimedOut(Duration),
 }
 
 /// Runs one command for task `id`.
@@ -158,11 +161,13 @@ pub async fn run_command(
     let mut command = tokio::process::Command::new("sh");
     command
         .arg("-c")
+        .arg(GATE)
+        .arg("sh")
         .arg(&cmd.command)
         .env("FLOW_TASK_ID", id.as_str())
         .env("FLOW_ATTEMPT", ctx.attempt.to_string())
         .env("FLOW_LOG_DIR", &ctx.log_dir)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .process_group(0)
@@ -199,27 +204,76 @@ pub async fn run_command(
         TaskFailure::permanent(format!("cannot start `sh -c`: {e}{hint}"))
     })?;
 
+    // The shell waits at the gate: put its group on record, then let it go.
+    let group = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("the shell exited at once"))
+        .and_then(GroupId::of_leader)
+        .map_err(|e| {
+            TaskFailure::permanent(format!("cannot identify the step's process group: {e}"))
+        })?;
+    let mut guard = KillOnDrop::new(group.clone());
+    let record = ProcessRecord {
+        task: id.clone(),
+        attempt: ctx.attempt,
+        started_at: chrono::Utc::now(),
+        group: group.clone(),
+    };
+    if let Err(e) = ctx.processes.started(record).await {
+        return Err(TaskFailure::permanent(format!(
+            "the command was not run: its process group could not be recorded in the state: {e}"
+        )));
+    }
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    if let Err(e) = stdin.write_all(b"\n").await {
+        return Err(TaskFailure::permanent(format!(
+            "the command was not run: the shell did not take flow's go ({e})"
+        )));
+    }
+    drop(stdin);
+
     let timeout = async {
         match cmd.timeout {
             Some(t) => tokio::time::sleep(t).await,
             None => std::future::pending().await,
         }
     };
-    let status = tokio::select! {
-        status = child.wait() => status.map_err(|e| TaskFailure::permanent(format!("waiting for the command failed: {e}")))?,
-        _ = ctx.cancel.cancelled() => {
-            stop(&mut child).await;
-            return Err(TaskFailure::permanent("cancelled (interrupt); the command was stopped"));
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status.map_err(|e| TaskFailure::permanent(format!("waiting for the command failed: {e}")))?),
+        _ = ctx.cancel.cancelled() => Ended::Cancelled,
+        _ = timeout => Ended::TimedOut(cmd.timeout.unwrap_or_default()),
+    };
+    // However it ended, nothing of the attempt outlives it.
+    let stopped = process_group::stop(&group, KILL_GRACE).await.map_err(|e| {
+        TaskFailure::permanent(format!(
+            "{e}; stop them by hand (`kill -KILL -- -{}`) before running the step again",
+            group.pgid
+        ))
+    })?;
+    let _ = child.wait().await;
+    guard.disarm();
+    ctx.processes.ended(id);
+    let stopped_text = stopped.as_ref().map(|s| s.describe());
+    let status = match ended {
+        Ended::Exited(status) => status,
+        Ended::Cancelled => {
+            return Err(TaskFailure::permanent(format!(
+                "cancelled (the run was interrupted twice or lost its lock); the command was stopped{}",
+                stopped_text.map(|s| format!(": {s}")).unwrap_or_default()
+            )));
         }
-        _ = timeout => {
-            stop(&mut child).await;
-            let t = cmd.timeout.unwrap_or_default();
+        Ended::TimedOut(t) => {
             return Err(TaskFailure::transient(format!(
-                "timed out after {}; the command was stopped (raise the step's `timeout` if it needs longer)",
-                humantime::format_duration(t)
+                "timed out after {}; the command was stopped{} (raise the step's `timeout` if it needs longer)",
+                humantime::format_duration(t),
+                stopped_text.map(|s| format!(": {s}")).unwrap_or_default()
             )));
         }
     };
+    let left_behind = stopped_text.map(|s| {
+        tracing::warn!(task = %id, processes = %s, "the command exited leaving processes running; stopped them");
+        format!("the command left processes running; stopped them: {s}")
+    });
 
     let outputs = vec![
         out_path.display().to_string(),
@@ -229,6 +283,7 @@ pub async fn run_command(
         Some(0) => Ok(TaskOutcome {
             outputs,
             detail: serde_json::json!({ "exit_code": 0 }),
+            note: left_behind,
             ..TaskOutcome::default()
         }),
         Some(code) => {
@@ -242,6 +297,9 @@ pub async fn run_command(
                 message.push_str(&format!("; stderr: {stderr_tail}"));
             }
             message.push_str(&format!(" (full output: {})", err_path.display()));
+            if let Some(left) = &left_behind {
+                message.push_str(&format!("; {left}"));
+            }
             Err(TaskFailure {
                 message,
                 retryable: transient,
@@ -287,7 +345,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{shared, MemoryStore, StateWriter};
     use tokio_util::sync::CancellationToken;
+
+    /// The writer behind every test context: process groups are recorded in memory.
+    fn writer() -> &'static StateWriter {
+        static WRITER: std::sync::OnceLock<StateWriter> = std::sync::OnceLock::new();
+        WRITER.get_or_init(|| StateWriter::spawn(shared(MemoryStore::new())))
+    }
 
     fn ctx(dir: &Path, attempt: u32) -> TaskContext {
         TaskContext {
@@ -295,6 +360,7 @@ mod tests {
             attempt,
             log_dir: dir.to_path_buf(),
             dependencies: vec![],
+            processes: writer().process_log(),
         }
     }
 
@@ -381,6 +447,119 @@ mod tests {
             std::fs::read_to_string(dir.path().join("a.out")).unwrap(),
             "run 1\nrun 2\n"
         );
+    }
+
+    /// Whether `pid` runs (a zombie does not: it runs nothing).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    fn pid_in(path: &Path) -> u32 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// A grandchild that ignores SIGTERM outlives its shell unless the whole group is
+    /// killed: a timeout and a cancel must not leave it behind.
+    const STUBBORN: &str = "(trap '' TERM; exec sleep 30) & echo $! > pid; wait";
+
+    #[tokio::test]
+    async fn a_timeout_stops_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = ExecCommand::new(STUBBORN);
+        cmd.cwd = Some(dir.path().to_path_buf());
+        cmd.timeout = Some(Duration::from_millis(300));
+        let err = run_command(&id("a"), &cmd, &ctx(dir.path(), 1))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("timed out"), "{err}");
+        let pid = pid_in(&dir.path().join("pid"));
+        assert!(!running(pid), "the grandchild {pid} is still running");
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = ExecCommand::new(STUBBORN);
+        cmd.cwd = Some(dir.path().to_path_buf());
+        let c = ctx(dir.path(), 1);
+        let cancel = c.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        });
+        let err = run_command(&id("a"), &cmd, &c).await.unwrap_err();
+        assert!(err.message.contains("cancelled"), "{err}");
+        let pid = pid_in(&dir.path().join("pid"));
+        assert!(!running(pid), "the grandchild {pid} is still running");
+    }
+
+    #[tokio::test]
+    async fn processes_left_behind_by_a_finished_step_are_stopped_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = ExecCommand::new("sleep 30 & echo $! > pid");
+        cmd.cwd = Some(dir.path().to_path_buf());
+        let out = run_command(&id("a"), &cmd, &ctx(dir.path(), 1))
+            .await
+            .unwrap();
+        let pid = pid_in(&dir.path().join("pid"));
+        assert!(!running(pid), "the background sleep {pid} is still running");
+        let note = out.note.unwrap_or_default();
+        assert!(note.contains(&format!("{pid} (sleep)")), "{note}");
+    }
+
+    #[tokio::test]
+    async fn the_group_is_on_record_before_the_command_runs_and_until_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateWriter::spawn(shared(MemoryStore::new()));
+        let mut c = ctx(dir.path(), 3);
+        c.processes = writer.process_log();
+        let groups = || writer.with_store(|s| s.process_groups().unwrap());
+        // The command reports what the state said when it began.
+        let mut cmd = ExecCommand::new("echo $$ > pid; sleep 0.3");
+        cmd.cwd = Some(dir.path().to_path_buf());
+        let run = tokio::spawn(async move { run_command(&id("t/x"), &cmd, &c).await });
+        let pid_file = dir.path().join("pid");
+        wait_until(|| std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))).await;
+        let pid = pid_in(&dir.path().join("pid"));
+        let recorded = groups();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].task, id("t/x"));
+        assert_eq!(recorded[0].attempt, 3);
+        assert_eq!(recorded[0].group.pgid, pid, "the shell leads the group");
+        run.await.unwrap().unwrap();
+        writer.flush().await.unwrap();
+        assert!(groups().is_empty(), "the record goes with the group");
+    }
+
+    #[tokio::test]
+    async fn a_command_does_not_run_when_its_group_cannot_be_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateWriter::spawn(shared(MemoryStore::new()));
+        let mut c = ctx(dir.path(), 1);
+        c.processes = writer.process_log();
+        writer.close();
+        let mut cmd = ExecCommand::new("touch ran");
+        cmd.cwd = Some(dir.path().to_path_buf());
+        let err = run_command(&id("a"), &cmd, &c).await.unwrap_err();
+        assert!(err.message.contains("not run"), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!dir.path().join("ran").exists());
+    }
+
+    async fn wait_until(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //!
 //! [`scheduler`] owns ordering, permits ([`limits`]), retries ([`retry`]), failure
 //! policy, cancellation and the durable state transitions; [`runner`] is the contract
-//! with whatever does a task's work. What happens during a run is published as
+//! with whatever does a task's work; [`process_group`] finds and stops the OS processes
+//! an exec step started. What happens during a run is published as
 //! [`Event`]s to [`Observer`]s — the progress display ([`progress`]) and the metrics —
 //! so the scheduler knows nothing about terminals or Prometheus.
 
 pub mod limits;
+pub mod process_group;
 pub mod progress;
 pub mod retry;
 pub mod runner;

@@ -239,6 +239,9 @@ impl Observer for Progress {
                     super::StopReason::Interrupted => format!(
                         "interrupt: starting nothing new; waiting for {running} running task(s) to finish (press Ctrl-C again to cancel them)"
                     ),
+                    super::StopReason::LockLost(_) => format!(
+                        "stopping ({reason}): starting nothing new; cancelling {running} running task(s)"
+                    ),
                     other => format!(
                         "stopping ({other}): starting nothing new; waiting for {running} running task(s) to finish"
                     ),

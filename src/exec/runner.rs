@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::{Task, TaskId};
+use crate::state::ProcessLog;
 
 /// What a finished task reports; stored in state and in the final report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +69,8 @@ pub struct TaskContext {
     pub log_dir: PathBuf,
     /// Outcomes of the task's direct dependencies, all done.
     pub dependencies: Vec<(TaskId, TaskOutcome)>,
+    /// Where a runner that starts OS processes records their group (exec steps).
+    pub processes: ProcessLog,
 }
 
 /// Does the work of tasks. One runner serves a whole run; it dispatches on the task kind

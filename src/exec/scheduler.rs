@@ -28,6 +28,12 @@
 //! without `keep_going` the run also stops starting anything else. Interrupts: the
 //! first stops starting tasks; the second cancels running tasks through their
 //! `CancellationToken` and, after a short grace, aborts them.
+//!
+//! Fencing: a run may be given a [`fence`](Scheduler::fence), a flag the plan's lock
+//! raises when it finds itself broken or taken by another holder. From then on the run
+//! is no longer the plan's only writer: it starts nothing (the flag is read again right
+//! before each task's runner is called) and cancels what is running, as a second
+//! interrupt would.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -108,6 +114,8 @@ pub enum StopReason {
     Interrupted,
     /// The state could not be written.
     State(String),
+    /// The plan's lock was broken or taken by another holder (the message says who).
+    LockLost(String),
 }
 
 impl std::fmt::Display for StopReason {
@@ -116,6 +124,7 @@ impl std::fmt::Display for StopReason {
             StopReason::Failure(id) => write!(f, "task `{id}` failed"),
             StopReason::Interrupted => f.write_str("interrupted"),
             StopReason::State(e) => write!(f, "state error: {e}"),
+            StopReason::LockLost(e) => write!(f, "lost the plan's lock: {e}"),
         }
     }
 }
@@ -143,6 +152,8 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// Running tasks were cancelled (second interrupt).
     pub cancelled: bool,
+    /// The plan's lock was lost: why, and who holds it now.
+    pub lock_lost: Option<String>,
     pub state_error: Option<StateError>,
     pub elapsed: Duration,
     /// Writer statistics at the end: transactions and transitions committed.
@@ -257,6 +268,7 @@ pub struct Scheduler<'w> {
     options: RunOptions,
     observers: Vec<Arc<dyn Observer>>,
     phase: String,
+    fence: Option<watch::Receiver<Option<String>>>,
 }
 
 impl<'w> Scheduler<'w> {
@@ -273,7 +285,15 @@ impl<'w> Scheduler<'w> {
             options,
             observers: Vec::new(),
             phase: "run".to_string(),
+            fence: None,
         }
+    }
+
+    /// Stops the run when `lost` holds a message: the plan's lock is gone (see the
+    /// module docs).
+    pub fn fence(mut self, lost: watch::Receiver<Option<String>>) -> Self {
+        self.fence = Some(lost);
+        self
     }
 
     pub fn observe(mut self, observer: Arc<dyn Observer>) -> Self {
@@ -325,6 +345,7 @@ struct Run<'s, 'w> {
     cancel: CancellationToken,
     interrupts: Interrupts,
     interrupts_open: bool,
+    fence: Option<watch::Receiver<Option<String>>>,
     summary: RunSummary,
     began: Instant,
 }
@@ -422,6 +443,7 @@ impl<'s, 'w> Run<'s, 'w> {
             cancel: CancellationToken::new(),
             interrupts,
             interrupts_open: true,
+            fence: s.fence.clone(),
             summary,
             began: Instant::now(),
         }
@@ -456,8 +478,28 @@ impl<'s, 'w> Run<'s, 'w> {
         }
     }
 
+    /// The fence's message, when the lock is lost.
+    fn fence_lost(&self) -> Option<String> {
+        self.fence.as_ref().and_then(|f| f.borrow().clone())
+    }
+
+    /// Another holder has the lock: start nothing, cancel what runs.
+    fn lock_lost(&mut self, message: String) {
+        if self.summary.lock_lost.is_some() {
+            return;
+        }
+        tracing::error!(error = %message, running = self.active, "lost the plan's lock; stopping");
+        self.summary.lock_lost = Some(message.clone());
+        self.stop(StopReason::LockLost(message));
+        self.cancel.cancel();
+        self.abort_at = Some(Instant::now() + CANCEL_GRACE);
+    }
+
     async fn main_loop(&mut self) {
         loop {
+            if let Some(message) = self.fence_lost() {
+                self.lock_lost(message);
+            }
             self.process_commits();
             self.process_due(Instant::now());
             if !self.stopping() {
@@ -481,7 +523,18 @@ impl<'s, 'w> Run<'s, 'w> {
             let has_tasks = !self.join_set.is_empty();
             let wait_commits = !self.pending_commits.is_empty();
             let interrupts_open = self.interrupts_open;
+            let fence_open = self.fence.is_some() && self.summary.lock_lost.is_none();
             tokio::select! {
+                changed = changed_opt(&mut self.fence), if fence_open => {
+                    if changed.is_err() {
+                        // The heartbeat ended: after raising the fence (its message
+                        // stays readable), or with the lock released.
+                        if let Some(message) = self.fence_lost() {
+                            self.lock_lost(message);
+                        }
+                        self.fence = None;
+                    }
+                }
                 joined = self.join_set.join_next_with_id(), if has_tasks => {
                     if let Some(joined) = joined {
                         self.joined(joined);
@@ -590,6 +643,14 @@ impl<'s, 'w> Run<'s, 'w> {
     }
 
     fn spawn(&mut self, i: usize, permits: Permits, attempt: u32) {
+        if let Some(message) = self.fence_lost() {
+            // Not started: another holder may be running this very task.
+            self.lock_lost(message);
+            drop(permits);
+            self.active -= 1;
+            self.nodes[i].state = NodeState::Waiting;
+            return;
+        }
         if self.summary.cancelled {
             drop(permits);
             self.active -= 1;
@@ -623,6 +684,7 @@ impl<'s, 'w> Run<'s, 'w> {
             attempt,
             log_dir: self.s.options.log_dir.clone(),
             dependencies,
+            processes: self.s.writer.process_log(),
         };
         let graph = self.s.graph.clone();
         let runner = self.s.runner.clone();
@@ -915,6 +977,15 @@ impl<'s, 'w> Run<'s, 'w> {
         let summary = std::mem::take(&mut self.summary);
         self.emit(Event::End { summary: &summary });
         summary
+    }
+}
+
+async fn changed_opt(
+    rx: &mut Option<watch::Receiver<Option<String>>>,
+) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1283,6 +1354,43 @@ mod tests {
         );
         assert_eq!(summary.failed.len(), 2);
         assert_eq!(summary.not_started, n - 2 - summary.skipped.len());
+    }
+
+    /// The fence goes up while two tasks run: they are cancelled, nothing else starts,
+    /// and the summary says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_raised_fence_cancels_running_tasks_and_starts_nothing() {
+        let store = shared(MemoryStore::new());
+        let mut f = Fake::new(store.clone());
+        f.sleep = Duration::from_secs(60);
+        let fake = Arc::new(f);
+        let writer = StateWriter::spawn(store.clone());
+        let graph = chains(4, 3);
+        let n = graph.len();
+        let (raise, fence) = watch::channel(None);
+        let scheduler =
+            Scheduler::new(Arc::new(graph), fake.clone(), &writer, options(2)).fence(fence);
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            raise
+                .send(Some("held by pid 4242 on host db2".to_string()))
+                .unwrap();
+        });
+        let summary = tokio::time::timeout(
+            Duration::from_secs(10),
+            scheduler.run(vec![Start::Run; n], Interrupts::none()),
+        )
+        .await
+        .expect("a lost lock ends the run promptly");
+        t.await.unwrap();
+        assert_eq!(
+            summary.lock_lost.as_deref(),
+            Some("held by pid 4242 on host db2")
+        );
+        assert!(matches!(summary.stopped, Some(StopReason::LockLost(_))));
+        assert_eq!(fake.started.lock().unwrap().len(), 2, "nothing new started");
+        assert_eq!(summary.failed.len(), 2, "the running ones were cancelled");
+        assert!(!summary.success());
     }
 
     #[tokio::test]

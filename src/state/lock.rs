@@ -6,12 +6,20 @@
 //! messages: "locked by pid 4242 on host db1, last heartbeat 2s ago". The holder
 //! rewrites the heartbeat every [`HEARTBEAT_INTERVAL`].
 //!
-//! Stale locks: the flock is held but the holder is gone (its pid is dead on this
-//! host) or silent (no heartbeat for [`STALE_AFTER`] — a hung process, or a holder on
-//! another host sharing the folder). Such a lock is reported with the fix, and
+//! Stale locks: the flock is held but the holder is gone — its pid is dead on this
+//! host, or, for a holder on another host sharing the folder, it has been silent (no
+//! heartbeat) for [`STALE_AFTER`]. Such a lock is reported with the fix, and
 //! `flow unlock --force` breaks it by unlinking the file: the next run creates a new
 //! file and locks that. A run re-checks after locking that the path still names the
-//! file it locked, so an unlink racing with an acquire cannot give two holders.
+//! file it locked, so an unlink racing with an acquire cannot give two holders. A
+//! holder alive on this host is never stale, however long it has been silent: a
+//! stopped (SIGSTOP) or hung flow wakes up and carries on, so only stopping it makes
+//! its lock free.
+//!
+//! Fencing: the holder's heartbeat thread also checks, every [`FENCE_CHECK`], that the
+//! path still names the file it locked. When it does not — the lock was broken, and
+//! perhaps taken by another run — it raises [`PlanLock::lost`] with who holds the lock
+//! now, and the run stops instead of working beside the new holder.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
@@ -23,11 +31,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::exec::process_group::ProcStat;
 
 /// How often the holder refreshes its heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// A heartbeat older than this marks the holder as stale.
+/// A heartbeat older than this marks a holder on another host as stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
+/// How often the holder checks that its lock is still its own.
+pub const FENCE_CHECK: Duration = Duration::from_secs(1);
 
 /// Who holds (or held) a lock.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +52,11 @@ pub struct LockRecord {
     /// The command line of the holder (`flow apply plans/x.toml --resume`).
     #[serde(default)]
     pub command: String,
+    /// The holder's start time (clock ticks since boot, `/proc/<pid>/stat`), so a pid
+    /// handed to another process after the holder died is not taken for the holder.
+    /// None in records of older flows.
+    #[serde(default)]
+    pub start: Option<u64>,
 }
 
 impl LockRecord {
@@ -50,6 +68,7 @@ impl LockRecord {
             started_at: now,
             heartbeat_at: now,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            start: ProcStat::of(std::process::id()).map(|s| s.start),
         }
     }
 
@@ -62,6 +81,7 @@ impl LockRecord {
             "started_at": self.started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             "heartbeat_at": self.heartbeat_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             "command": self.command,
+            "start": self.start,
         })
         .to_string()
             + "\n"
@@ -80,7 +100,7 @@ impl LockRecord {
 pub enum Staleness {
     /// The holder's pid is not running on this host.
     DeadProcess,
-    /// No heartbeat for this long.
+    /// No heartbeat for this long (a holder on another host).
     Silent(Duration),
 }
 
@@ -97,10 +117,10 @@ pub struct LockInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{}", held_message(.path, .holder.as_ref(), .stale.as_ref()))]
+    #[error("{}", held_message(.path, .holder.as_deref(), .stale.as_ref()))]
     Held {
         path: PathBuf,
-        holder: Option<LockRecord>,
+        holder: Option<Box<LockRecord>>,
         stale: Option<Staleness>,
     },
     #[error("lock file {path}: {source}")]
@@ -109,12 +129,25 @@ pub enum LockError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}; stop it first (`kill {}`) — breaking the lock of a live run would let two runs write one state", held_message(.path, Some(.holder), None), .holder.pid)]
-    HolderAlive { path: PathBuf, holder: LockRecord },
+    #[error("{}; {} — breaking the lock of a live run would let two runs write one state", held_message(.path, Some(.holder), None), stop_hint(.holder.pid))]
+    HolderAlive {
+        path: PathBuf,
+        holder: Box<LockRecord>,
+    },
 }
 
 fn ago(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// How to stop a live holder on this host.
+fn stop_hint(pid: u32) -> String {
+    if crate::exec::process_group::stopped(pid) {
+        // A stopped process keeps SIGTERM pending until it is continued.
+        format!("stop it first (`kill {pid}; kill -CONT {pid}`)")
+    } else {
+        format!("stop it first (`kill {pid}`)")
+    }
 }
 
 fn held_message(path: &Path, holder: Option<&LockRecord>, stale: Option<&Staleness>) -> String {
@@ -140,7 +173,20 @@ fn held_message(path: &Path, holder: Option<&LockRecord>, stale: Option<&Stalene
             "; it has sent no heartbeat for {}, so it looks hung or gone",
             ago(*d)
         )),
-        None => {}
+        None => {
+            let here = holder.filter(|h| h.host == this_host());
+            if let Some(h) = here.filter(|h| crate::exec::process_group::stopped(h.pid)) {
+                msg.push_str(&format!(
+                    "; it is stopped (SIGSTOP or Ctrl-Z): `kill -CONT {}` lets it go on",
+                    h.pid
+                ));
+            } else if let Some(h) = holder.filter(|h| h.silence() > STALE_AFTER) {
+                msg.push_str(&format!(
+                    "; it has sent no heartbeat for {} but its process is alive (hung?)",
+                    ago(h.silence())
+                ));
+            }
+        }
     }
     msg
 }
@@ -171,6 +217,15 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether the holder of a record made on this host still runs: its pid is alive and,
+/// when the record has it, with the same start time.
+fn holder_alive(record: &LockRecord) -> bool {
+    pid_alive(record.pid)
+        && record
+            .start
+            .is_none_or(|start| ProcStat::of(record.pid).is_none_or(|s| s.start == start))
+}
+
 /// The lock file beside a state database (`.flow/trips.db` → `.flow/trips.lock`).
 pub fn lock_path(state_db: &Path) -> PathBuf {
     state_db.with_extension("lock")
@@ -184,8 +239,9 @@ fn read_record(file: &mut File) -> Option<LockRecord> {
 
 fn staleness(record: Option<&LockRecord>) -> Option<Staleness> {
     let record = record?;
-    if record.host == this_host() && !pid_alive(record.pid) {
-        return Some(Staleness::DeadProcess);
+    if record.host == this_host() {
+        // Here the pid decides: a live holder is never stale, however silent.
+        return (!holder_alive(record)).then_some(Staleness::DeadProcess);
     }
     let silence = record.silence();
     (silence > STALE_AFTER).then_some(Staleness::Silent(silence))
@@ -206,6 +262,7 @@ pub struct PlanLock {
     /// The record left by an earlier holder that did not release the lock (killed).
     pub previous: Option<LockRecord>,
     heartbeat: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    lost: watch::Receiver<Option<String>>,
 }
 
 impl PlanLock {
@@ -230,7 +287,7 @@ impl PlanLock {
                     let stale = staleness(holder.as_ref());
                     return Err(LockError::Held {
                         path,
-                        holder,
+                        holder: holder.map(Box::new),
                         stale,
                     });
                 }
@@ -243,13 +300,15 @@ impl PlanLock {
             let previous = read_record(&mut file);
             let record = LockRecord::current();
             write_record(&file, &record).map_err(io_err(&path))?;
+            let (lost_tx, lost) = watch::channel(None);
             let mut lock = PlanLock {
                 path,
                 file,
                 previous,
                 heartbeat: None,
+                lost,
             };
-            lock.start_heartbeat(record);
+            lock.start_heartbeat(record, lost_tx);
             return Ok(lock);
         }
         Err(io_err(&path)(std::io::Error::other(
@@ -261,26 +320,63 @@ impl PlanLock {
         &self.path
     }
 
-    fn start_heartbeat(&mut self, mut record: LockRecord) {
+    /// Holds a message once the lock is found broken or taken (fencing).
+    pub fn lost(&self) -> watch::Receiver<Option<String>> {
+        self.lost.clone()
+    }
+
+    fn start_heartbeat(&mut self, mut record: LockRecord, lost: watch::Sender<Option<String>>) {
         let Ok(file) = self.file.try_clone() else {
             return;
         };
+        let path = self.path.clone();
         let (stop, stopped) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("flow-lock-heartbeat".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(HEARTBEAT_INTERVAL)
-                {
-                    record.heartbeat_at = Utc::now();
-                    if let Err(e) = write_record(&file, &record) {
-                        tracing::warn!(error = %e, "cannot refresh the lock heartbeat");
+                let mut last_beat = std::time::Instant::now();
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FENCE_CHECK) {
+                    if !same_file(&file, &path) {
+                        let message = taken_message(&path);
+                        tracing::error!(lock = %path.display(), "{message}");
+                        let _ = lost.send(Some(message));
+                        return;
+                    }
+                    if last_beat.elapsed() >= HEARTBEAT_INTERVAL {
+                        last_beat = std::time::Instant::now();
+                        record.heartbeat_at = Utc::now();
+                        if let Err(e) = write_record(&file, &record) {
+                            tracing::warn!(error = %e, "cannot refresh the lock heartbeat");
+                        }
                     }
                 }
             });
         if let Ok(handle) = handle {
             self.heartbeat = Some((stop, handle));
         }
+    }
+}
+
+/// Who has the lock at `path` now that it is not ours.
+fn taken_message(path: &Path) -> String {
+    let record = File::open(path).ok().and_then(|mut f| read_record(&mut f));
+    match record {
+        Some(h) => format!(
+            "the lock {} was broken and is now held by pid {} on host {} (started {}, `{}`)",
+            path.display(),
+            h.pid,
+            h.host,
+            h.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            h.command
+        ),
+        None if path.exists() => format!(
+            "the lock {} was broken and replaced by another holder (its record is unreadable)",
+            path.display()
+        ),
+        None => format!(
+            "the lock file {} was removed (broken with `flow unlock --force`, or deleted)",
+            path.display()
+        ),
     }
 }
 
@@ -348,7 +444,8 @@ pub enum Broken {
 }
 
 /// Breaks a lock nobody should hold any more (`flow unlock --force`). Refuses when the
-/// holder is alive and its heartbeat is fresh.
+/// holder is alive on this host (however long silent), or on another host with a
+/// fresh heartbeat.
 pub fn break_lock(state_db: &Path) -> Result<Broken, LockError> {
     let path = lock_path(state_db);
     let Some(info) = inspect(state_db)? else {
@@ -364,7 +461,10 @@ pub fn break_lock(state_db: &Path) -> Result<Broken, LockError> {
             Ok(Broken::Stale(info.record, stale))
         }
         None => match info.record {
-            Some(holder) => Err(LockError::HolderAlive { path, holder }),
+            Some(holder) => Err(LockError::HolderAlive {
+                path,
+                holder: Box::new(holder),
+            }),
             None => Err(LockError::Held {
                 path,
                 holder: None,
@@ -455,14 +555,114 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_holder_is_stale() {
+    fn a_silent_holder_elsewhere_is_stale_a_silent_live_one_here_is_not() {
         let mut record = LockRecord::current();
         record.heartbeat_at = Utc::now() - chrono::Duration::minutes(5);
+        assert_eq!(
+            staleness(Some(&record)),
+            None,
+            "this process is alive on this host"
+        );
+        record.host = "another-host".into();
         assert!(matches!(
             staleness(Some(&record)),
             Some(Staleness::Silent(_))
         ));
         record.heartbeat_at = Utc::now();
         assert_eq!(staleness(Some(&record)), None);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_holder() {
+        let mut record = LockRecord::current();
+        assert!(record.start.is_some());
+        assert!(holder_alive(&record));
+        record.start = record.start.map(|s| s + 1);
+        assert_eq!(
+            staleness(Some(&record)),
+            Some(Staleness::DeadProcess),
+            "same pid, another start time: another process"
+        );
+        record.start = None;
+        assert!(
+            holder_alive(&record),
+            "older records: the pid alone decides"
+        );
+        let old: LockRecord = serde_json::from_str(
+            r#"{"pid":1,"host":"h","started_at":"2026-01-01T00:00:00.000Z","heartbeat_at":"2026-01-01T00:00:00.000Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.start, None);
+    }
+
+    #[test]
+    fn a_live_silent_holder_cannot_be_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("plan.db");
+        let path = lock_path(&db);
+        let mut record = LockRecord::current();
+        record.heartbeat_at = Utc::now() - chrono::Duration::minutes(5);
+        std::fs::write(&path, record.to_json()).unwrap();
+        let holder = File::open(&path).unwrap();
+        holder.lock().unwrap();
+        let err = break_lock(&db).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("stop it first"), "{msg}");
+        assert!(msg.contains("no heartbeat for 5m"), "{msg}");
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn a_broken_and_taken_lock_raises_the_fence_with_the_new_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("plan.db");
+        let lock = PlanLock::acquire(&db).unwrap();
+        let mut lost = lock.lost();
+        assert!(lost.borrow().is_none());
+        std::fs::remove_file(lock.path()).unwrap();
+        let mut other = LockRecord::current();
+        other.pid = 4242;
+        other.host = "db2".into();
+        std::fs::write(lock.path(), other.to_json()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let message = rt.block_on(async {
+            tokio::time::timeout(FENCE_CHECK * 5, lost.wait_for(Option::is_some))
+                .await
+                .expect("the fence is raised within a few checks")
+                .unwrap()
+                .clone()
+                .unwrap()
+        });
+        assert!(message.contains("pid 4242 on host db2"), "{message}");
+        drop(lock);
+        assert!(
+            lock_path(&db).exists(),
+            "the new holder's file is left alone"
+        );
+    }
+
+    #[test]
+    fn a_removed_lock_file_raises_the_fence_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("plan.db");
+        let lock = PlanLock::acquire(&db).unwrap();
+        let mut lost = lock.lost();
+        std::fs::remove_file(lock.path()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let message = rt.block_on(async {
+            tokio::time::timeout(FENCE_CHECK * 5, lost.wait_for(Option::is_some))
+                .await
+                .expect("the fence is raised within a few checks")
+                .unwrap()
+                .clone()
+                .unwrap()
+        });
+        assert!(message.contains("was removed"), "{message}");
     }
 }

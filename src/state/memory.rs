@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{fold, RunRecord, StateError, StateStore, TaskRecord, Transition};
+use super::{
+    fold, GroupChange, ProcessRecord, RunRecord, StateError, StateStore, TaskRecord, Transition,
+};
 use crate::graph::TaskId;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     tasks: BTreeMap<TaskId, TaskRecord>,
     runs: Vec<RunRecord>,
+    groups: BTreeMap<TaskId, ProcessRecord>,
 }
 
 impl MemoryStore {
@@ -43,6 +46,7 @@ impl StateStore for MemoryStore {
     fn clear(&mut self) -> Result<(), StateError> {
         self.tasks.clear();
         self.runs.clear();
+        self.groups.clear();
         Ok(())
     }
 
@@ -69,6 +73,20 @@ impl StateStore for MemoryStore {
 
     fn runs(&mut self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
         Ok(self.runs.iter().rev().take(limit).cloned().collect())
+    }
+
+    fn set_process_groups(&mut self, changes: &[GroupChange]) -> Result<(), StateError> {
+        for (task, record) in changes {
+            match record {
+                Some(r) => self.groups.insert(task.clone(), r.clone()),
+                None => self.groups.remove(task),
+            };
+        }
+        Ok(())
+    }
+
+    fn process_groups(&mut self) -> Result<Vec<ProcessRecord>, StateError> {
+        Ok(self.groups.values().cloned().collect())
     }
 }
 

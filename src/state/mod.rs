@@ -15,6 +15,10 @@
 //! always on record as `running`) and before it releases the dependents of a finished
 //! task (so a dependent never starts on a completion a `kill -9` could lose).
 //!
+//! Besides task records, the state keeps the process group of each exec step attempt
+//! that is running ([`ProcessRecord`]): a killed flow cannot stop them, so the next
+//! run finds them there and stops them before the step runs again.
+//!
 //! Records never contain secrets: inputs are the task's named inputs, which the graph
 //! builds from `${env:…}` placeholders, never from resolved values.
 
@@ -34,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use petgraph::graph::NodeIndex;
 
+use crate::exec::process_group::GroupId;
 use crate::exec::runner::TaskOutcome;
 use crate::graph::{Fingerprint, Partition, Task, TaskGraph, TaskId, TaskKind};
 
@@ -42,7 +47,7 @@ pub use resume::{
     decide, plan_status, plan_status_at, Action, DirtyReason, RunReason, TaskDecision,
 };
 pub use sqlite::SqliteStore;
-pub use writer::{StateWriter, WriterStatus};
+pub use writer::{ProcessLog, StateWriter, WriterStatus};
 
 /// Where a task stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -513,6 +518,19 @@ pub struct RunRecord {
     pub outcome: Option<String>,
 }
 
+/// The process group of a task's running attempt (exec steps), on record from before
+/// its command runs until the group is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub group: GroupId,
+}
+
+/// A task's process group started (Some) or is gone (None).
+pub type GroupChange = (TaskId, Option<ProcessRecord>);
+
 /// A problem with the state storage. Messages name the file and say what to do.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
@@ -566,6 +584,11 @@ pub trait StateStore: Send {
     fn end_run(&mut self, id: i64, outcome: &str, at: DateTime<Utc>) -> Result<(), StateError>;
     /// Runs, most recent first, at most `limit`.
     fn runs(&mut self, limit: usize) -> Result<Vec<RunRecord>, StateError>;
+    /// Records the process group of a task's running attempt (replacing the one on
+    /// record), or forgets it (None); the whole batch in one transaction.
+    fn set_process_groups(&mut self, changes: &[GroupChange]) -> Result<(), StateError>;
+    /// The process groups on record, by task id.
+    fn process_groups(&mut self) -> Result<Vec<ProcessRecord>, StateError>;
 }
 
 /// A store shared between the writer thread and readers (status, resume, report).
@@ -766,9 +789,40 @@ pub(crate) mod tests {
         assert_eq!(runs[0].outcome.as_deref(), Some("success"));
         assert_eq!(runs[0].pid, 42);
 
+        let group = ProcessRecord {
+            task: a.task().id.clone(),
+            attempt: 2,
+            started_at: now,
+            group: GroupId {
+                pgid: 4242,
+                leader_start: 123_456,
+                boot_id: "boot".into(),
+                host: "host".into(),
+            },
+        };
+        store
+            .set_process_groups(&[(group.task.clone(), Some(group.clone()))])
+            .unwrap();
+        let mut found = store.process_groups().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].started_at.timestamp_millis(),
+            now.timestamp_millis()
+        );
+        found[0].started_at = now;
+        assert_eq!(found[0], group);
+        store
+            .set_process_groups(&[(group.task.clone(), None)])
+            .unwrap();
+        assert!(store.process_groups().unwrap().is_empty());
+        store
+            .set_process_groups(&[(group.task.clone(), Some(group.clone()))])
+            .unwrap();
+
         store.clear().unwrap();
         assert!(store.records().unwrap().is_empty());
         assert!(store.runs(5).unwrap().is_empty());
+        assert!(store.process_groups().unwrap().is_empty());
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! and whenever it grows past [`COMPACT_AT`] entries. Both use [`fold`], the one
 //! definition of what a transition means.
 //!
+//! Schema versions: 1 had `tasks`, `journal` and `runs`; 2 adds `processes` (the
+//! process groups of running exec steps). Every statement of [`SCHEMA`] is `IF NOT
+//! EXISTS`, so bringing an older database up to date is running it again.
+//!
 //! Timestamps are RFC 3339 text and JSON columns are text, so the file can be read
 //! with the `sqlite3` shell when something needs explaining.
 
@@ -25,12 +29,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::{
-    fold, Def, Entry, Op, RunRecord, StateError, StateStore, TaskRecord, TaskStatus, Transition,
+    fold, Def, Entry, GroupChange, Op, ProcessRecord, RunRecord, StateError, StateStore,
+    TaskRecord, TaskStatus, Transition,
 };
+use crate::exec::process_group::GroupId;
 use crate::exec::runner::TaskOutcome;
 use crate::graph::{Fingerprint, TaskId};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -76,6 +82,15 @@ CREATE TABLE IF NOT EXISTS runs (
     host        TEXT NOT NULL,
     outcome     TEXT
 );
+CREATE TABLE IF NOT EXISTS processes (
+    task         TEXT PRIMARY KEY NOT NULL,
+    attempt      INTEGER NOT NULL,
+    started_at   TEXT NOT NULL,
+    pgid         INTEGER NOT NULL,
+    leader_start INTEGER NOT NULL,
+    boot_id      TEXT NOT NULL,
+    host         TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Journal entries that trigger a compaction.
@@ -134,6 +149,8 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Connection,
     journal_rows: u64,
+    /// The `synchronous` setting of task transitions.
+    sync: &'static str,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -195,11 +212,12 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn,
             journal_rows: 0,
+            sync: match durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
         };
-        let sync = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
+        let sync = store.sync;
         store
             .conn
             .busy_timeout(std::time::Duration::from_secs(10))
@@ -232,8 +250,8 @@ impl SqliteStore {
             });
         }
         if version < SCHEMA_VERSION {
-            // Only a new database is written here: a reader (`flow status` during an
-            // apply) must not need the write lock.
+            // Only a new or older database is written here: a reader (`flow status`
+            // during an apply) of a current one must not need the write lock.
             store
                 .conn
                 .execute_batch(&format!(
@@ -614,7 +632,8 @@ impl StateStore for SqliteStore {
     fn clear(&mut self) -> Result<(), StateError> {
         self.conn
             .execute_batch(
-                "BEGIN IMMEDIATE; DELETE FROM tasks; DELETE FROM journal; DELETE FROM runs; COMMIT;",
+                "BEGIN IMMEDIATE; DELETE FROM tasks; DELETE FROM journal; DELETE FROM runs;
+                 DELETE FROM processes; COMMIT;",
             )
             .map_err(|e| self.err(e))?;
         self.journal_rows = 0;
@@ -680,6 +699,39 @@ impl StateStore for SqliteStore {
         }
         Ok(out)
     }
+
+    fn set_process_groups(&mut self, changes: &[GroupChange]) -> Result<(), StateError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // A group record only has to survive flow's death, not the machine's (a power
+        // loss ends every process of the group too): no fsync, so the command it gates
+        // does not wait for the disk.
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
+        let result = self.write_process_groups(changes);
+        self.conn
+            .pragma_update(None, "synchronous", self.sync)
+            .map_err(|e| self.err(e))?;
+        result
+    }
+
+    fn process_groups(&mut self) -> Result<Vec<ProcessRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT task, attempt, started_at, pgid, leader_start, boot_id, host
+                 FROM processes ORDER BY task",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            out.push(self.process_group(row)?);
+        }
+        Ok(out)
+    }
 }
 
 impl SqliteStore {
@@ -721,6 +773,62 @@ impl SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    fn write_process_groups(&self, changes: &[GroupChange]) -> Result<(), StateError> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(|e| self.err(e))?;
+        for (task, record) in changes {
+            match record {
+                Some(r) => tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO processes
+                             (task, attempt, started_at, pgid, leader_start, boot_id, host)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            task.as_str(),
+                            r.attempt,
+                            ts(&r.started_at),
+                            r.group.pgid,
+                            i64::try_from(r.group.leader_start).unwrap_or(i64::MAX),
+                            r.group.boot_id,
+                            r.group.host,
+                        ])
+                    }),
+                None => tx
+                    .prepare_cached("DELETE FROM processes WHERE task = ?1")
+                    .and_then(|mut stmt| stmt.execute(params![task.as_str()])),
+            }
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn process_group(&self, row: &Row<'_>) -> Result<ProcessRecord, StateError> {
+        let get_err = |e| self.err(e);
+        let task: String = row.get(0).map_err(get_err)?;
+        let attempt: i64 = row.get(1).map_err(get_err)?;
+        let pgid: i64 = row.get(3).map_err(get_err)?;
+        let leader_start: i64 = row.get(4).map_err(get_err)?;
+        Ok(ProcessRecord {
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            started_at: self
+                .time(row, 2, &task, "processes.started_at")?
+                .unwrap_or_default(),
+            group: GroupId {
+                pgid: u32::try_from(pgid)
+                    .map_err(|_| self.corrupt(&task, "processes.pgid", pgid))?,
+                leader_start: u64::try_from(leader_start).unwrap_or(0),
+                boot_id: row.get(5).map_err(get_err)?,
+                host: row.get(6).map_err(get_err)?,
+            },
+            task: TaskId(task),
+        })
     }
 
     /// Whether any task has been recorded (a plain `apply` refuses to run over state).
@@ -857,6 +965,53 @@ mod tests {
         sqlite.compact().unwrap();
         assert_eq!(sqlite.journal_len(), 0);
         assert_eq!(sqlite.records().unwrap(), memory.records().unwrap());
+    }
+
+    /// A database written before the `processes` table existed (schema 1) opens, keeps
+    /// its tasks and runs, and records process groups from then on.
+    #[test]
+    fn a_version_1_database_opens_and_gains_the_process_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tasks (id TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL,
+                    fingerprint TEXT NOT NULL, inputs TEXT NOT NULL, status TEXT NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0, started_at TEXT, ended_at TEXT,
+                    rows INTEGER, bytes INTEGER, checksum TEXT,
+                    outputs TEXT NOT NULL DEFAULT '[]', detail TEXT NOT NULL DEFAULT 'null',
+                    note TEXT, error TEXT) WITHOUT ROWID;
+                 CREATE TABLE journal (seq INTEGER PRIMARY KEY, op TEXT NOT NULL,
+                    id TEXT NOT NULL, kind TEXT, fingerprint TEXT, inputs TEXT,
+                    attempts INTEGER, started_at TEXT, ended_at TEXT, rows INTEGER,
+                    bytes INTEGER, checksum TEXT, outputs TEXT, detail TEXT, note TEXT,
+                    error TEXT);
+                 CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    started_at TEXT NOT NULL, ended_at TEXT, pid INTEGER NOT NULL,
+                    host TEXT NOT NULL, outcome TEXT);
+                 INSERT INTO tasks (id, kind, fingerprint, inputs, status, attempts)
+                    VALUES ('t/a', 'exec', 'f1', '{}', 'running', 1);
+                 INSERT INTO journal (op, id, attempts, error)
+                    VALUES ('retry', 't/a', 2, 'reset');
+                 INSERT INTO runs (started_at, pid, host)
+                    VALUES ('2026-01-01T00:00:00.000Z', 7, 'h');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open_existing(&path).unwrap().unwrap();
+        let records = store.records().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].status, TaskStatus::Running);
+        assert_eq!(records[0].attempts, 2);
+        assert_eq!(store.runs(5).unwrap()[0].pid, 7);
+        assert!(store.process_groups().unwrap().is_empty());
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -12,13 +12,17 @@
 //!
 //! After a failed commit the writer stops applying (later transitions could depend on
 //! the lost ones) and every waiter gets the error.
+//!
+//! Exec steps record their process groups through the same thread ([`ProcessLog`], a
+//! handle a running task can keep): a group is on record before its command runs.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{SharedStore, StateError, StateStore, Transition};
+use super::{GroupChange, ProcessRecord, SharedStore, StateError, StateStore, Transition};
+use crate::graph::TaskId;
 
 /// The most transitions in one transaction; bounds the latency of a commit.
 pub const MAX_BATCH: usize = 16_384;
@@ -26,6 +30,37 @@ pub const MAX_BATCH: usize = 16_384;
 enum Msg {
     Write(u64, Transition),
     Mark(u64),
+    Group(u64, GroupChange),
+}
+
+/// The sending side, shared by the writer handle and the process logs.
+type Sender = Arc<Mutex<(u64, Option<mpsc::UnboundedSender<Msg>>)>>;
+
+fn push(sender: &Sender, make: impl FnOnce(u64) -> Msg) -> u64 {
+    let mut guard = sender.lock().unwrap_or_else(|p| p.into_inner());
+    guard.0 += 1;
+    let seq = guard.0;
+    if let Some(tx) = &guard.1 {
+        // The receiver lives as long as the thread, which lives until `close`.
+        let _ = tx.send(make(seq));
+    }
+    seq
+}
+
+async fn wait_for(status: &watch::Receiver<WriterStatus>, seq: u64) -> Result<(), StateError> {
+    let mut rx = status.clone();
+    let result = rx
+        .wait_for(|s| s.committed >= seq || s.error.is_some())
+        .await;
+    match result {
+        Ok(s) => match &s.error {
+            Some(e) if s.committed < seq => Err(e.clone()),
+            _ => Ok(()),
+        },
+        Err(_) => Err(StateError::WriterStopped(
+            "the state writer thread is gone".into(),
+        )),
+    }
 }
 
 /// What the writer has done so far.
@@ -43,7 +78,7 @@ pub struct WriterStatus {
 
 /// Handle to the writer thread; cheap to share by reference.
 pub struct StateWriter {
-    sender: Mutex<(u64, Option<mpsc::UnboundedSender<Msg>>)>,
+    sender: Sender,
     status: watch::Receiver<WriterStatus>,
     thread: Mutex<Option<JoinHandle<()>>>,
     store: SharedStore,
@@ -74,6 +109,7 @@ impl StateWriter {
             .spawn(move || {
                 let mut messages = Vec::with_capacity(1024);
                 let mut transitions = Vec::with_capacity(1024);
+                let mut groups = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
                     messages.push(first);
                     while messages.len() < MAX_BATCH {
@@ -90,15 +126,26 @@ impl StateWriter {
                                 transitions.push(t);
                             }
                             Msg::Mark(seq) => last = seq,
+                            Msg::Group(seq, change) => {
+                                last = seq;
+                                groups.push(change);
+                            }
                         }
                     }
                     if status_tx.borrow().error.is_some() {
                         transitions.clear();
+                        groups.clear();
                         continue;
                     }
                     let count = transitions.len() as u64;
-                    let result = lock(&thread_store).apply(&transitions);
+                    let result = {
+                        let mut store = lock(&thread_store);
+                        store
+                            .apply(&transitions)
+                            .and_then(|()| store.set_process_groups(&groups))
+                    };
                     transitions.clear();
+                    groups.clear();
                     status_tx.send_modify(|s| match result {
                         Ok(()) => {
                             s.committed = last;
@@ -114,7 +161,7 @@ impl StateWriter {
             })
             .expect("spawning the state writer thread");
         StateWriter {
-            sender: Mutex::new((0, Some(tx))),
+            sender: Arc::new(Mutex::new((0, Some(tx)))),
             status: status_rx,
             thread: Mutex::new(Some(thread)),
             store,
@@ -122,14 +169,15 @@ impl StateWriter {
     }
 
     fn push(&self, make: impl FnOnce(u64) -> Msg) -> u64 {
-        let mut guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0 += 1;
-        let seq = guard.0;
-        if let Some(tx) = &guard.1 {
-            // The receiver lives as long as the thread, which lives until `close`.
-            let _ = tx.send(make(seq));
+        push(&self.sender, make)
+    }
+
+    /// A handle for recording process groups, which running tasks keep.
+    pub fn process_log(&self) -> ProcessLog {
+        ProcessLog {
+            sender: self.sender.clone(),
+            status: self.status.clone(),
         }
-        seq
     }
 
     /// Queues a transition; returns its sequence number.
@@ -153,19 +201,7 @@ impl StateWriter {
 
     /// Waits until `seq` is committed.
     pub async fn wait_for(&self, seq: u64) -> Result<(), StateError> {
-        let mut rx = self.status.clone();
-        let result = rx
-            .wait_for(|s| s.committed >= seq || s.error.is_some())
-            .await;
-        match result {
-            Ok(s) => match &s.error {
-                Some(e) if s.committed < seq => Err(e.clone()),
-                _ => Ok(()),
-            },
-            Err(_) => Err(StateError::WriterStopped(
-                "the state writer thread is gone".into(),
-            )),
-        }
+        wait_for(&self.status, seq).await
     }
 
     /// Waits until everything queued so far is committed.
@@ -190,6 +226,35 @@ impl StateWriter {
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Records the process groups of running exec steps through the writer thread.
+#[derive(Clone)]
+pub struct ProcessLog {
+    sender: Sender,
+    status: watch::Receiver<WriterStatus>,
+}
+
+impl std::fmt::Debug for ProcessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProcessLog")
+    }
+}
+
+impl ProcessLog {
+    /// Records the group and returns once the record is committed.
+    pub async fn started(&self, record: ProcessRecord) -> Result<(), StateError> {
+        let seq = push(&self.sender, |seq| {
+            Msg::Group(seq, (record.task.clone(), Some(record)))
+        });
+        wait_for(&self.status, seq).await
+    }
+
+    /// The task's group is gone; the record goes (fire and forget: a record left by a
+    /// crash only makes the next run look for a group that is not there).
+    pub fn ended(&self, task: &TaskId) {
+        push(&self.sender, |seq| Msg::Group(seq, (task.clone(), None)));
     }
 }
 
