@@ -534,7 +534,9 @@ async fn standin_starrocks_export_files_appear_under_the_path_only_when_finished
     let temp = format!("out/__starrocks_export_tmp_{qid}/");
     let mut seen = vec![field(&mut c, &show, "State").await.unwrap()];
     let mut checked_temp = false;
+    let start = Instant::now();
     while !is_final(seen.last().unwrap()) {
+        assert!(start.elapsed() < Duration::from_secs(20), "export never ended: {seen:?}");
         let state = field(&mut c, &show, "State").await.unwrap();
         if state == "EXPORTING" && !checked_temp {
             let keys = list(&bucket, "out/").await;

@@ -164,6 +164,9 @@ class ExportJob(Job):
         except (LoadError, SqlError) as e:
             self.cancel_reason = self.cancel_reason or str(e)
             self.end_cancelled()
+        except Exception as e:  # an S3 or engine failure must end the job, never hang it
+            self.cancel_reason = self.cancel_reason or f"type:UNKNOWN; msg:{type(e).__name__}: {e}"
+            self.end_cancelled()
 
     def write(self, p, target):
         t = self.table
@@ -180,8 +183,11 @@ class ExportJob(Job):
             if self.state in FINAL:
                 return
             if not self.restarted:
-                for key in self.path.list(self.tmp_dir()):
-                    self.path.delete(key)  # a cancelled job removes its temporary files
+                try:
+                    for key in self.path.list(self.tmp_dir()):
+                        self.path.delete(key)  # a cancelled job removes its temporary files
+                except Exception as e:  # the job still ends CANCELLED
+                    self.cancel_reason += f" (temporary files not removed: {e})"
             self.state, self.finish_time = "CANCELLED", time.time()
             self.error = self.cancel_reason
 
@@ -293,6 +299,8 @@ class LoadJob(Job):
             self.fail(self.cancel_reason)
         except (LoadError, SqlError) as e:
             self.fail(e if isinstance(e, LoadError) else LoadError("LOAD-RUN-FAIL", str(e)))
+        except Exception as e:  # an S3 or engine failure must end the job, never hang it
+            self.fail(LoadError("UNKNOWN", f"{type(e).__name__}: {e}"))
 
     def publish(self):
         # One job is one transaction over all its files: every batch becomes visible
