@@ -536,7 +536,10 @@ async fn standin_starrocks_export_files_appear_under_the_path_only_when_finished
     let mut checked_temp = false;
     let start = Instant::now();
     while !is_final(seen.last().unwrap()) {
-        assert!(start.elapsed() < Duration::from_secs(20), "export never ended: {seen:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "export never ended: {seen:?}"
+        );
         let state = field(&mut c, &show, "State").await.unwrap();
         if state == "EXPORTING" && !checked_temp {
             let keys = list(&bucket, "out/").await;
@@ -1456,4 +1459,125 @@ async fn standin_starrocks_faults_publish_timeout_and_slow_queue() {
     )
     .await;
     sr.fault("clear", "");
+}
+
+// ------------------------------------------------------------------ bad input
+
+#[tokio::test]
+async fn standin_starrocks_rejects_bad_input_with_clear_errors() {
+    let _g = GLOBAL.read().await;
+    let sr = target();
+    let db = SrDb::new(&sr, "sr_bad").await;
+    let mut c = db.conn().await;
+    exec(&mut c, SALES).await;
+    let b = broker();
+    let cases: Vec<(String, &str)> = vec![
+        ("LOAD LABEL x".into(), "syntax error"),
+        ("LOAD LABEL l1 (DATA INFILE(\"s3://b/x\") INTO TABLE nosuch) WITH BROKER".into(), "Unknown table"),
+        (format!("EXPORT TABLE nosuch TO \"s3://b/x/\" {b}"), "Unknown table"),
+        (format!("EXPORT TABLE sales TO \"/tmp/x/\" {b}"), "s3://"),
+        (format!("EXPORT TABLE sales PARTITION (p9) TO \"s3://b/x/\" {b}"), "Unknown partition 'p9'"),
+        (format!("EXPORT TABLE sales (nope) TO \"s3://b/x/\" {b}"), "Unknown column 'nope'"),
+        ("CREATE TABLE t1 (a FOO) DUPLICATE KEY(a)".into(), "Unsupported column type 'foo'"),
+        ("CREATE TABLE t2 (a INT) DUPLICATE KEY(b)".into(), "Key column 'b'"),
+        (
+            "CREATE TABLE t3 (a INT, d DATE) PARTITION BY RANGE(d) (PARTITION p VALUES [(\"2024-02-01\"), (\"2024-01-01\")))".into(),
+            "lower bound must be below",
+        ),
+        ("CREATE TABLE `t``x` (a INT)".into(), "Incorrect table name"),
+        ("CREATE DATABASE `d'x`".into(), "Incorrect database name"),
+        ("SHOW PARTITIONS FROM nosuch".into(), "Unknown table"),
+        ("SHOW LOAD WHERE JobId = 1".into(), "filter by 'jobid'"),
+        // StarRocks labels match ^[-_A-Za-z0-9:]{1,128}$
+        ("INSERT INTO sales WITH LABEL `a'b` VALUES (1, '2024-01-01', 'x', 1)".into(), "Label format error"),
+        (
+            format!("LOAD LABEL `{}` (DATA INFILE(\"s3://b/x\") INTO TABLE sales) WITH BROKER", "l".repeat(129)),
+            "Label format error",
+        ),
+        ("ADMIN SET FRONTEND CONFIG (\"label_keep_max_num\" = \"many\")".into(), "is not an integer"),
+    ];
+    let mut wrong = Vec::new();
+    for (sql, want) in &cases {
+        match try_exec(&mut c, sql).await {
+            Err(e) if e.contains(want) => {}
+            other => wrong.push(format!("{sql}\n  gave: {other:?}\n  want: {want}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // the connection is still usable after every error
+    assert_eq!(
+        one(&mut c, "SELECT count(*) FROM sales").await.as_deref(),
+        Some("0")
+    );
+
+    // quotes and backslashes in values are data, not SQL
+    let nasty = "x'); DROP DATABASE d; -- \\\\ \"q\"";
+    exec(
+        &mut c,
+        &format!(
+            "INSERT INTO sales VALUES (1, '2024-01-01', '{}', 1)",
+            nasty.replace('\'', "\\'")
+        ),
+    )
+    .await;
+    assert_eq!(
+        one(&mut c, "SELECT city FROM sales").await.as_deref(),
+        Some("x'); DROP DATABASE d; -- \\ \"q\"")
+    );
+
+    // Stream Load: unknown table, bad label, unsupported format
+    let t = ["--location-trusted"];
+    let out = json(&stream_load(
+        &sr,
+        &db.name,
+        "nosuch",
+        &["label: ok1"],
+        "1\n",
+        &t,
+    ));
+    assert_eq!(out["Status"], "Fail");
+    assert!(
+        out["Message"].as_str().unwrap().contains("Unknown table"),
+        "{out}"
+    );
+    let out = json(&stream_load(
+        &sr,
+        &db.name,
+        "sales",
+        &["label: a b"],
+        "1\n",
+        &t,
+    ));
+    assert!(
+        out["Message"]
+            .as_str()
+            .unwrap()
+            .contains("Label format error"),
+        "{out}"
+    );
+    let out = json(&stream_load(
+        &sr,
+        &db.name,
+        "sales",
+        &["label: ok2", "format: orc"],
+        "1\n",
+        &t,
+    ));
+    assert!(
+        out["Message"].as_str().unwrap().contains("format 'orc'"),
+        "{out}"
+    );
+    // a fault name that does not exist
+    let admin = support::env("FLOW_TEST_SR_ADMIN");
+    let code = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("{}{admin}/melt", sr.http),
+    ]);
+    assert_eq!(code, "400");
 }

@@ -21,6 +21,16 @@ from storage import q
 
 IDS = itertools.count(10001)
 
+# Names the stand-in accepts (StarRocks' FeNameFormat is close: a letter first, then
+# letters, digits and '_'). Checked here, once, for every object the catalog creates.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,1023}")
+COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
+
+
+def check_name(kind, name, rx=NAME):
+    if not rx.fullmatch(name or ""):
+        raise SqlError(f"Incorrect {kind} name '{name}': use a letter first, then letters, digits and '_'", 1103)
+
 
 def now_text(t=None):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t if t is not None else time.time()))
@@ -48,6 +58,12 @@ class Table:
         self.id = next(IDS)
         self.db = db
         self.name = spec["name"]
+        check_name("table", self.name)
+        for c in spec["columns"]:
+            check_name("column", c["name"], COLUMN)
+        if spec["partition"]:
+            for p in spec["partition"]["partitions"]:
+                check_name("partition", p["name"])
         self.key_type = spec["key_type"]
         self.key = spec["key"] or [spec["columns"][0]["name"]]
         self.columns = []
@@ -211,8 +227,7 @@ class Catalog:
                 if if_not_exists:
                     return
                 raise SqlError(f"Can't create database '{name}'; database exists", 1007)
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,255}", name):
-                raise SqlError(f"Incorrect database name '{name}'", 1102)
+            check_name("database", name)
             self.engine.run(f"DROP DATABASE IF EXISTS {q(name)}")
             self.engine.run(f"CREATE DATABASE {q(name)}")
             self.dbs[name] = {}

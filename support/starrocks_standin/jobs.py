@@ -10,6 +10,7 @@ Transitions are spaced by `standin_step_delay_ms` so tests can watch every state
 """
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -427,6 +428,9 @@ class Frontend:
             self.loads = [j for j in self.loads if j.id not in drop]
 
     def claim_label(self, job):
+        # FeNameFormat.checkLabel: a label matches ^[-_A-Za-z0-9:]{1,128}$.
+        if not re.fullmatch(r"[-_A-Za-z0-9:]{1,128}", job.label or ""):
+            raise SqlError(f"Label format error. regex: ^[-_A-Za-z0-9:]{{1,128}}$, label: {job.label}", 1105)
         with self.lock:
             self.catalog.db(job.db)
             self.expire_labels()

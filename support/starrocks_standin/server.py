@@ -121,6 +121,11 @@ class StandinSession(Session):
             return await asyncio.to_thread(fn, arg)
         except SqlError as e:
             raise MysqlError(str(e), code=e.code) from None
+        except LoadError as e:
+            raise MysqlError(str(e)) from None
+        except Exception as e:  # a defect of the stand-in: say so, keep the connection
+            log.exception("statement failed")
+            raise MysqlError(f"StarRocks stand-in internal error: {type(e).__name__}: {e}") from None
 
     # -- plain SELECTs in chdb
     @staticmethod
@@ -454,7 +459,12 @@ class BeHttp(FeHttp):
         if not (self.headers.get("Authorization") or "").startswith("Basic "):
             self.reply(200, {"Status": "Fail", "Message": "no valid Basic authorization"})
             return
-        self.reply(200, stream_load(m.group(1), m.group(2), self.headers, body))
+        try:
+            result = stream_load(m.group(1), m.group(2), self.headers, body)
+        except Exception as e:  # any failure is a Fail answer, never a dropped request
+            log.exception("stream load")
+            result = {"Status": "Fail", "Message": f"{type(e).__name__}: {e}"}
+        self.reply(200, result)
 
 
 def stream_load(db, table_name, headers, body):
@@ -474,6 +484,8 @@ def stream_load(db, table_name, headers, body):
         # STREAM_LOAD.md: "Label Already Exists": the label "may have been successfully
         # loaded or is being loaded"; ExistingJobStatus tells which.
         return {**base, "Status": "Label Already Exists", "ExistingJobStatus": e.existing, "Message": str(e)}
+    except SqlError as e:
+        return {**base, "Status": "Fail", "Message": str(e)}
     base["TxnId"] = job.txn_id
     job.tables = [table.name]
     job.state, job.load_start = "LOADING", time.time()
