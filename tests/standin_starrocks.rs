@@ -10,8 +10,10 @@
 //! their retention, FILES(), Stream Load's redirect and statuses, and every injected
 //! fault. Exported and loaded data is checked on S3 (moto) with aws-sdk-s3.
 //!
-//! Tests that change instance-wide state (FE config, faults) take the write side of
-//! [`GLOBAL`]; the others take the read side and work in their own database.
+//! Tests that change instance-wide state (FE config, faults) hold [`exclusive`] access
+//! to the stand-in; the others hold [`shared`] access and work in their own database.
+//! The lock is a file lock, so it also holds across processes (nextest runs each test
+//! in its own).
 //! "Real StarRocks" stays an open check: these tests pin the stand-in to the docs.
 
 mod support;
@@ -21,9 +23,35 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
-use tokio::sync::RwLock;
 
-static GLOBAL: RwLock<()> = RwLock::const_new(());
+/// A lock on the stand-in clusters, released on drop.
+struct StandinLock {
+    _file: std::fs::File,
+}
+
+fn lock_file() -> std::fs::File {
+    let path = std::path::Path::new(&support::env("FLOW_RUN_DIR")).join("starrocks/tests.lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// Shared access: the test changes nothing instance-wide.
+fn shared() -> StandinLock {
+    let f = lock_file();
+    f.lock_shared().expect("shared lock on the stand-in");
+    StandinLock { _file: f }
+}
+
+/// Exclusive access: the test changes FE config or injects faults.
+fn exclusive() -> StandinLock {
+    let f = lock_file();
+    f.lock().expect("exclusive lock on the stand-in");
+    StandinLock { _file: f }
+}
 
 type Rows = Vec<Vec<Option<String>>>;
 
@@ -288,7 +316,7 @@ const SALES_ROWS: &str = "INSERT INTO sales VALUES (1, '2024-01-05', 'Oslo', 1.5
 
 #[tokio::test]
 async fn standin_starrocks_answers_mysql_async_and_the_mariadb_client() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let sr = source();
     let mut c = sr.conn().await;
     // version(): the MySQL-compatible version (5.1.0 on StarRocks); current_version()
@@ -319,7 +347,7 @@ async fn standin_starrocks_answers_mysql_async_and_the_mariadb_client() {
 
 #[tokio::test]
 async fn standin_starrocks_show_partitions_versions_create_table_and_swap() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let db = SrDb::new(&source(), "sr_catalog").await;
     let mut c = db.conn().await;
     exec(&mut c, SALES).await;
@@ -504,7 +532,7 @@ const EXPORT_COLUMNS: [&str; 11] = [
 
 #[tokio::test]
 async fn standin_starrocks_export_files_appear_under_the_path_only_when_finished() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let db = SrDb::new(&source(), "sr_export").await;
     let bucket = support::S3Bucket::new("sr-export").await;
     let mut c = db.conn().await;
@@ -589,7 +617,7 @@ async fn standin_starrocks_export_files_appear_under_the_path_only_when_finished
 
 #[tokio::test]
 async fn standin_starrocks_cancel_export_removes_its_files_and_cannot_cancel_twice() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let db = SrDb::new(&source(), "sr_cancel_exp").await;
     let bucket = support::S3Bucket::new("sr-cancel").await;
     let mut c = db.conn().await;
@@ -639,7 +667,7 @@ fn load_stmt(db: &str, label: &str, bucket: &str, glob: &str, props: &str) -> St
 
 #[tokio::test]
 async fn standin_starrocks_broker_load_states_csv_options_and_finished_label() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let db = SrDb::new(&target(), "sr_load").await;
     let bucket = support::S3Bucket::new("sr-load").await;
     put_object(&bucket, "in/a.csv", LOAD_CSV_A).await;
@@ -747,7 +775,7 @@ async fn standin_starrocks_broker_load_states_csv_options_and_finished_label() {
 
 #[tokio::test]
 async fn standin_starrocks_broker_load_is_one_transaction_and_cancelled_labels_are_reusable() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let db = SrDb::new(&target(), "sr_txn").await;
     let bucket = support::S3Bucket::new("sr-txn").await;
     put_object(&bucket, "in/a.csv", LOAD_CSV_A).await;
@@ -869,7 +897,7 @@ async fn standin_starrocks_broker_load_is_one_transaction_and_cancelled_labels_a
 
 #[tokio::test]
 async fn standin_starrocks_insert_into_files_and_insert_from_files_with_a_label() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let src = SrDb::new(&source(), "sr_files_src").await;
     let dst = SrDb::new(&target(), "sr_files_dst").await;
     let bucket = support::S3Bucket::new("sr-files").await;
@@ -925,6 +953,31 @@ async fn standin_starrocks_insert_into_files_and_insert_from_files_with_a_label(
         one(&mut d, "SELECT count(*) FROM sales").await.as_deref(),
         Some("2")
     );
+
+    // Broker Load reads the same Parquet file (columns matched by name)
+    exec(&mut d, &SALES.replace("sales", "sales_pq")).await;
+    exec(
+        &mut d,
+        &format!(
+            "LOAD LABEL {}.flow_pq (DATA INFILE(\"s3://{}/pq/*\") INTO TABLE sales_pq FORMAT AS \"parquet\") {}",
+            dst.name,
+            bucket.name(),
+            broker()
+        ),
+    )
+    .await;
+    let seen = watch(
+        &mut d,
+        "SHOW LOAD WHERE LABEL = \"flow_pq\"",
+        "State",
+        is_final,
+    )
+    .await;
+    assert_eq!(seen.last().map(String::as_str), Some("FINISHED"));
+    assert_eq!(
+        rows(&mut d, "SELECT id, city, amt FROM sales_pq ORDER BY id").await,
+        rows(&mut d, "SELECT id, city, amt FROM sales ORDER BY id").await
+    );
 }
 
 // ------------------------------------------------------------------ Stream Load
@@ -958,7 +1011,7 @@ fn json(text: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn standin_starrocks_stream_load_redirects_labels_op_and_failures() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let sr = target();
     let db = SrDb::new(&sr, "sr_stream").await;
     let mut c = db.conn().await;
@@ -1126,7 +1179,7 @@ impl Drop for ConfigGuard {
 
 #[tokio::test]
 async fn standin_starrocks_label_retention_by_age_and_count_and_version_switch() {
-    let _g = GLOBAL.write().await;
+    let _g = exclusive();
     let sr = target();
     let db = SrDb::new(&sr, "sr_retention").await;
     let mut c = db.conn().await;
@@ -1207,7 +1260,7 @@ async fn standin_starrocks_label_retention_by_age_and_count_and_version_switch()
 
 #[tokio::test]
 async fn standin_starrocks_fault_fe_restart_cancels_running_exports_and_loses_history() {
-    let _g = GLOBAL.write().await;
+    let _g = exclusive();
     let sr = source();
     let db = SrDb::new(&sr, "sr_restart").await;
     let bucket = support::S3Bucket::new("sr-restart").await;
@@ -1271,7 +1324,7 @@ async fn standin_starrocks_fault_fe_restart_cancels_running_exports_and_loses_hi
 
 #[tokio::test]
 async fn standin_starrocks_export_running_job_limit_makes_the_sixth_wait() {
-    let _g = GLOBAL.write().await;
+    let _g = exclusive();
     let sr = source();
     let db = SrDb::new(&sr, "sr_limit").await;
     let bucket = support::S3Bucket::new("sr-limit").await;
@@ -1356,7 +1409,7 @@ async fn standin_starrocks_export_running_job_limit_makes_the_sixth_wait() {
 
 #[tokio::test]
 async fn standin_starrocks_faults_publish_timeout_and_slow_queue() {
-    let _g = GLOBAL.write().await;
+    let _g = exclusive();
     let sr = target();
     let db = SrDb::new(&sr, "sr_faults").await;
     let bucket = support::S3Bucket::new("sr-faults").await;
@@ -1450,6 +1503,17 @@ async fn standin_starrocks_faults_publish_timeout_and_slow_queue() {
             .as_deref(),
         Some("PENDING")
     );
+    // the label of a job still running: Stream Load says so (ExistingJobStatus RUNNING)
+    let out = json(&stream_load(
+        &sr,
+        &db.name,
+        "sales",
+        &["label: slow1", "column_separator: ,"],
+        "8,2024-01-09,x,1\n",
+        &["--location-trusted"],
+    ));
+    assert_eq!(out["Status"], "Label Already Exists", "{out}");
+    assert_eq!(out["ExistingJobStatus"], "RUNNING");
     exec(&mut c, "CANCEL LOAD WHERE LABEL = \"slow1\"").await;
     watch(
         &mut c,
@@ -1465,7 +1529,7 @@ async fn standin_starrocks_faults_publish_timeout_and_slow_queue() {
 
 #[tokio::test]
 async fn standin_starrocks_rejects_bad_input_with_clear_errors() {
-    let _g = GLOBAL.read().await;
+    let _g = shared();
     let sr = target();
     let db = SrDb::new(&sr, "sr_bad").await;
     let mut c = db.conn().await;
