@@ -1,6 +1,6 @@
-//! Conformance suite of the StarRocks stand-in (support/starrocks_standin/: mysql-mimic
-//! + chdb + moto S3), the test double that flow's StarRocks engine is tested against
-//! because no StarRocks server can run on the test machines.
+//! Conformance suite of the StarRocks stand-in (support/starrocks_standin/, built on
+//! mysql-mimic, chdb and moto S3), the test double that flow's StarRocks engine is tested
+//! against because no StarRocks server can run on the test machines.
 //!
 //! Why: the stand-in is only useful if it behaves like StarRocks where a migration
 //! tool's correctness depends on it. Each test drives it with real clients — mysql_async
@@ -1515,6 +1515,29 @@ async fn standin_starrocks_faults_publish_timeout_and_slow_queue() {
     assert_eq!(out["Status"], "Label Already Exists", "{out}");
     assert_eq!(out["ExistingJobStatus"], "RUNNING");
     exec(&mut c, "CANCEL LOAD WHERE LABEL = \"slow1\"").await;
+    // a job that cannot finish within its timeout ends CANCELLED with type TIMEOUT
+    exec(
+        &mut c,
+        &load_stmt(
+            &db.name,
+            "slow2",
+            bucket.name(),
+            "in/a.csv",
+            "\"timeout\" = \"1\"",
+        ),
+    )
+    .await;
+    watch(
+        &mut c,
+        "SHOW LOAD WHERE LABEL = \"slow2\"",
+        "State",
+        is_final,
+    )
+    .await;
+    let err = field(&mut c, "SHOW LOAD WHERE LABEL = \"slow2\"", "ErrorMsg")
+        .await
+        .unwrap();
+    assert!(err.starts_with("type:TIMEOUT; msg:"), "{err}");
     watch(
         &mut c,
         "SHOW LOAD WHERE LABEL = \"slow1\"",
@@ -1631,6 +1654,29 @@ async fn standin_starrocks_rejects_bad_input_with_clear_errors() {
         out["Message"].as_str().unwrap().contains("format 'orc'"),
         "{out}"
     );
+    // a secret key never reaches the log, SHOW LOAD or an error text
+    let secret = support::unique_name("SrSecret");
+    let load = format!(
+        "LOAD LABEL {}.sec (DATA INFILE(\"s3://no-such-bucket-sr/x/*\") INTO TABLE sales) WITH BROKER \
+         (\"aws.s3.endpoint\" = \"{}\", \"aws.s3.access_key\" = \"{secret}\", \"aws.s3.secret_key\" = \"{secret}\")",
+        db.name,
+        support::s3_endpoint()
+    );
+    exec(&mut c, &load).await;
+    watch(&mut c, "SHOW LOAD WHERE LABEL = \"sec\"", "State", is_final).await;
+    let show = rows(&mut c, "SHOW LOAD WHERE LABEL = \"sec\"").await;
+    assert!(!format!("{show:?}").contains(&secret), "{show:?}");
+    let e = try_exec(&mut c, &format!("INSERT INTO sales SELECT * FROM FILES(\"path\" = \"s3://no-such-bucket-sr/q/*\", \"format\" = \"parquet\", \"aws.s3.secret_key\" = \"{secret}\")")).await.unwrap_err();
+    assert!(!e.contains(&secret), "{e}");
+    let log = std::fs::read_to_string(
+        std::path::Path::new(&support::env("FLOW_RUN_DIR")).join("starrocks/starrocks.log"),
+    )
+    .unwrap();
+    assert!(
+        log.contains("broker_load: LOAD LABEL") && !log.contains(&secret),
+        "the secret is in the log"
+    );
+
     // a fault name that does not exist
     let admin = support::env("FLOW_TEST_SR_ADMIN");
     let code = curl(&[
