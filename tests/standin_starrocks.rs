@@ -331,6 +331,34 @@ async fn standin_starrocks_answers_mysql_async_and_the_mariadb_client() {
     assert!(comment.contains("stand-in"), "{comment}");
     let out = sr.mariadb("SELECT current_version()").unwrap();
     assert_eq!(out.trim(), version);
+    // prepared statements (binary protocol), as mysql_async's exec sends them
+    let db0 = SrDb::new(&sr, "sr_prepared").await;
+    let mut p = db0.conn().await;
+    exec(&mut p, SALES).await;
+    p.exec_drop(
+        "INSERT INTO sales WITH LABEL prep1 VALUES (?, ?, ?, ?)",
+        (7_i64, "2024-01-02", "Oslo", "1.25"),
+    )
+    .await
+    .expect("exec INSERT with parameters");
+    let got: Option<(i64, String, Option<String>, f64, String)> = p
+        .exec_first(
+            "SELECT id, city, NULL AS n, CAST(amt AS DOUBLE) AS a, CAST(d AS String) FROM sales WHERE id = ?",
+            (7_i64,),
+        )
+        .await
+        .expect("exec SELECT with a parameter");
+    assert_eq!(
+        got,
+        Some((7, "Oslo".to_string(), None, 1.25, "2024-01-02".to_string()))
+    );
+    let state: Option<String> = p
+        .exec_first("SHOW LOAD WHERE LABEL = ?", ("prep1",))
+        .await
+        .map(|r: Option<mysql_async::Row>| r.and_then(|r| r.get::<String, _>(2)))
+        .expect("exec SHOW LOAD with a parameter");
+    assert_eq!(state.as_deref(), Some("FINISHED"));
+
     let err = sr.mariadb("SELEC 1").unwrap_err();
     assert!(err.contains("ERROR"), "{err}");
     // a second cluster with its own catalog

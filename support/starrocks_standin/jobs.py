@@ -162,8 +162,11 @@ class ExportJob(Job):
                 self.state, self.progress, self.finish_time = "FINISHED", 100, time.time()
         except Cancelled:
             self.end_cancelled()
-        except (LoadError, SqlError) as e:
+        except LoadError as e:
             self.cancel_reason = self.cancel_reason or str(e)
+            self.end_cancelled()
+        except SqlError as e:
+            self.cancel_reason = self.cancel_reason or f"type:RUN_FAIL; msg:{e}"
             self.end_cancelled()
         except Exception as e:  # an S3 or engine failure must end the job, never hang it
             self.cancel_reason = self.cancel_reason or f"type:UNKNOWN; msg:{type(e).__name__}: {e}"

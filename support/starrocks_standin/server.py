@@ -17,6 +17,7 @@ them (scripts/services records this process's pid).
 
 import argparse
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mysql_mimic import MysqlServer, ResultColumn, Session  # noqa: E402
+from mysql_mimic import MysqlServer, ResultColumn, Session, packets  # noqa: E402
+from mysql_mimic.connection import Connection  # noqa: E402
 from mysql_mimic.constants import KillKind  # noqa: E402
 from mysql_mimic.errors import ErrorCode, MysqlError  # noqa: E402
 from mysql_mimic.types import ColumnType  # noqa: E402
@@ -47,13 +49,48 @@ from loader import Batch, LoadError, csv_options, read_csv_objects, read_parquet
 from storage import Engine, S3Path, q  # noqa: E402
 
 log = logging.getLogger("starrocks-standin")
+
+
+def com_stmt_prepare_response(self, statement):
+    """COM_STMT_PREPARE answer without the EOF after the parameter definitions when
+    CLIENT_DEPRECATE_EOF is negotiated (MySQL protocol: "if not
+    capabilities & CLIENT_DEPRECATE_EOF: EOF"). mysql-mimic 3.0.5 always sends it, and
+    mysql_async then fails every prepared statement with "packet out of order"."""
+    yield packets.make_com_stmt_prepare_ok(statement)
+    if statement.num_params:
+        for _ in range(statement.num_params):
+            yield packets.make_column_definition_41(server_charset=self.server_charset, name="?")
+        if not self.deprecate_eof():
+            yield self.eof()
+
+
+Connection.com_stmt_prepare_response = com_stmt_prepare_response
 FE = None  # the Frontend of this instance
 RESERVED_DBS = {"information_schema", "system", "default", "_statistics_", "sys", "_standin"}
 
 
+# Values travel as text; the binary protocol (prepared statements) needs them typed.
+TO_PY = {
+    ColumnType.LONGLONG: int,
+    ColumnType.DOUBLE: float,
+    ColumnType.DATE: datetime.date.fromisoformat,
+    ColumnType.DATETIME: lambda v: datetime.datetime.fromisoformat(v),
+}
+
+
+def column(name, ct):
+    """A result column whose binary encoding converts the text value first."""
+    base = ResultColumn(name, ct)
+    convert = TO_PY.get(ct)
+    if convert is None:
+        return base
+    encode = base.binary_encoder
+    return ResultColumn(name, ct, binary_encoder=lambda col, v: encode(col, convert(v) if isinstance(v, str) else v))
+
+
 def ch_column(name, ch_type):
     t = ch_type.replace("Nullable(", "").rstrip(")")
-    if t.startswith(("Int", "UInt")):
+    if t.startswith(("Int", "UInt")) and not t.startswith(("Int128", "Int256", "UInt64", "UInt128", "UInt256")):
         ct = ColumnType.LONGLONG
     elif t.startswith("Float"):
         ct = ColumnType.DOUBLE
@@ -65,11 +102,11 @@ def ch_column(name, ch_type):
         ct = ColumnType.DATETIME
     else:
         ct = ColumnType.VARCHAR
-    return ResultColumn(name, ct)
+    return column(name, ct)
 
 
 def text_columns(names, int_cols=()):
-    return [ResultColumn(n, ColumnType.LONGLONG if n in int_cols else ColumnType.VARCHAR) for n in names]
+    return [column(n, ColumnType.LONGLONG if n in int_cols else ColumnType.VARCHAR) for n in names]
 
 
 def redact(sql):
@@ -367,6 +404,7 @@ def order_limit(rows, cols, order, limit):
 
 
 SESSIONS = set()
+QUERY_READY = threading.Event()  # set once the MySQL query port listens
 
 
 # ---------------------------------------------------------------- Stream Load HTTP
@@ -424,7 +462,10 @@ class FeHttp(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if urlsplit(self.path).path == "/api/health":
-            self.reply(200, {"status": "OK", "msg": "StarRocks stand-in FE"})
+            if QUERY_READY.is_set():
+                self.reply(200, {"status": "OK", "msg": "StarRocks stand-in FE"})
+            else:
+                self.reply(503, {"status": "FAILED", "msg": "query port not listening yet"})
             return
         self.reply(404, {"status": "FAILED", "msg": "not found"})
 
@@ -646,6 +687,7 @@ def main():
                 loop.call_soon_threadsafe(sess.connection.kill, KillKind.CONNECTION)
         FE.on_restart.append(close_sessions)
         await server.start_server(host="127.0.0.1", port=query_port)
+        QUERY_READY.set()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
