@@ -215,11 +215,6 @@ class Catalog:
         self.engine = engine
         self.lock = threading.RLock()
         self.dbs = {}  # name → {table name → Table}
-        for name in engine.run("SELECT name FROM system.databases WHERE name LIKE 'sr\\_%'").split():
-            engine.run(f"DROP DATABASE IF EXISTS {q(name)}")  # catalog is in memory: start clean
-
-    def _phys_db(self, db):
-        return db
 
     def create_database(self, name, if_not_exists):
         with self.lock:

@@ -44,9 +44,9 @@ import grammar  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from grammar import SqlError  # noqa: E402
 from jobs import (EXPORT_COLUMNS, LOADS_COLUMNS, LOADS_INT, SHOW_LOAD_COLUMNS, Frontend,  # noqa: E402
-                  LabelUsed)
+                  LabelUsed, LoadJob)
 from loader import Batch, LoadError, csv_options, read_csv_objects, read_parquet_objects, split_csv  # noqa: E402
-from storage import Engine, S3Path, q  # noqa: E402
+from storage import Engine, S3Path, q, s  # noqa: E402
 
 log = logging.getLogger("starrocks-standin")
 
@@ -167,9 +167,9 @@ class StandinSession(Session):
     # -- plain SELECTs in chdb
     @staticmethod
     def is_engine_select(sql):
-        s = sql.strip()
-        return re.match(r"(?i)(SELECT|WITH)\b", s) is not None and re.search(r"(?i)\bFROM\b", s) is not None \
-            and "@@" not in s
+        text = sql.strip()
+        return re.match(r"(?i)(SELECT|WITH)\b", text) is not None and re.search(r"(?i)\bFROM\b", text) is not None \
+            and "@@" not in text
 
     def engine_select(self, sql):
         sql = sql.strip().rstrip(";")
@@ -179,13 +179,15 @@ class StandinSession(Session):
             tmp = self.loads_table()
             sql = re.sub(r"(?i)\binformation_schema\s*\.\s*loads\b", tmp, sql)
         try:
-            if self.database and self.database in FE.catalog.dbs:
-                FE.engine.run(f"USE {q(self.database)}")
-            names, types, rows = FE.engine.select(sql)
+            names, types, rows = FE.engine.select(sql, self.engine_db())
         finally:
             if tmp:
                 FE.engine.run(f"DROP TABLE IF EXISTS {tmp}")
         return rows, [ch_column(n, t) for n, t in zip(names, types)]
+
+    def engine_db(self):
+        """The chdb database unqualified names resolve in: the session's, if it exists."""
+        return self.database if self.database in FE.catalog.dbs else "default"
 
     def loads_table(self):
         """information_schema.loads (v3.1+, loads.md) as a chdb table for this query."""
@@ -249,10 +251,9 @@ class StandinSession(Session):
 
     def do_show_partitions(self, st):
         t = FE.catalog.table(self.db_of(st["db"]), st["name"])
-        if st["temporary"]:
-            cols, rows = FE.catalog.show_partitions(t)
-            return [], text_columns(cols)
         cols, rows = FE.catalog.show_partitions(t)
+        if st["temporary"]:
+            return [], text_columns(cols)  # temporary partitions are not modelled
         idx = {c.lower(): i for i, c in enumerate(cols)}
         for col, op, val in st["where"]:
             if col not in idx:
@@ -316,9 +317,8 @@ class StandinSession(Session):
                 FE.require_version((3, 1), "INSERT ... SELECT ... FROM FILES()")
                 batch.add(*files_records(st["files"], st["select_list"], st["columns"], table))
             else:
-                if self.database in FE.catalog.dbs:
-                    FE.engine.run(f"USE {q(self.database)}")
-                names, _, rows = FE.engine.select(FE.catalog.rewrite_select(st["select"], self.database))
+                names, _, rows = FE.engine.select(FE.catalog.rewrite_select(st["select"], self.database),
+                                                  self.engine_db())
                 batch.add(rows, st["columns"])
             return batch
 
@@ -337,8 +337,6 @@ class StandinSession(Session):
             raise SqlError("INSERT INTO FILES(): \"format\" must be \"parquet\" or \"csv\" in the StarRocks stand-in", 1105)
         path = S3Path(props["path"], props, FE.s3_endpoint)
         select = FE.catalog.rewrite_select(st["select"], self.database)
-        if self.database in FE.catalog.dbs:
-            FE.engine.run(f"USE {q(self.database)}")
         qid = str(uuid.uuid4())
         key = f"{path.key}{qid}_0_0_0.{fmt}"
         settings = "s3_truncate_on_insert = 1"
@@ -347,8 +345,9 @@ class StandinSession(Session):
             chfmt = "CustomSeparated"
             sep = props.get("csv.column_separator", ",")
             settings += (", format_custom_escaping_rule = 'Raw', format_custom_field_delimiter = "
-                         f"'{sep}', output_format_decimal_trailing_zeros = 1")
-        FE.engine.run(f"INSERT INTO FUNCTION {path.child(key).chdb_fn(chfmt)} {select} SETTINGS {settings}")
+                         f"{s(sep)}, output_format_decimal_trailing_zeros = 1")
+        FE.engine.run(f"INSERT INTO FUNCTION {path.child(key).chdb_fn(chfmt)} {select} SETTINGS {settings}",
+                      db=self.engine_db())
         self.last_query_id = qid
         return [], []
 
@@ -516,7 +515,6 @@ def stream_load(db, table_name, headers, body):
         table = FE.catalog.table(db, table_name)
     except SqlError as e:
         return {**base, "Status": "Fail", "Message": str(e)}
-    from jobs import LoadJob
     job = LoadJob(FE, db, label, "STREAM", {"timeout": headers.get("timeout"),
                                             "max_filter_ratio": headers.get("max_filter_ratio")})
     try:

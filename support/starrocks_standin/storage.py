@@ -29,16 +29,21 @@ class Engine:
                         "output_format_json_quote_64bit_integers = 1", "output_format_json_quote_decimals = 1"):
             self.run(f"SET {setting}")
 
-    def run(self, sql, fmt="TSVRaw"):
+    def run(self, sql, fmt="TSVRaw", db=None):
+        """Runs one statement; with `db`, unqualified names resolve in that database
+        (the session's current one). The USE and the statement run under one lock:
+        the chdb connection's current database is shared by every client session."""
         with self.lock:
             try:
+                if db is not None:
+                    self.conn.query(f"USE {q(db)}")
                 return self.conn.query(sql, fmt).bytes().decode()
             except Exception as e:  # chdb raises RuntimeError with ClickHouse's text
                 raise SqlError(clean_error(str(e)), 1105) from None
 
-    def select(self, sql):
+    def select(self, sql, db=None):
         """(column names, ClickHouse types, rows of str-or-None) of a SELECT."""
-        out = self.run(sql, "JSONCompact")
+        out = self.run(sql, "JSONCompact", db)
         if not out.strip():
             return [], [], []
         doc = json.loads(out)
