@@ -1735,6 +1735,29 @@ async fn standin_starrocks_rejects_bad_input_with_clear_errors() {
         out["Message"].as_str().unwrap().contains("format 'orc'"),
         "{out}"
     );
+    // an empty separator is refused, not looped on
+    let bucket = support::S3Bucket::new("sr-bad").await;
+    put_object(&bucket, "in/a.csv", "1,2024-01-01,x,1\n").await;
+    for (label, clause) in [
+        ("sep0", "COLUMNS TERMINATED BY \"\""),
+        ("row0", "ROWS TERMINATED BY \"\""),
+    ] {
+        exec(
+            &mut c,
+            &format!(
+                "LOAD LABEL {}.{label} (DATA INFILE(\"s3://{}/in/a.csv\") INTO TABLE sales {clause}) {}",
+                db.name,
+                bucket.name(),
+                broker()
+            ),
+        )
+        .await;
+        let show = format!("SHOW LOAD WHERE LABEL = \"{label}\"");
+        watch(&mut c, &show, "State", is_final).await;
+        let err = field(&mut c, &show, "ErrorMsg").await.unwrap_or_default();
+        assert!(err.contains("must not be empty"), "{label}: {err}");
+    }
+
     // a secret key never reaches the log, SHOW LOAD or an error text
     let secret = support::unique_name("SrSecret");
     let load = format!(

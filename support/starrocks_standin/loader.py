@@ -27,6 +27,14 @@ def split_csv(data, sep="\t", row_delim="\n", enclose=None, escape=None, skip_he
     `row_delimiter` may be several characters; `enclose` "wraps field values";
     `escape` escapes "row separators, column separators, escape characters, and
     enclose characters"; `skip_header` skips the first lines; `\\N` is NULL."""
+    for what, v in (("column separator", sep), ("row delimiter", row_delim)):
+        if not v:
+            raise LoadError("LOAD-RUN-FAIL", f"the {what} must not be empty")
+    if sep == row_delim:
+        raise LoadError("LOAD-RUN-FAIL", "the column separator and the row delimiter must differ")
+    for what, v in (("enclose", enclose), ("escape", escape)):
+        if v is not None and len(v) != 1:
+            raise LoadError("LOAD-RUN-FAIL", f"{what} must be one character, not {v!r}")
     records, rec, field = [], [], []
     quoted = in_quotes = False
     i, n = 0, len(data)

@@ -698,6 +698,8 @@ def main():
         log.info("stopped")
 
     asyncio.run(run())
+    logging.shutdown()
+    os._exit(0)  # job threads hold no state worth waiting for: the catalog is in memory
 
 
 if __name__ == "__main__":
