@@ -1121,6 +1121,34 @@ async fn standin_starrocks_stream_load_redirects_labels_op_and_failures() {
     assert_eq!(out["Status"], "Label Already Exists", "{out}");
     assert_eq!(out["ExistingJobStatus"], "FINISHED");
 
+    // a chunked body (curl -T - from a pipe sends one) loads every row
+    let chunked = ["--location-trusted", "-H", "Transfer-Encoding: chunked"];
+    let out = json(&stream_load(
+        &sr,
+        &db.name,
+        "kv",
+        &["label: s1c", "column_separator: ,"],
+        "10,a\n11,b\n",
+        &chunked,
+    ));
+    assert_eq!(out["Status"], "Success", "{out}");
+    assert_eq!(out["NumberLoadedRows"], 2, "{out}");
+    exec(&mut c, "INSERT INTO kv VALUES (10, 'x')").await;
+    let e = try_exec(&mut c, "DELETE FROM kv WHERE k >= 10").await;
+    assert!(e.is_err(), "DELETE is not modelled and must say so");
+    stream_load(
+        &sr,
+        &db.name,
+        "kv",
+        &[
+            "label: s1d",
+            "column_separator: ,",
+            "columns: k, v, __op = 'delete'",
+        ],
+        "10,\n11,\n",
+        &["--location-trusted"],
+    );
+
     // __op through `columns`: upsert one key, delete another
     let ops = ["label: s2", "column_separator: ,", "columns: k, v, __op"];
     let out = json(&stream_load(
@@ -1662,6 +1690,10 @@ async fn standin_starrocks_rejects_bad_input_with_clear_errors() {
             format!("LOAD LABEL `{}` (DATA INFILE(\"s3://b/x\") INTO TABLE sales) WITH BROKER", "l".repeat(129)),
             "Label format error",
         ),
+        // statements the stand-in does not model fail instead of answering OK
+        ("DELETE FROM sales WHERE id = 1".into(), "not modelled"),
+        ("UPDATE sales SET city = 'x'".into(), "not modelled"),
+        ("TRUNCATE TABLE sales".into(), "not modelled"),
         ("ADMIN SET FRONTEND CONFIG (\"label_keep_max_num\" = \"many\")".into(), "is not an integer"),
     ];
     let mut wrong = Vec::new();

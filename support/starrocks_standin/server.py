@@ -40,6 +40,9 @@ from mysql_mimic.constants import KillKind  # noqa: E402
 from mysql_mimic.errors import ErrorCode, MysqlError  # noqa: E402
 from mysql_mimic.types import ColumnType  # noqa: E402
 
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from chdb_front import BodyReader, read_all  # noqa: E402  (the test stack's HTTP body reader)
+
 import grammar  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from grammar import SqlError  # noqa: E402
@@ -164,10 +167,24 @@ class StandinSession(Session):
             log.exception("statement failed")
             raise MysqlError(f"StarRocks stand-in internal error: {type(e).__name__}: {e}") from None
 
+    async def query(self, expression, sql, attrs):
+        """What reaches mysql-mimic's final handler is not modelled: say so, never
+        answer OK for a statement that did nothing (DELETE, UPDATE, TRUNCATE, ...)."""
+        raise MysqlError(f"Getting syntax error: {expression.key.upper()} is not modelled by the StarRocks "
+                         "stand-in", code=ErrorCode.NOT_SUPPORTED_YET)
+
+    async def schema(self):
+        """The catalog for mysql-mimic's information_schema, SHOW COLUMNS and DESCRIBE."""
+        with FE.catalog.lock:
+            return {db: {t.name: {c["name"]: c["type"].sr_text().upper() for c in t.columns}
+                         for t in tables.values()} for db, tables in FE.catalog.dbs.items()}
+
     # -- plain SELECTs in chdb
     @staticmethod
     def is_engine_select(sql):
         text = sql.strip()
+        if re.search(r"(?i)\binformation_schema\s*\.\s*(?!loads\b)", text):
+            return False  # mysql-mimic answers information_schema from the catalog
         return re.match(r"(?i)(SELECT|WITH)\b", text) is not None and re.search(r"(?i)\bFROM\b", text) is not None \
             and "@@" not in text
 
@@ -444,9 +461,7 @@ class FeHttp(BaseHTTPRequestHandler):
     def do_POST(self):
         url = urlsplit(self.path)
         m = re.fullmatch(r"/api/_standin/fault/([a-z_]+)", url.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        BodyReader(self.rfile, self.headers).drain()
         if not m:
             self.reply(404, {"status": "FAILED", "msg": f"no handler for POST {url.path}; faults: "
                              "/api/_standin/fault/{fe_restart,publish_timeout,slow_queue,clear}"})
@@ -491,8 +506,8 @@ class BeHttp(FeHttp):
 
     def do_PUT(self):
         m = re.fullmatch(r"/api/([^/]+)/([^/]+)/_stream_load", urlsplit(self.path).path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        # Content-Length or chunked (curl -T - from a pipe): every byte of the body
+        body = read_all(BodyReader(self.rfile, self.headers))
         if not m:
             self.reply(404, {"Status": "Fail", "Message": "not found"})
             return
