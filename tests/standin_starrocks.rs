@@ -480,6 +480,20 @@ async fn standin_starrocks_show_partitions_versions_create_table_and_swap() {
         .as_deref(),
         Some("3")
     );
+    // DESCRIBE and information_schema come from the catalog
+    let desc = rows(&mut c, "DESCRIBE sales").await;
+    let fields: Vec<_> = desc.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(fields, ["id", "d", "city", "amt"]);
+    let tables = rows(
+        &mut c,
+        &format!(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = '{}'",
+            db.name
+        ),
+    )
+    .await;
+    assert_eq!(tables, vec![vec![Some("sales".to_string())]]);
+
     // a row outside every partition is refused (INSERT is strict)
     let e = try_exec(&mut c, "INSERT INTO sales VALUES (9, '2025-01-01', 'x', 1)")
         .await
