@@ -360,7 +360,7 @@ class Frontend:
         self.engine, self.catalog = engine, catalog
         self.config = dict(DEFAULT_CONFIG)
         self.config.update(config)
-        self.s3_endpoint = s3_endpoint
+        self._s3_endpoint = s3_endpoint
         self.lock = threading.RLock()
         self.exports = []
         self.loads = []
@@ -369,6 +369,16 @@ class Frontend:
         self.error_logs = {}
         self.on_restart = []  # callbacks (close client sessions)
         self.be_port = None  # for ErrorURL
+
+    @property
+    def s3_endpoint(self):
+        """The default S3 endpoint (statements may name their own with aws.s3.endpoint):
+        a URL, or `@FILE` for a file holding the port of the local S3 server, read at
+        each use so a restarted S3 server on a new port is found."""
+        if self._s3_endpoint.startswith("@"):
+            with open(self._s3_endpoint[1:]) as f:
+                return f"http://127.0.0.1:{f.read().strip()}"
+        return self._s3_endpoint
 
     def step(self):
         return int(self.config["standin_step_delay_ms"]) / 1000.0

@@ -9,7 +9,7 @@ port (Stream Load answers 307 to the BE port; fault injection under /api/_standi
 a BE HTTP port (Stream Load itself), and a chdb data directory.
 
 Usage: server.py --instance source:QP:HP:BP:DIR [--instance target:QP:HP:BP:DIR]
-                 --s3-endpoint http://127.0.0.1:S [--step-delay-ms 100] [--version 3.3.2]
+                 --s3-endpoint http://127.0.0.1:S|@PORTFILE [--step-delay-ms 100] [--version 3.3.2]
                  [--config key=value ...]
 With two --instance options it starts one child process per instance and supervises
 them (scripts/services records this process's pid).
@@ -624,7 +624,8 @@ def parse_args():
     ap = argparse.ArgumentParser(description="StarRocks stand-in (test double; not StarRocks)")
     ap.add_argument("--instance", action="append", required=True, metavar="NAME:QUERY_PORT:HTTP_PORT:BE_PORT:DATA_DIR",
                     help="one emulated cluster; give it twice for a source and a target")
-    ap.add_argument("--s3-endpoint", required=True)
+    ap.add_argument("--s3-endpoint", required=True,
+                    help="default S3 endpoint URL, or @FILE: a file with the local S3 server's port")
     ap.add_argument("--step-delay-ms", type=int, default=100)
     ap.add_argument("--version", default="3.3.2")
     ap.add_argument("--config", action="append", default=[], help="FE config key=value")
