@@ -3,10 +3,11 @@
 # Sourced by scripts/services, which sets APT_PACKAGES to what the requested servers
 # need (ClickHouse 18.16, MariaDB 10.11, PostgreSQL 15, pgcopydb, curl, graphviz).
 # pip (into $FLOW_VENV): chdb (modern ClickHouse engine), moto (S3 + EC2), lz4 and
-# clickhouse-cityhash (block compression for the chdb front).
+# clickhouse-cityhash (block compression for the chdb front), boto3 (S3 for the
+# yb_backup.py stand-in; moto depends on it too).
 
 APT_PACKAGES=()
-PIP_PACKAGES=("chdb==4.4.0" "moto[server]" "lz4" "clickhouse-cityhash")
+PIP_PACKAGES=("chdb==4.4.0" "moto[server]" "lz4" "clickhouse-cityhash" "boto3")
 
 apt_missing() {
   local p status
@@ -48,7 +49,7 @@ venv_ok() {
   [[ -x "$FLOW_VENV/bin/python" ]] || return 1
   [[ -x "$FLOW_VENV/bin/moto_server" ]] || return 1
   "$FLOW_VENV/bin/python" - <<'PY' >/dev/null 2>&1
-import importlib.metadata as m, lz4.block, moto, chdb, clickhouse_cityhash.cityhash
+import importlib.metadata as m, lz4.block, moto, chdb, clickhouse_cityhash.cityhash, boto3
 assert m.version("chdb") == "4.4.0"
 PY
 }
