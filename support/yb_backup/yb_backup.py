@@ -9,16 +9,21 @@ section 3), prints the same JSON line on stdout and exits the same way, and does
 YSQL's logical path does, on PostgreSQL 15 (YSQLDump is plain `ysql_dump`, a pg_dump
 fork; ENGINES-NEXT.md 3.3):
 
-  create   pg_dump --create of the database of `--keyspace ysql.<db>` at
-           `--ysql_host` (default: the first master's host) : `--ysql_port` (default
-           5433), uploaded with a metadata file and sha256 sidecars to
-           `<backup_location>/keyspace-ysql.<db>` (or exactly `--backup_location` with
-           `--no_auto_name`); prints {"snapshot_url": "<that location>"}.
-  restore  downloads YSQLDump from the exact snapshot directory `--backup_location`,
-           checks the sidecar checksums, renames the database as the real script's
+  create   one `pg_dump --create --format=custom` of the database of
+           `--keyspace ysql.<db>` at `--ysql_host` (default: the first master's host) :
+           `--ysql_port` (default 5433), from which YSQLDump is the schema as SQL (the
+           real YSQLDump is `ysql_dump --create --schema-only`) and the archive itself
+           stands in for the tablet snapshot files (data); uploaded with a metadata file
+           and sha256 sidecars to `<backup_location>/keyspace-ysql.<db>` (or exactly
+           `--backup_location` with `--no_auto_name`); prints
+           {"snapshot_url": "<that location>"}.
+  restore  downloads from the exact snapshot directory `--backup_location`, checks the
+           sidecar checksums, renames the database in YSQLDump as the real script's
            `replace_db_name_cmd` does (sed, first match per line:
            `DATABASE <old>` -> `DATABASE <new>`, `\\connect <old>` -> `\\connect <new>`),
-           runs it with psql; prints {"success": true}.
+           runs it with psql, then loads the data (`pg_restore --data-only`, where the
+           real script copies tablet files and runs `restore_snapshot`); prints
+           {"success": true}.
   delete   removes the objects under `--backup_location`; prints {"success": true}.
 
 Output contract, as in the real script's `run()`: the result is one JSON line on
@@ -63,6 +68,7 @@ from urllib.parse import urlsplit
 
 METADATA_FILE_NAME = "SnapshotInfoPB"
 SQL_DUMP_FILE_NAME = "YSQLDump"
+DATA_FILE_NAME = "tablet-data.standin.pgdump"  # stands in for the tablet snapshot directories
 UUID_ONLY_RE = re.compile("^[0-9a-f-]{32,36}$")
 INJECT_PHASES = ("create_snapshot", "upload", "download", "checksum", "import_snapshot", "restore_snapshot")
 
@@ -264,6 +270,9 @@ class StandinBackup:
         pg_bin = os.getenv("YB_BACKUP_STANDIN_PG_BIN", "")
         self.pg_dump = a.local_ysql_dump_binary or (os.path.join(pg_bin, "pg_dump") if pg_bin else "pg_dump")
         self.psql = a.local_ysql_shell_binary or (os.path.join(pg_bin, "psql") if pg_bin else "psql")
+        # pg_restore beside the pg_dump in use
+        self.pg_restore = os.path.join(os.path.dirname(self.pg_dump), "pg_restore") \
+            if os.path.dirname(self.pg_dump) else "pg_restore"
 
     # ------------------------------------------------------------ S3
 
@@ -333,7 +342,9 @@ class StandinBackup:
         logging.info("Snapshot started with id: %s", snapshot_id)
         self.checkpoint("create_snapshot")
         logging.info("[app] Creating ysql dump for DB '%s'", db)
-        dump = self.run_program([self.pg_dump] + self.pg_args() + ["--create", "--format=plain", "--dbname=" + db])
+        # One dump, one snapshot: schema (YSQLDump) and data come from the same archive.
+        archive = self.run_program([self.pg_dump] + self.pg_args() + ["--create", "--format=custom", "--dbname=" + db])
+        dump = self.run_program([self.pg_restore, "--create", "--schema-only", "--file=-"], input=archive)
         metadata = json.dumps({
             "format": "yb_backup.py PostgreSQL stand-in (JSON, not a SnapshotInfoPB protobuf)",
             "snapshot_id": snapshot_id, "keyspace": a.keyspace[0], "created_unix": time.time(),
@@ -344,7 +355,7 @@ class StandinBackup:
         self.timer.phase("Upload snapshot directories")
         client = self.s3()
         self.checkpoint("upload")
-        for name, data in ((METADATA_FILE_NAME, metadata), (SQL_DUMP_FILE_NAME, dump)):
+        for name, data in ((METADATA_FILE_NAME, metadata), (SQL_DUMP_FILE_NAME, dump), (DATA_FILE_NAME, archive)):
             target = location + "/" + name
             if not a.disable_checksums:
                 # sha256sum's line, as the real script's create_checksum_cmd writes it
@@ -376,27 +387,41 @@ class StandinBackup:
         self.checkpoint("download")
         metadata = json.loads(self.fetch_checked(client, location + "/" + METADATA_FILE_NAME))
         dump = self.fetch_checked(client, location + "/" + SQL_DUMP_FILE_NAME).decode("utf-8")
+        archive = self.fetch_checked(client, location + "/" + DATA_FILE_NAME)
 
         self.timer.phase("Create tables via YSQLDump")
+        new_name = get_db_name(dump)
+        if not new_name:
+            raise BackupException("{} has no CREATE DATABASE line: not a dump of a YSQL database".format(
+                SQL_DUMP_FILE_NAME))
         if a.keyspace:
-            old_name = get_db_name(dump)
+            old_name = new_name
             new_name = keyspace_name(a.keyspace[0])
             logging.info("[app] Renaming YSQL DB from '%s' into '%s'", old_name, new_name)
             dump = replace_db_name(dump, old_name, new_name)
         with tempfile.TemporaryDirectory(prefix="yb_backup_standin.") as tmp:
-            path = os.path.join(tmp, SQL_DUMP_FILE_NAME)
-            with open(path, "w", encoding="utf-8") as f:
+            dump_path = os.path.join(tmp, SQL_DUMP_FILE_NAME)
+            with open(dump_path, "w", encoding="utf-8") as f:
                 f.write(dump)
             # Stricter than ysqlsh in the real script (which goes on after an SQL error
             # and fails later): the first error fails the restore.
             self.run_program([self.psql] + self.pg_args() + [
-                "--no-psqlrc", "--echo-all", "--set=ON_ERROR_STOP=1", "--dbname=postgres", "--file=" + path])
+                "--no-psqlrc", "--echo-all", "--set=ON_ERROR_STOP=1", "--dbname=postgres", "--file=" + dump_path])
 
-        self.timer.phase("Import snapshot")
-        self.checkpoint("import_snapshot")
-        logging.info("Imported snapshot %s", metadata.get("snapshot_id"))
-        self.timer.phase("Restore the snapshot")
-        self.checkpoint("restore_snapshot")
+            self.timer.phase("Import snapshot")
+            self.checkpoint("import_snapshot")
+            logging.info("Imported snapshot %s", metadata.get("snapshot_id"))
+
+            self.timer.phase("Restore the snapshot")
+            self.checkpoint("restore_snapshot")
+            # The data (tablet files in the real script) into the database YSQLDump made;
+            # triggers, and so foreign-key checks, are off while loading, as for SST files.
+            data_path = os.path.join(tmp, DATA_FILE_NAME)
+            with open(data_path, "wb") as f:
+                f.write(archive)
+            self.run_program([self.pg_restore] + self.pg_args() + [
+                "--data-only", "--disable-triggers", "--exit-on-error", "--jobs=%d" % a.parallelism,
+                "--dbname=" + new_name, data_path])
         logging.info("Restored backup successfully!")
         print(json.dumps({"success": True}))
 
