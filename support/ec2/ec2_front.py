@@ -150,6 +150,11 @@ class Front:
             raise ValueError('a rule needs "error", "outcome" or "seconds"')
         if "outcome" in rule and rule["outcome"] not in ("completed", "available", "error"):
             raise ValueError('"outcome" is one of completed, available, error')
+        if "error" in rule and not (isinstance(rule["error"], str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9.]*", rule["error"])):
+            raise ValueError('"error" is an EC2 error code such as "RequestLimitExceeded"')
+        if "seconds" in rule and (isinstance(rule["seconds"], bool) or not isinstance(rule["seconds"], (int, float))
+                                  or not 0 <= rule["seconds"] <= 86400):
+            raise ValueError('"seconds" is a number of seconds between 0 and 86400')
         if "params" in rule and not isinstance(rule["params"], dict):
             raise ValueError('"params" is an object of request parameter names to values')
         times = rule.get("times", 1)
