@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::client::Waiters;
@@ -35,7 +33,7 @@ struct ShortSleep;
 impl AsyncSleep for ShortSleep {
     fn sleep(&self, duration: Duration) -> Sleep {
         let short = duration / SLEEP_DIVISOR;
-        Sleep::new(Box::pin(tokio::time::sleep(short)) as Pin<Box<dyn Future<Output = ()> + Send>>)
+        Sleep::new(tokio::time::sleep(short))
     }
 }
 

@@ -97,8 +97,19 @@ fn column<'a>(cols: &'a Value, name: &str) -> &'a Value {
         .map_or(&Value::Null, |c| &c["value"])
 }
 
+/// The end of the WAL inserted so far, once it is flushed. The stack runs with
+/// `synchronous_commit=off`: a commit returns before its WAL is written, so
+/// `pg_current_wal_lsn()` (the write position) can lie before the last commits, and a
+/// walsender decodes only flushed WAL; a reader stopping at such an `--endpos` would
+/// miss them.
 fn current_lsn(url: &str) -> String {
-    psql(url, "SELECT pg_current_wal_lsn()")
+    let lsn = psql(url, "SELECT pg_current_wal_insert_lsn()");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while psql(url, &format!("SELECT pg_current_wal_flush_lsn() >= '{lsn}'")) != "t" {
+        assert!(std::time::Instant::now() < deadline, "WAL not flushed up to {lsn} after 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    lsn
 }
 
 // ------------------------------------------------------------------ the stack
