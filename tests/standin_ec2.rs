@@ -107,7 +107,10 @@ impl Standin {
         id
     }
 
-    async fn snapshot(&mut self, volume: &str) -> aws_sdk_ec2::operation::create_snapshot::CreateSnapshotOutput {
+    async fn snapshot(
+        &mut self,
+        volume: &str,
+    ) -> aws_sdk_ec2::operation::create_snapshot::CreateSnapshotOutput {
         let out = self
             .ec2
             .create_snapshot()
@@ -115,7 +118,8 @@ impl Standin {
             .send()
             .await
             .expect("CreateSnapshot through the stand-in");
-        self.snapshots.push(out.snapshot_id().expect("a snapshot id").to_string());
+        self.snapshots
+            .push(out.snapshot_id().expect("a snapshot id").to_string());
         out
     }
 
@@ -134,11 +138,17 @@ impl Standin {
                 .expect("DescribeSnapshots");
             let snap = &out.snapshots()[0];
             let state = snap.state().cloned().expect("a snapshot state");
-            seen.push((state.clone(), snap.progress().unwrap_or_default().to_string()));
+            seen.push((
+                state.clone(),
+                snap.progress().unwrap_or_default().to_string(),
+            ));
             if state != SnapshotState::Pending {
                 return seen;
             }
-            assert!(Instant::now() < deadline, "snapshot {id} still pending after 30 s: {seen:?}");
+            assert!(
+                Instant::now() < deadline,
+                "snapshot {id} still pending after 30 s: {seen:?}"
+            );
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
@@ -169,7 +179,9 @@ impl Drop for Standin {
 fn client(url: &str, key: &str, attempts: u32) -> aws_sdk_ec2::Client {
     let config = aws_sdk_ec2::config::Builder::new()
         .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-        .region(aws_sdk_ec2::config::Region::new(env("FLOW_TEST_AWS_REGION")))
+        .region(aws_sdk_ec2::config::Region::new(env(
+            "FLOW_TEST_AWS_REGION",
+        )))
         .endpoint_url(url)
         .credentials_provider(Credentials::new(key, "test", None, None, "standin-tests"))
         .retry_config(RetryConfig::standard().with_max_attempts(attempts))
@@ -182,7 +194,15 @@ fn client(url: &str, key: &str, attempts: u32) -> aws_sdk_ec2::Client {
 /// (HTTP status, JSON answer).
 fn control(url: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}"]);
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
     if let Some(body) = body {
         cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
             .arg(body.to_string());
@@ -219,11 +239,19 @@ async fn snapshot_is_pending_first_then_completed_with_progress_rising() {
 
     let started = Instant::now();
     let created = s.snapshot(&volume).await;
-    assert_eq!(created.state(), Some(&SnapshotState::Pending), "CreateSnapshot answers pending");
+    assert_eq!(
+        created.state(),
+        Some(&SnapshotState::Pending),
+        "CreateSnapshot answers pending"
+    );
     let id = created.snapshot_id().unwrap().to_string();
 
     let seen = s.poll_snapshot(&id).await;
-    assert_eq!(seen[0].0, SnapshotState::Pending, "first describe: {seen:?}");
+    assert_eq!(
+        seen[0].0,
+        SnapshotState::Pending,
+        "first describe: {seen:?}"
+    );
     let (last_state, last_progress) = seen.last().unwrap();
     assert_eq!(*last_state, SnapshotState::Completed, "{seen:?}");
     assert_eq!(last_progress, "100%");
@@ -233,7 +261,10 @@ async fn snapshot_is_pending_first_then_completed_with_progress_rising() {
         started.elapsed()
     );
     let progress: Vec<u32> = seen.iter().map(|(_, p)| percent(p)).collect();
-    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "progress must not fall: {progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress must not fall: {progress:?}"
+    );
     assert!(
         progress.iter().any(|p| *p > 0 && *p < 100),
         "a pending snapshot shows progress between 0% and 100%: {progress:?}"
@@ -261,8 +292,16 @@ async fn status_filter_sees_the_reported_states() {
                 .len()
         }
     };
-    assert_eq!(with_status("pending").await, 1, "status=pending finds the new snapshot");
-    assert_eq!(with_status("completed").await, 0, "status=completed does not, yet");
+    assert_eq!(
+        with_status("pending").await,
+        1,
+        "status=pending finds the new snapshot"
+    );
+    assert_eq!(
+        with_status("completed").await,
+        0,
+        "status=completed does not, yet"
+    );
     s.poll_snapshot(&id).await;
     assert_eq!(with_status("pending").await, 0);
     assert_eq!(with_status("completed").await, 1);
@@ -278,9 +317,17 @@ async fn injected_error_snapshot_ends_in_error_for_loop_and_waiter() {
     let seen = s.poll_snapshot(&id).await;
     assert_eq!(seen[0].0, SnapshotState::Pending, "{seen:?}");
     assert_eq!(seen.last().unwrap().0, SnapshotState::Error, "{seen:?}");
-    let described = s.ec2.describe_snapshots().snapshot_ids(&id).send().await.unwrap();
+    let described = s
+        .ec2
+        .describe_snapshots()
+        .snapshot_ids(&id)
+        .send()
+        .await
+        .unwrap();
     assert!(
-        described.snapshots()[0].state_message().is_some_and(|m| !m.is_empty()),
+        described.snapshots()[0]
+            .state_message()
+            .is_some_and(|m| !m.is_empty()),
         "an error snapshot carries a state message"
     );
 
@@ -293,7 +340,9 @@ async fn injected_error_snapshot_ends_in_error_for_loop_and_waiter() {
         .await
         .expect_err("waiting for an error snapshot to complete must fail");
     match err {
-        aws_sdk_ec2::waiters::snapshot_completed::WaitUntilSnapshotCompletedError::FailureState(f) => {
+        aws_sdk_ec2::waiters::snapshot_completed::WaitUntilSnapshotCompletedError::FailureState(
+            f,
+        ) => {
             let out = f.final_poll().as_result().expect("the last poll succeeded");
             assert_eq!(out.snapshots()[0].state(), Some(&SnapshotState::Error));
         }
@@ -317,10 +366,20 @@ async fn sdk_waiters_wait_through_creating_and_pending() {
         .send()
         .await
         .unwrap();
-    assert_eq!(created.state(), Some(&VolumeState::Creating), "CreateVolume answers creating");
+    assert_eq!(
+        created.state(),
+        Some(&VolumeState::Creating),
+        "CreateVolume answers creating"
+    );
     let volume = created.volume_id().unwrap().to_string();
     s.volumes.push(volume.clone());
-    let first = s.ec2.describe_volumes().volume_ids(&volume).send().await.unwrap();
+    let first = s
+        .ec2
+        .describe_volumes()
+        .volume_ids(&volume)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.volumes()[0].state(), Some(&VolumeState::Creating));
 
     let done = s
@@ -347,8 +406,14 @@ async fn sdk_waiters_wait_through_creating_and_pending() {
 
     let log = s.requests();
     let count = |action: &str| log.iter().filter(|(a, _)| a == action).count();
-    assert!(count("DescribeVolumes") >= 3, "the volume waiter polled more than once: {log:?}");
-    assert!(count("DescribeSnapshots") >= 2, "the snapshot waiter polled more than once: {log:?}");
+    assert!(
+        count("DescribeVolumes") >= 3,
+        "the volume waiter polled more than once: {log:?}"
+    );
+    assert!(
+        count("DescribeSnapshots") >= 2,
+        "the snapshot waiter polled more than once: {log:?}"
+    );
 }
 
 // ------------------------------------------------------------------ CreateVolume
@@ -375,11 +440,17 @@ async fn create_volume_client_token_same_volume_or_mismatch() {
     let id = first.volume_id().unwrap().to_string();
     s.volumes.push(id.clone());
     let again = create(3, ZONE).await.expect("the same request again");
-    assert_eq!(again.volume_id(), Some(id.as_str()), "same token, same parameters: same volume");
+    assert_eq!(
+        again.volume_id(),
+        Some(id.as_str()),
+        "same token, same parameters: same volume"
+    );
     assert_eq!(again.size(), Some(3));
 
     for (size, zone) in [(4, ZONE), (3, "us-east-1b")] {
-        let err = create(size, zone).await.expect_err("other parameters, same token");
+        let err = create(size, zone)
+            .await
+            .expect_err("other parameters, same token");
         assert_eq!(
             err.code(),
             Some("IdempotentParameterMismatch"),
@@ -391,11 +462,20 @@ async fn create_volume_client_token_same_volume_or_mismatch() {
     let tagged = s
         .ec2
         .describe_volumes()
-        .filters(Filter::builder().name("tag:flow/task").values(&token).build())
+        .filters(
+            Filter::builder()
+                .name("tag:flow/task")
+                .values(&token)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(tagged.volumes().len(), 1, "one volume for one token: {tagged:?}");
+    assert_eq!(
+        tagged.volumes().len(),
+        1,
+        "one volume for one token: {tagged:?}"
+    );
 }
 
 #[tokio::test]
@@ -428,11 +508,19 @@ async fn zone_outside_the_region_is_refused() {
     let made = s
         .ec2
         .describe_volumes()
-        .filters(Filter::builder().name("tag:flow/task").values(&token).build())
+        .filters(
+            Filter::builder()
+                .name("tag:flow/task")
+                .values(&token)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    assert!(made.volumes().is_empty(), "a refused request creates nothing");
+    assert!(
+        made.volumes().is_empty(),
+        "a refused request creates nothing"
+    );
 }
 
 // ------------------------------------------------------------------ throttling
@@ -457,7 +545,11 @@ async fn throttling_is_request_limit_exceeded_and_the_sdk_retries_it() {
         .filter(|(a, _)| a == "DescribeVolumes")
         .map(|(_, status)| status)
         .collect();
-    assert_eq!(describes, vec![503, 503, 200], "the SDK retried the throttled calls");
+    assert_eq!(
+        describes,
+        vec![503, 503, 200],
+        "the SDK retried the throttled calls"
+    );
 
     // Always throttled: without retries the caller sees the code itself.
     let once = Standin::with_attempts("ec2_throttle1", 1);
@@ -483,9 +575,19 @@ async fn volumes_of_the_stand_in_are_moto_volumes() {
     // The stack's moto (FLOW_TEST_S3_ENDPOINT) holds the same volume: other services
     // (S3, a Kubernetes stand-in deleting volumes) see one state.
     let moto = support::ec2_client();
-    let there = moto.describe_volumes().volume_ids(&volume).send().await.unwrap();
+    let there = moto
+        .describe_volumes()
+        .volume_ids(&volume)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(there.volumes()[0].size(), Some(5));
-    s.ec2.delete_volume().volume_id(&volume).send().await.expect("DeleteVolume through the stand-in");
+    s.ec2
+        .delete_volume()
+        .volume_id(&volume)
+        .send()
+        .await
+        .expect("DeleteVolume through the stand-in");
     let err = moto
         .describe_volumes()
         .volume_ids(&volume)
@@ -504,17 +606,38 @@ fn bad_rules_are_refused_with_the_reason() {
     for (rule, says) in [
         (json!({"error": "RequestLimitExceeded"}), "action"),
         (json!({"action": "CreateSnapshot"}), "needs"),
-        (json!({"action": "CreateSnapshot", "outcome": "broken"}), "outcome"),
-        (json!({"action": "CreateSnapshot", "seconds": 1, "times": 0}), "times"),
-        (json!({"action": "CreateSnapshot", "seconds": 1, "colour": "red"}), "unknown rule keys"),
-        (json!({"action": "CreateSnapshot", "seconds": "soon"}), "seconds"),
-        (json!({"action": "CreateSnapshot", "seconds": -1}), "seconds"),
-        (json!({"action": "DescribeVolumes", "error": "<Code/>"}), "error code"),
+        (
+            json!({"action": "CreateSnapshot", "outcome": "broken"}),
+            "outcome",
+        ),
+        (
+            json!({"action": "CreateSnapshot", "seconds": 1, "times": 0}),
+            "times",
+        ),
+        (
+            json!({"action": "CreateSnapshot", "seconds": 1, "colour": "red"}),
+            "unknown rule keys",
+        ),
+        (
+            json!({"action": "CreateSnapshot", "seconds": "soon"}),
+            "seconds",
+        ),
+        (
+            json!({"action": "CreateSnapshot", "seconds": -1}),
+            "seconds",
+        ),
+        (
+            json!({"action": "DescribeVolumes", "error": "<Code/>"}),
+            "error code",
+        ),
         (json!([1, 2]), "JSON object"),
     ] {
         let (code, body) = control(&url, "POST", "/_standin/rules", Some(&rule));
         assert_eq!(code, 400, "{rule} should be refused: {body}");
         let text = body["error"].as_str().unwrap_or_default();
-        assert!(text.contains(says), "{rule}: the reason {text:?} should mention {says:?}");
+        assert!(
+            text.contains(says),
+            "{rule}: the reason {text:?} should mention {says:?}"
+        );
     }
 }

@@ -27,7 +27,10 @@ impl Slot {
     /// `pg_recvlogical --create-slot` with wal2json.
     fn create(url: &str, prefix: &str) -> Slot {
         let name = unique_name(prefix);
-        recvlogical(url, &["--create-slot", "--slot", &name, "--plugin", "wal2json"]);
+        recvlogical(
+            url,
+            &["--create-slot", "--slot", &name, "--plugin", "wal2json"],
+        );
         Slot {
             url: url.to_string(),
             name,
@@ -105,8 +108,15 @@ fn column<'a>(cols: &'a Value, name: &str) -> &'a Value {
 fn current_lsn(url: &str) -> String {
     let lsn = psql(url, "SELECT pg_current_wal_insert_lsn()");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while psql(url, &format!("SELECT pg_current_wal_flush_lsn() >= '{lsn}'")) != "t" {
-        assert!(std::time::Instant::now() < deadline, "WAL not flushed up to {lsn} after 10 s");
+    while psql(
+        url,
+        &format!("SELECT pg_current_wal_flush_lsn() >= '{lsn}'"),
+    ) != "t"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "WAL not flushed up to {lsn} after 10 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     lsn
@@ -119,8 +129,14 @@ fn source_decodes_logically_and_the_target_is_another_cluster() {
     let source = pg_url();
     let target = support::env("FLOW_TEST_PG_TARGET_URL");
     assert_eq!(psql(&source, "SHOW wal_level"), "logical");
-    assert_eq!(psql(&source, "SHOW server_version_num").get(..2), Some("15"));
-    assert_eq!(psql(&target, "SHOW server_version_num").get(..2), Some("15"));
+    assert_eq!(
+        psql(&source, "SHOW server_version_num").get(..2),
+        Some("15")
+    );
+    assert_eq!(
+        psql(&target, "SHOW server_version_num").get(..2),
+        Some("15")
+    );
     let id = "SELECT system_identifier FROM pg_control_system()";
     assert_ne!(
         psql(&source, id),
@@ -147,11 +163,20 @@ fn source_decodes_logically_and_the_target_is_another_cluster() {
 fn wal2json_insert_update_delete_arrive_through_a_slot() {
     let db = PgDatabase::new("cdc_w2j");
     let url = db.url();
-    psql(&url, "CREATE TABLE users (id int PRIMARY KEY, name text, score numeric)");
+    psql(
+        &url,
+        "CREATE TABLE users (id int PRIMARY KEY, name text, score numeric)",
+    );
     let slot = Slot::create(&url, "w2j");
 
-    psql(&url, "INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob''s', NULL)");
-    psql(&url, "UPDATE users SET name = 'änn', score = 2 WHERE id = 1");
+    psql(
+        &url,
+        "INSERT INTO users VALUES (1, 'ann', 1.5), (2, 'bob''s', NULL)",
+    );
+    psql(
+        &url,
+        "UPDATE users SET name = 'änn', score = 2 WHERE id = 1",
+    );
     psql(&url, "DELETE FROM users WHERE id = 2");
     let end = current_lsn(&url);
 
@@ -160,11 +185,22 @@ fn wal2json_insert_update_delete_arrive_through_a_slot() {
     let summary: Vec<(&str, i64)> = rows
         .iter()
         .map(|c| {
-            let cols = if c["action"] == "D" { &c["identity"] } else { &c["columns"] };
-            (c["action"].as_str().unwrap(), column(cols, "id").as_i64().unwrap())
+            let cols = if c["action"] == "D" {
+                &c["identity"]
+            } else {
+                &c["columns"]
+            };
+            (
+                c["action"].as_str().unwrap(),
+                column(cols, "id").as_i64().unwrap(),
+            )
         })
         .collect();
-    assert_eq!(summary, vec![("I", 1), ("I", 2), ("U", 1), ("D", 2)], "{changes:#?}");
+    assert_eq!(
+        summary,
+        vec![("I", 1), ("I", 2), ("U", 1), ("D", 2)],
+        "{changes:#?}"
+    );
 
     assert_eq!(rows[0]["schema"], "public");
     assert_eq!(column(&rows[0]["columns"], "name"), "ann");
@@ -172,8 +208,16 @@ fn wal2json_insert_update_delete_arrive_through_a_slot() {
     assert_eq!(column(&rows[1]["columns"], "name"), "bob's");
     assert_eq!(column(&rows[1]["columns"], "score"), &Value::Null);
     assert_eq!(column(&rows[2]["columns"], "name"), "änn");
-    assert_eq!(column(&rows[2]["identity"], "id"), 1, "an update names the key it changed");
-    assert!(rows.iter().all(|c| c["lsn"].as_str().is_some_and(|l| l.contains('/'))), "include-lsn");
+    assert_eq!(
+        column(&rows[2]["identity"], "id"),
+        1,
+        "an update names the key it changed"
+    );
+    assert!(
+        rows.iter()
+            .all(|c| c["lsn"].as_str().is_some_and(|l| l.contains('/'))),
+        "include-lsn"
+    );
     // one transaction per statement: B … C around each
     assert_eq!(changes.iter().filter(|c| c["action"] == "B").count(), 3);
     assert_eq!(changes.iter().filter(|c| c["action"] == "C").count(), 3);
@@ -203,13 +247,23 @@ impl ExportingSlot {
             .spawn()
             .expect("psql should run");
         let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "CREATE_REPLICATION_SLOT {name} LOGICAL wal2json (SNAPSHOT 'export');").unwrap();
+        writeln!(
+            stdin,
+            "CREATE_REPLICATION_SLOT {name} LOGICAL wal2json (SNAPSHOT 'export');"
+        )
+        .unwrap();
         // stdin stays open: psql waits for the next command and the snapshot lives
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        stdout.read_line(&mut line).expect("psql answers CREATE_REPLICATION_SLOT");
+        stdout
+            .read_line(&mut line)
+            .expect("psql answers CREATE_REPLICATION_SLOT");
         let fields: Vec<&str> = line.trim().split('|').collect();
-        assert_eq!(fields.len(), 4, "slot_name|consistent_point|snapshot_name|output_plugin: {line:?}");
+        assert_eq!(
+            fields.len(),
+            4,
+            "slot_name|consistent_point|snapshot_name|output_plugin: {line:?}"
+        );
         assert_eq!(fields[0], name);
         assert_eq!(fields[3], "wal2json");
         let (lsn, snapshot) = (fields[1].to_string(), fields[2].to_string());
@@ -260,7 +314,10 @@ fn slot_with_exported_snapshot_meets_the_snapshot_exactly() {
              || '|' || (SELECT count(*) FROM t WHERE id = 7) FROM t; COMMIT"
         ),
     );
-    assert_eq!(seen, "1000|1000|v5|1", "the exported snapshot excludes every later change");
+    assert_eq!(
+        seen, "1000|1000|v5|1",
+        "the exported snapshot excludes every later change"
+    );
     drop(conn); // the snapshot ends with its connection; the slot stays
 
     // … and the slot holds exactly the changes after it: no gap, no overlap.
@@ -269,7 +326,11 @@ fn slot_with_exported_snapshot_meets_the_snapshot_exactly() {
     let summary: Vec<(&str, i64, Value)> = rows
         .iter()
         .map(|c| {
-            let cols = if c["action"] == "D" { &c["identity"] } else { &c["columns"] };
+            let cols = if c["action"] == "D" {
+                &c["identity"]
+            } else {
+                &c["columns"]
+            };
             (
                 c["action"].as_str().unwrap(),
                 column(cols, "id").as_i64().unwrap(),

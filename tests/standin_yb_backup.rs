@@ -22,7 +22,11 @@ fn target_url() -> String {
 fn port_of(url: &str) -> String {
     let after = url.rsplit_once('@').map_or(url, |(_, a)| a);
     let hostport = after.split('/').next().unwrap_or_default();
-    hostport.rsplit_once(':').expect("a port in the URL").1.to_string()
+    hostport
+        .rsplit_once(':')
+        .expect("a port in the URL")
+        .1
+        .to_string()
 }
 
 fn url_on(cluster: &str, db: &str) -> String {
@@ -57,7 +61,8 @@ fn yb_backup(args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    cmd.output().expect("the yb_backup.py stand-in should run (FLOW_TEST_YB_BACKUP)")
+    cmd.output()
+        .expect("the yb_backup.py stand-in should run (FLOW_TEST_YB_BACKUP)")
 }
 
 /// The one JSON line the command prints on stdout.
@@ -179,33 +184,60 @@ async fn create_then_restore_into_a_renamed_database_gives_the_same_rows() {
         .filter_map(|o| o.key())
         .map(|k| k.rsplit('/').next().unwrap().to_string())
         .collect();
-    for name in ["SnapshotInfoPB", "SnapshotInfoPB.sha256", "YSQLDump", "YSQLDump.sha256"] {
+    for name in [
+        "SnapshotInfoPB",
+        "SnapshotInfoPB.sha256",
+        "YSQLDump",
+        "YSQLDump.sha256",
+    ] {
         assert!(keys.iter().any(|k| k == name), "{name} uploaded: {keys:?}");
     }
 
     let copy = TargetDb(unique_name("yb_copy"));
     let out = yb_backup(
-        &restore_args(&port_of(&target_url()), &snapshot_url, &format!("ysql.{}", copy.0)),
+        &restore_args(
+            &port_of(&target_url()),
+            &snapshot_url,
+            &format!("ysql.{}", copy.0),
+        ),
         &[],
     );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(result_line(&out), serde_json::json!({ "success": true }));
 
     let copy_url = url_on(&target_url(), &copy.0);
-    assert_eq!(digest(&copy_url), digest(&source.url()), "same rows, same sequence");
     assert_eq!(
-        psql(&copy_url, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"),
+        digest(&copy_url),
+        digest(&source.url()),
+        "same rows, same sequence"
+    );
+    assert_eq!(
+        psql(
+            &copy_url,
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+        ),
         "1",
         "the foreign key came with the schema"
     );
 
     // Restoring again into the now existing database fails, reported the script's way.
     let out = yb_backup(
-        &restore_args(&port_of(&target_url()), &snapshot_url, &format!("ysql.{}", copy.0)),
+        &restore_args(
+            &port_of(&target_url()),
+            &snapshot_url,
+            &format!("ysql.{}", copy.0),
+        ),
         &[],
     );
-    assert_eq!(out.status.code(), Some(0), "the real script exits 0 on failure too");
-    let error = result_line(&out)["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the real script exits 0 on failure too"
+    );
+    let error = result_line(&out)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         error.starts_with("Backup exception: ") && error.contains("already exists"),
         "{error}"
@@ -230,16 +262,31 @@ async fn injected_failures_give_the_error_line_exit_zero_or_a_kill() {
     );
     assert_eq!(out.status.code(), Some(0));
     let line = result_line(&out);
-    assert!(line.get("snapshot_url").is_none() && line.get("success").is_none(), "{line}");
+    assert!(
+        line.get("snapshot_url").is_none() && line.get("success").is_none(),
+        "{line}"
+    );
     assert_eq!(
         line["error"],
         "Backup exception: injected failure at phase create_snapshot (YB_BACKUP_STANDIN_FAIL)"
     );
-    let listed = bucket.client().list_objects_v2().bucket(bucket.name()).send().await.unwrap();
-    assert!(listed.contents().is_empty(), "a failed create uploads nothing");
+    let listed = bucket
+        .client()
+        .list_objects_v2()
+        .bucket(bucket.name())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        listed.contents().is_empty(),
+        "a failed create uploads nothing"
+    );
 
     let out = yb_backup(&create_args(&src_port, &location, &keyspace), &[]);
-    let snapshot_url = result_line(&out)["snapshot_url"].as_str().unwrap().to_string();
+    let snapshot_url = result_line(&out)["snapshot_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // restore fails after the schema, before the data: the database is left behind
     // empty, as the real script leaves it when restore_snapshot fails
@@ -252,7 +299,13 @@ async fn injected_failures_give_the_error_line_exit_zero_or_a_kill() {
     assert!(result_line(&out)["error"]
         .as_str()
         .is_some_and(|e| e.contains("restore_snapshot")));
-    assert_eq!(psql(&url_on(&target_url(), &partial.0), "SELECT count(*) FROM items"), "0");
+    assert_eq!(
+        psql(
+            &url_on(&target_url(), &partial.0),
+            "SELECT count(*) FROM items"
+        ),
+        "0"
+    );
 
     // killed mid-restore: no result line at all, SIGKILL as the exit status
     let killed = TargetDb(unique_name("yb_killed"));
@@ -269,8 +322,14 @@ async fn injected_failures_give_the_error_line_exit_zero_or_a_kill() {
         &restore_args(&tgt_port, &snapshot_url, "ysql.never_made"),
         &[("YB_BACKUP_STANDIN_FAIL", "restore:later")],
     );
-    let error = result_line(&out)["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("YB_BACKUP_STANDIN_FAIL") && error.contains("restore_snapshot"), "{error}");
+    let error = result_line(&out)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("YB_BACKUP_STANDIN_FAIL") && error.contains("restore_snapshot"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -279,8 +338,14 @@ async fn a_changed_dump_fails_its_checksum() {
     let bucket = S3Bucket::new("yb-sum").await;
     let location = format!("s3://{}/b", bucket.name());
     let keyspace = format!("ysql.{}", source.name());
-    let out = yb_backup(&create_args(&port_of(&support::pg_url()), &location, &keyspace), &[]);
-    let snapshot_url = result_line(&out)["snapshot_url"].as_str().unwrap().to_string();
+    let out = yb_backup(
+        &create_args(&port_of(&support::pg_url()), &location, &keyspace),
+        &[],
+    );
+    let snapshot_url = result_line(&out)["snapshot_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let key = format!("b/keyspace-{keyspace}/YSQLDump");
     bucket
@@ -288,14 +353,20 @@ async fn a_changed_dump_fails_its_checksum() {
         .put_object()
         .bucket(bucket.name())
         .key(&key)
-        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"DROP TABLE items;\n"))
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"DROP TABLE items;\n",
+        ))
         .send()
         .await
         .unwrap();
 
     let copy = TargetDb(unique_name("yb_sum"));
     let out = yb_backup(
-        &restore_args(&port_of(&target_url()), &snapshot_url, &format!("ysql.{}", copy.0)),
+        &restore_args(
+            &port_of(&target_url()),
+            &snapshot_url,
+            &format!("ysql.{}", copy.0),
+        ),
         &[],
     );
     assert_eq!(out.status.code(), Some(0));
@@ -306,7 +377,10 @@ async fn a_changed_dump_fails_its_checksum() {
     assert_eq!(
         psql(
             &target_url(),
-            &format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", copy.0)
+            &format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+                copy.0
+            )
         ),
         "0",
         "nothing restored from a corrupt backup"
@@ -318,8 +392,28 @@ fn usage_errors_exit_2_and_what_cannot_be_emulated_is_an_error() {
     // argparse: missing --masters, a -j out of 1..100, an unknown command
     for (args, says) in [
         (vec!["create", "--backup_location", "s3://b/x"], "--masters"),
-        (vec!["create", "--masters", "m:7100", "--backup_location", "s3://b/x", "-j", "0"], "between 1 and 100"),
-        (vec!["copy", "--masters", "m:7100", "--backup_location", "s3://b/x"], "invalid choice"),
+        (
+            vec![
+                "create",
+                "--masters",
+                "m:7100",
+                "--backup_location",
+                "s3://b/x",
+                "-j",
+                "0",
+            ],
+            "between 1 and 100",
+        ),
+        (
+            vec![
+                "copy",
+                "--masters",
+                "m:7100",
+                "--backup_location",
+                "s3://b/x",
+            ],
+            "invalid choice",
+        ),
         (vec!["create", "--masters", "m:7100"], "--backup_location"),
     ] {
         let out = yb_backup(&args, &[]);
@@ -330,7 +424,13 @@ fn usage_errors_exit_2_and_what_cannot_be_emulated_is_an_error() {
     }
 
     // What the stand-in cannot do is refused with the reason, in the script's error form.
-    let base = ["restore", "--masters", "127.0.0.1:7100", "--backup_location", "s3://b/x"];
+    let base = [
+        "restore",
+        "--masters",
+        "127.0.0.1:7100",
+        "--backup_location",
+        "s3://b/x",
+    ];
     for (extra, says) in [
         (vec!["--restore_time", "1700000000000000"], "point-in-time"),
         (vec!["--keyspace", "ycql_ks"], "YCQL"),
@@ -340,7 +440,13 @@ fn usage_errors_exit_2_and_what_cannot_be_emulated_is_an_error() {
         let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
         let out = yb_backup(&args, &[]);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
-        let error = result_line(&out)["error"].as_str().unwrap_or_default().to_string();
-        assert!(error.starts_with("Backup exception: ") && error.contains(says), "{args:?}: {error}");
+        let error = result_line(&out)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            error.starts_with("Backup exception: ") && error.contains(says),
+            "{args:?}: {error}"
+        );
     }
 }
