@@ -450,3 +450,44 @@ fn usage_errors_exit_2_and_what_cannot_be_emulated_is_an_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_keyspace_that_is_not_a_plain_database_name_is_refused() {
+    // `--dbname` of pg_dump / pg_restore takes a connection string when the value has
+    // `=` or a URI prefix: a keyspace must never redirect the dump to another server or
+    // database, and an empty name must not fall back to the user's default database.
+    let bucket = S3Bucket::new("yb-name").await;
+    let location = format!("s3://{}/b", bucket.name());
+    let port = port_of(&support::pg_url());
+    for keyspace in [
+        "ysql.",
+        "ysql.host=127.0.0.1 port=1 dbname=postgres",
+        "ysql.postgresql://127.0.0.1:1/postgres",
+        "ysql.Mixed",
+        "ysql.a b",
+    ] {
+        for args in [
+            create_args(&port, &location, keyspace),
+            restore_args(&port, &location, keyspace),
+        ] {
+            let out = yb_backup(&args, &[]);
+            assert_eq!(out.status.code(), Some(0), "{args:?}");
+            let line = result_line(&out);
+            let error = line["error"].as_str().unwrap_or_default();
+            assert!(
+                error.starts_with("Backup exception: ")
+                    && error.contains("not a plain database name"),
+                "{} {keyspace:?}: {line}",
+                args[0]
+            );
+        }
+    }
+    let listed = bucket
+        .client()
+        .list_objects_v2()
+        .bucket(bucket.name())
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.contents().is_empty(), "nothing was backed up");
+}

@@ -70,6 +70,10 @@ METADATA_FILE_NAME = "SnapshotInfoPB"
 SQL_DUMP_FILE_NAME = "YSQLDump"
 DATA_FILE_NAME = "tablet-data.standin.pgdump"  # stands in for the tablet snapshot directories
 UUID_ONLY_RE = re.compile("^[0-9a-f-]{32,36}$")
+# A database name the stand-in hands to libpq: an unquoted PostgreSQL identifier. Any
+# other text could be taken as a connection string by `--dbname` (`=` or a URI) or
+# fall back to the user's default database (empty).
+PLAIN_DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
 INJECT_PHASES = ("create_snapshot", "upload", "download", "checksum", "import_snapshot", "restore_snapshot")
 
 
@@ -152,6 +156,14 @@ def keyspace_type(keyspace):
 
 def keyspace_name(keyspace):
     return keyspace.split(".")[1] if "." in keyspace else keyspace
+
+
+def check_db_name(name, what):
+    if not PLAIN_DB_NAME_RE.match(name):
+        raise BackupException(
+            "{} {!r} is not a plain database name: use lowercase letters, digits, _ and $, "
+            "starting with a letter or _, at most 63 characters".format(what, name))
+    return name
 
 
 # ---------------------------------------------------------------- the database rename
@@ -246,6 +258,8 @@ class StandinBackup:
             raise BackupException(
                 "keyspace {!r} is YCQL; the stand-in emulates only YSQL databases (--keyspace ysql.<db>)".format(
                     a.keyspace[0]))
+        for keyspace in a.keyspace or []:
+            check_db_name(keyspace_name(keyspace), "the database of --keyspace {!r},".format(keyspace))
         if a.k8s_config is not None:
             config = json.loads(a.k8s_config)  # a ValueError is an "Exception:" as in the real script
             if not isinstance(config, dict):
@@ -394,6 +408,7 @@ class StandinBackup:
         if not new_name:
             raise BackupException("{} has no CREATE DATABASE line: not a dump of a YSQL database".format(
                 SQL_DUMP_FILE_NAME))
+        check_db_name(new_name, "the database in " + SQL_DUMP_FILE_NAME)
         if a.keyspace:
             old_name = new_name
             new_name = keyspace_name(a.keyspace[0])
