@@ -615,6 +615,10 @@ fn bad_rules_are_refused_with_the_reason() {
             "times",
         ),
         (
+            json!({"action": "CreateSnapshot", "seconds": 1, "times": true}),
+            "times",
+        ),
+        (
             json!({"action": "CreateSnapshot", "seconds": 1, "colour": "red"}),
             "unknown rule keys",
         ),

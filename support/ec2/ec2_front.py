@@ -136,7 +136,7 @@ class Front:
         self.tracked = {}  # resource id -> Tracked
         self.tokens = {}  # (region, token) -> (fingerprint, response body bytes, volume id)
         self.zones = {}  # region -> set of zone names
-        self.requests = []  # (access key, action, status)
+        self.requests = []  # (access key, action, HTTP status) per EC2 request, oldest first
 
     # ------------------------------------------------------------------ rules
 
@@ -158,7 +158,7 @@ class Front:
         if "params" in rule and not isinstance(rule["params"], dict):
             raise ValueError('"params" is an object of request parameter names to values')
         times = rule.get("times", 1)
-        if times is not None and (not isinstance(times, int) or times < 1):
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
             raise ValueError('"times" is a positive integer, or null for always')
         with self.lock:
             rule = dict(rule, id=self.next_rule, times=times)
@@ -399,6 +399,8 @@ class Handler(BaseHTTPRequestHandler):
         status, ctype, data = self.ec2_action(action, access_key, region, params, method, url)
         with front.lock:
             front.requests.append((access_key, action, status))
+            if len(front.requests) > 200_000:  # a long-lived stack: keep the recent log
+                del front.requests[:100_000]
         self.reply(status, data, ctype)
 
     def ec2_action(self, action, access_key, region, params, method, url):
