@@ -645,3 +645,72 @@ fn bad_rules_are_refused_with_the_reason() {
         );
     }
 }
+
+#[tokio::test]
+async fn copy_snapshot_is_pending_too() {
+    let mut s = Standin::new("ec2_copy");
+    s.rule(json!({"action": "CreateSnapshot", "seconds": 0.0}));
+    s.rule(json!({"action": "CopySnapshot", "seconds": 1.0}));
+    let volume = s.volume(1).await;
+    let source = s.snapshot(&volume).await.snapshot_id().unwrap().to_string();
+    assert_eq!(
+        s.poll_snapshot(&source).await[0].0,
+        SnapshotState::Completed
+    );
+
+    let copy = s
+        .ec2
+        .copy_snapshot()
+        .source_snapshot_id(&source)
+        .source_region(env("FLOW_TEST_AWS_REGION"))
+        .send()
+        .await
+        .expect("CopySnapshot");
+    let id = copy.snapshot_id().unwrap().to_string();
+    s.snapshots.push(id.clone());
+    let seen = s.poll_snapshot(&id).await;
+    assert_eq!(
+        seen[0].0,
+        SnapshotState::Pending,
+        "a copy starts pending: {seen:?}"
+    );
+    assert_eq!(seen.last().unwrap().0, SnapshotState::Completed, "{seen:?}");
+}
+
+#[tokio::test]
+async fn rules_touch_only_their_own_access_key() {
+    let mut a = Standin::with_attempts("ec2_scope_a", 1);
+    let b = Standin::with_attempts("ec2_scope_b", 1);
+    let volume = a.volume(1).await;
+    a.rule(json!({"action": "*", "error": "RequestLimitExceeded", "times": null}));
+    let err = a
+        .ec2
+        .describe_volumes()
+        .volume_ids(&volume)
+        .send()
+        .await
+        .expect_err("a is throttled");
+    assert_eq!(err.code(), Some("RequestLimitExceeded"));
+    b.ec2
+        .describe_volumes()
+        .volume_ids(&volume)
+        .send()
+        .await
+        .expect("b is not throttled by a's rule");
+    assert_eq!(b.requests(), vec![("DescribeVolumes".to_string(), 200)]);
+    // params narrow a rule further: only requests naming this volume are throttled
+    b.rule(json!({"action": "DescribeVolumes", "params": {"VolumeId.1": volume}, "error": "RequestLimitExceeded"}));
+    b.ec2
+        .describe_volumes()
+        .send()
+        .await
+        .expect("another request of b passes");
+    let err = b
+        .ec2
+        .describe_volumes()
+        .volume_ids(&volume)
+        .send()
+        .await
+        .expect_err("throttled");
+    assert_eq!(err.code(), Some("RequestLimitExceeded"));
+}
