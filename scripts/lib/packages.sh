@@ -4,10 +4,11 @@
 # need (ClickHouse 18.16, MariaDB 10.11, PostgreSQL 15, pgcopydb, curl, graphviz).
 # pip (into $FLOW_VENV): chdb (modern ClickHouse engine), moto (S3 + EC2), lz4 and
 # clickhouse-cityhash (block compression for the chdb front), mysql-mimic (MySQL
-# protocol of the StarRocks stand-in, support/starrocks_standin/).
+# protocol of the StarRocks stand-in, support/starrocks_standin/), boto3 (S3 for the
+# yb_backup.py stand-in; moto depends on it too).
 
 APT_PACKAGES=()
-PIP_PACKAGES=("chdb==4.4.0" "moto[server]" "lz4" "clickhouse-cityhash" "mysql-mimic==3.0.5")
+PIP_PACKAGES=("chdb==4.4.0" "moto[server]" "lz4" "clickhouse-cityhash" "mysql-mimic==3.0.5" "boto3")
 
 apt_missing() {
   local p status
@@ -49,7 +50,7 @@ venv_ok() {
   [[ -x "$FLOW_VENV/bin/python" ]] || return 1
   [[ -x "$FLOW_VENV/bin/moto_server" ]] || return 1
   "$FLOW_VENV/bin/python" - <<'PY' >/dev/null 2>&1
-import importlib.metadata as m, lz4.block, moto, chdb, clickhouse_cityhash.cityhash, mysql_mimic
+import importlib.metadata as m, lz4.block, moto, chdb, clickhouse_cityhash.cityhash, mysql_mimic, boto3
 assert m.version("chdb") == "4.4.0"
 assert m.version("mysql-mimic") == "3.0.5"
 PY
