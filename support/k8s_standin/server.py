@@ -10,7 +10,8 @@ what it does not: README.md beside this file.
 
 Modules: server (HTTP, routing, watch streaming, kubeconfig), api (verbs), store
 (resourceVersions, change log), resources (discovery, defaults, validation), patch,
-selector, controllers, ec2, errors.
+selector, controllers, ec2, errors, proto (Namespace
+bodies from kubectl), tables (kubectl get columns).
 
 Usage: server.py --port P [--host 127.0.0.1] [--kubeconfig FILE]
                  [--ec2-endpoint URL] [--region us-east-1]
@@ -28,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import proto
 import resources
+import tables
 from api import Api
 from controllers import Controllers
 from ec2 import Ec2
@@ -141,6 +143,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.stream(result)
             else:
                 code, obj = result
+                obj = self.as_table(method, url.path, query, obj)
                 self.send_json(code, obj)
         except ApiError as e:
             code = e.code
@@ -210,6 +213,18 @@ class Handler(BaseHTTPRequestHandler):
                 return api.delete_collection(resource, ns, body, query)
             return api.delete_request(resource, ns, name, body, query)
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+
+    def as_table(self, method, path, query, obj):
+        """The answer as a Table if the client asked for one (kubectl get)."""
+        if method != "GET" or not tables.wants_table(self.headers.get("Accept")) or not isinstance(obj, dict):
+            return obj
+        r = route(path)
+        if r is None or r[5] is not None or r[3] not in tables.PRINTERS:
+            return obj
+        include = query.get("includeObject", ["Metadata"])[-1]
+        if obj.get("kind", "").endswith("List"):
+            return tables.table(r[3], obj["items"], obj["metadata"], include)
+        return tables.table(r[3], [obj], {"resourceVersion": obj["metadata"].get("resourceVersion")}, include)
 
     def send_json(self, code, obj):
         data = (json.dumps(obj) if not isinstance(obj, str) else obj).encode()
