@@ -43,6 +43,9 @@ struct Cluster {
 
 impl Cluster {
     async fn new(prefix: &str) -> Self {
+        // rustls has two providers compiled in (kube's ring, the AWS SDK's aws-lc-rs):
+        // the process must choose; an Err means another test already did.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let kubeconfig = support::env("FLOW_TEST_KUBECONFIG");
         let kc = Kubeconfig::read_from(&kubeconfig).expect("the stand-in's kubeconfig should parse");
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -691,7 +694,7 @@ async fn standin_a_stale_resource_version_gets_409_with_a_status_body() {
     create_sts(&c, sts_doc("s", 0)).await;
     let scale = c.api::<StatefulSet>().get_scale("s").await.unwrap();
     c.api::<StatefulSet>()
-        .patch_scale("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}}})))
+        .patch_scale("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}})))
         .await
         .unwrap();
     c.kubectl_ok(&["label", "sts", "s", "touched=yes"]);
@@ -1011,4 +1014,89 @@ async fn standin_the_documented_swap_sequence_works_with_kubectl() {
     c.kubectl_ok(&["delete", "pv", &old_pv, "--wait=false"]);
     wait_gone("old PV deleted", || c.pv(&old_pv)).await;
     assert!(ebs_exists(&old_volume).await, "deleting a Retain PV keeps its EBS volume");
+}
+
+/// A field of the wrong JSON type anywhere the stand-in reads is a 400 naming the field,
+/// as the API server's decoder answers ("cannot be handled as a …"), never a 500.
+/// Sent as raw HTTP: kubectl and kube would refuse to build such bodies.
+#[tokio::test]
+async fn standin_wrong_json_types_are_refused_with_400_naming_the_field() {
+    let c = Cluster::new("k8s_types").await;
+    let pv_path = "/api/v1/persistentvolumes".to_string();
+    let claim_path = format!("/api/v1/namespaces/{}/persistentvolumeclaims", c.ns);
+    let sts_path = format!("/apis/apps/v1/namespaces/{}/statefulsets", c.ns);
+    let pv = ebs_pv(&c, &c.pv_name("types"), "vol-00000000000000004", ZONE, None, "Retain");
+    let cases: Vec<(&str, Value, Value, &str)> = vec![
+        (&pv_path, pv.clone(), json!({"metadata": "not-an-object"}), "metadata"),
+        (&pv_path, pv.clone(), json!({"metadata": {"labels": ["a"]}}), "metadata.labels"),
+        (&pv_path, pv.clone(), json!({"metadata": {"finalizers": "x"}}), "metadata.finalizers"),
+        (&pv_path, pv.clone(), json!({"spec": ["a"]}), "spec"),
+        (&pv_path, pv.clone(), json!({"spec": {"accessModes": "ReadWriteOnce"}}), "spec.accessModes"),
+        (&pv_path, pv.clone(), json!({"spec": {"capacity": "10Gi"}}), "spec.capacity"),
+        (&pv_path, pv.clone(), json!({"spec": {"claimRef": "data"}}), "spec.claimRef"),
+        (&pv_path, pv.clone(), json!({"spec": {"csi": {"volumeHandle": 7}}}), "spec.csi.volumeHandle"),
+        (&pv_path, pv.clone(), json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": {"a": 1}}}}}),
+         "spec.nodeAffinity.required.nodeSelectorTerms"),
+        (&claim_path, claim_doc("types", None), json!({"spec": {"resources": {"requests": ["10Gi"]}}}), "spec.resources.requests"),
+        (&claim_path, claim_doc("types", None), json!({"spec": {"volumeName": 3}}), "spec.volumeName"),
+        (&sts_path, sts_doc("types", 1), json!({"spec": {"replicas": "3"}}), "spec.replicas"),
+        (&sts_path, sts_doc("types", 1), json!({"spec": {"volumeClaimTemplates": {"a": 1}}}), "spec.volumeClaimTemplates"),
+        (&sts_path, sts_doc("types", 1), json!({"spec": {"template": {"spec": {"containers": {"name": "c"}}}}}),
+         "spec.template.spec.containers"),
+        (&sts_path, sts_doc("types", 1), json!({"spec": {"selector": {"matchLabels": "app"}}}), "spec.selector.matchLabels"),
+    ];
+    for (path, mut doc, patch, field) in cases {
+        json_merge(&mut doc, patch);
+        let (code, body) = raw_request("POST", path, &doc.to_string());
+        let status: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{field}: not a Status body: {body}"));
+        assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")), "{field}: {body}");
+        let message = status["message"].as_str().unwrap();
+        assert!(message.contains(&format!("field {field} ")), "{field}: {message}");
+    }
+    // The same through PATCH: a merge patch that makes a field the wrong type.
+    let name = c.pv_name("typed");
+    create_pv(&c, ebs_pv(&c, &name, "vol-00000000000000005", ZONE, None, "Retain")).await;
+    let err = c.kubectl_err(&["patch", "pv", &name, "--type=merge", "-p", r#"{"spec":{"accessModes":{"a":1}}}"#]);
+    assert!(err.contains("(BadRequest)") && err.contains("field spec.accessModes "), "{err}");
+    assert!(c.pv(&name).await.is_some());
+    // Not JSON at all.
+    let (code, body) = raw_request("POST", &claim_path, "{not json");
+    assert_eq!(code, 400, "{body}");
+}
+
+/// One HTTP/1.1 request to the stand-in; (status code, body).
+fn raw_request(method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let url = support::env("FLOW_TEST_K8S_URL");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect to the stand-in");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+fn json_merge(doc: &mut Value, patch: Value) {
+    match (doc, patch) {
+        (Value::Object(d), Value::Object(p)) => {
+            for (k, v) in p {
+                match d.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => json_merge(existing, v),
+                    _ => {
+                        d.insert(k, v);
+                    }
+                }
+            }
+        }
+        (d, p) => *d = p,
+    }
 }

@@ -55,12 +55,14 @@ EXTRA_FIELDS = {
               | {"reason": lambda o: o.get("reason"), "type": lambda o: o.get("type")},
 }
 BOOKMARK_EVERY = 5.0
+EVENT_REPEAT = 2.0
 MAX_WATCH = 1800
 
 
 class Api:
     def __init__(self, store):
         self.store = store
+        self.event_times = {}  # (uid, reason, message) -> monotonic time last recorded
 
     # ---------------------------------------------------------------- helpers
 
@@ -101,7 +103,14 @@ class Api:
         k = KINDS[resource]
         meta = obj["metadata"]
         ns = meta.get("namespace") or "default"
+        key = (meta.get("uid"), reason, message)
         with self.store.lock:
+            # the recorder's spam filter: a controller retrying every tick does not write
+            # an event every tick (an equal event is counted at most once per EVENT_REPEAT)
+            last = self.event_times.get(key)
+            if last is not None and time.monotonic() - last < EVENT_REPEAT:
+                return
+            self.event_times[key] = time.monotonic()
             for ev in self.store.list("events", ns)[0]:
                 if ev["involvedObject"].get("uid") == meta.get("uid") and ev["reason"] == reason \
                         and ev["message"] == message:
@@ -165,6 +174,11 @@ class Api:
         obj = copy.deepcopy(body)
         obj.pop("apiVersion", None)
         obj.pop("kind", None)
+        wrong = resources.type_error(k.resource, obj)
+        if wrong:
+            field, expected, got = wrong
+            raise errors.bad_request(f'{k.kind} in version "{k.version}" cannot be handled as a {k.kind}: '
+                                     f"json: cannot unmarshal {got} into field {field} of type {expected}")
         return obj
 
     # ---------------------------------------------------------------- read

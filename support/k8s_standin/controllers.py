@@ -55,6 +55,7 @@ from selector import SelectorError, labels_match, selector_from_match
 
 TICK = 0.05
 ATTACH_RETRY = 0.5
+POD_STOP = 0.2
 ZONE_KEYS = ("topology.ebs.csi.aws.com/zone", "topology.kubernetes.io/zone",
              "failure-domain.beta.kubernetes.io/zone")
 PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
@@ -88,6 +89,7 @@ class Controllers:
     def __init__(self, api, ec2, log):
         self.api, self.store, self.ec2, self.log = api, api.store, ec2, log
         self.attach_tried = {}  # pod uid -> monotonic time of the last attach try
+        self.stopping = {}  # pod uid -> monotonic time its deletion was seen
         self.thread = threading.Thread(target=self.run, name="controllers", daemon=True)
 
     def start(self):
@@ -294,14 +296,15 @@ class Controllers:
     # ---------------------------------------------------------------- scheduler, kubelet
 
     def kubelet_stop(self):
+        """A pod being deleted stays (Terminating) for POD_STOP seconds while its
+        containers stop, then the kubelet removes it."""
+        t = time.monotonic()
         for pod in self.store.list("pods")[0]:
             if _deleting(pod):
-                # second tick: the containers have stopped, the kubelet removes the pod
-                if pod["metadata"].get("annotations", {}).get("standin.flow/stopping") == "done":
+                since = self.stopping.setdefault(pod["metadata"]["uid"], t)
+                if t - since >= POD_STOP:
+                    self.stopping.pop(pod["metadata"]["uid"], None)
                     self.store.remove("pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
-                else:
-                    pod["metadata"].setdefault("annotations", {})["standin.flow/stopping"] = "done"
-                    self.store.write("pods", pod)
 
     def _set_condition(self, pod, ctype, status, reason=None, message=None):
         conds = [c for c in pod["status"].get("conditions") or [] if c.get("type") != ctype]

@@ -431,3 +431,90 @@ def openapi_doc(gv_path):
                                     "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {}}}
     return {"openapi": "3.0.0", "info": {"title": "Kubernetes (flow stand-in)", "version": "v1.32.0"},
             "paths": paths, "components": {"schemas": {}}}
+
+
+# ------------------------------------------------------------------ JSON types
+
+STR, INT, BOOL, MAP, QTY, ANY = "string", "integer", "boolean", "map of strings", "quantity", "any"
+LABEL_SELECTOR = {"matchLabels": MAP, "matchExpressions": [{"key": STR, "operator": STR, "values": [STR]}]}
+OBJECT_META = {"name": STR, "generateName": STR, "namespace": STR, "uid": STR, "resourceVersion": STR,
+               "labels": MAP, "annotations": MAP, "finalizers": [STR], "generation": INT,
+               "ownerReferences": [{"apiVersion": STR, "kind": STR, "name": STR, "uid": STR,
+                                    "controller": BOOL, "blockOwnerDeletion": BOOL}]}
+NODE_AFFINITY = {"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": STR, "operator": STR,
+                                                                          "values": [STR]}]}]}}
+PVC_SPEC = {"accessModes": [STR], "resources": {"requests": {"storage": QTY}, "limits": {"storage": QTY}},
+            "selector": LABEL_SELECTOR, "storageClassName": STR, "volumeMode": STR, "volumeName": STR,
+            "volumeAttributesClassName": STR}
+SCHEMAS = {
+    "persistentvolumes": {
+        "capacity": {"storage": QTY}, "accessModes": [STR], "persistentVolumeReclaimPolicy": STR,
+        "storageClassName": STR, "volumeMode": STR, "mountOptions": [STR], "nodeAffinity": NODE_AFFINITY,
+        "claimRef": {"kind": STR, "namespace": STR, "name": STR, "uid": STR, "apiVersion": STR, "resourceVersion": STR},
+        "csi": {"driver": STR, "volumeHandle": STR, "fsType": STR, "readOnly": BOOL, "volumeAttributes": MAP},
+        "awsElasticBlockStore": {"volumeID": STR, "fsType": STR, "partition": INT, "readOnly": BOOL},
+    },
+    "persistentvolumeclaims": PVC_SPEC,
+    "statefulsets": {
+        "replicas": INT, "serviceName": STR, "podManagementPolicy": STR, "revisionHistoryLimit": INT,
+        "minReadySeconds": INT, "ordinals": {"start": INT}, "selector": LABEL_SELECTOR,
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": STR, "whenScaled": STR},
+        "template": {"metadata": OBJECT_META,
+                     "spec": {"containers": [{"name": STR, "image": STR}], "volumes": [ANY]}},
+        "volumeClaimTemplates": [{"metadata": OBJECT_META, "spec": PVC_SPEC}],
+        "updateStrategy": {"type": STR},
+    },
+    "namespaces": {"finalizers": [STR]},
+}
+
+
+def _json_type(v):
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _type_error(path, schema, value):
+    if value is None:
+        return None  # null is "unset" for every optional field
+    if schema == ANY:
+        return None
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return path, "object"
+        for k, sub in schema.items():
+            if k in value:
+                err = _type_error(f"{path}.{k}", sub, value[k])
+                if err:
+                    return err
+        return None
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return path, "array"
+        for i, item in enumerate(value):
+            err = _type_error(f"{path}[{i}]", schema[0], item)
+            if err:
+                return err
+        return None
+    ok = {STR: lambda v: isinstance(v, str),
+          INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          BOOL: lambda v: isinstance(v, bool),
+          MAP: lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+          QTY: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)}[schema](value)
+    return None if ok else (path, schema)
+
+
+def type_error(resource, obj):
+    """(field, expected type, got) for the first field of a wrong JSON type, or None: the
+    API server's decoder refuses those with 400 before any validation."""
+    if not isinstance(obj.get("metadata", {}), dict):
+        return "metadata", "object", _json_type(obj["metadata"])
+    err = _type_error("metadata", OBJECT_META, obj.get("metadata"))
+    if err is None and "spec" in obj:
+        err = _type_error("spec", SCHEMAS.get(resource, {}), obj["spec"])
+    if err is None:
+        return None
+    path, expected = err
+    value = obj
+    for part in path.replace("[", ".[").split("."):
+        value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+    return path, expected, _json_type(value)

@@ -56,7 +56,9 @@ def route(path):
     else:
         return None
     ns = None
-    if len(rest) >= 3 and rest[0] == "namespaces":
+    if len(rest) == 3 and rest[0] == "namespaces" and rest[2] in KINDS["namespaces"].subresources:
+        pass  # /api/v1/namespaces/NAME/status
+    elif len(rest) >= 3 and rest[0] == "namespaces":
         ns, rest = rest[1], rest[2:]
     if not rest or len(rest) > 3:
         return None
