@@ -662,14 +662,7 @@ async fn standin_deleting_a_claim_keeps_a_retain_pv_and_its_volume() {
         "Released",
         "Retain keeps the PV"
     );
-    assert!(
-        ebs_volume_is_there(&volume).await,
-        "Retain keeps the EBS volume"
-    );
-}
-
-async fn ebs_volume_is_there(id: &str) -> bool {
-    ebs_exists(id).await
+    assert!(ebs_exists(&volume).await, "Retain keeps the EBS volume");
 }
 
 #[tokio::test]
@@ -1725,13 +1718,97 @@ async fn standin_wrong_json_types_are_refused_with_400_naming_the_field() {
         "{err}"
     );
     assert!(c.pv(&name).await.is_some());
+    // The other bodies: Scale, DeleteOptions, and the status subresource.
+    create_sts(&c, sts_doc("types", 0)).await;
+    let sts = format!("{sts_path}/types");
+    let others: Vec<(&str, String, &str, &str, &str)> = vec![
+        (
+            "PUT",
+            format!("{sts}/scale"),
+            "application/json",
+            r#"{"spec":"x"}"#,
+            "spec",
+        ),
+        (
+            "PUT",
+            format!("{sts}/scale"),
+            "application/json",
+            r#"{"metadata":"x","spec":{"replicas":1}}"#,
+            "metadata",
+        ),
+        (
+            "PATCH",
+            format!("{sts}/scale"),
+            "application/merge-patch+json",
+            r#"{"metadata":{"resourceVersion":7}}"#,
+            "metadata.resourceVersion",
+        ),
+        (
+            "DELETE",
+            sts.clone(),
+            "application/json",
+            r#"{"preconditions":"x"}"#,
+            "preconditions",
+        ),
+        (
+            "DELETE",
+            sts.clone(),
+            "application/json",
+            r#"{"gracePeriodSeconds":"x"}"#,
+            "gracePeriodSeconds",
+        ),
+        (
+            "PATCH",
+            format!("{sts}/status"),
+            "application/merge-patch+json",
+            r#"{"status":"x"}"#,
+            "status",
+        ),
+        (
+            "PATCH",
+            format!("{sts}/status"),
+            "application/merge-patch+json",
+            r#"{"status":{"replicas":"x"}}"#,
+            "status.replicas",
+        ),
+    ];
+    for (method, path, ctype, body, field) in others {
+        let (code, answer) = raw_request_typed(method, &path, ctype, body);
+        let status: Value =
+            serde_json::from_str(&answer).unwrap_or_else(|_| panic!("{method} {path}: {answer}"));
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (400, Some("BadRequest")),
+            "{method} {path} {body}: {answer}"
+        );
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("field {field} ")),
+            "{answer}"
+        );
+    }
+    assert!(
+        c.api::<StatefulSet>()
+            .get_opt("types")
+            .await
+            .unwrap()
+            .is_some(),
+        "the refused DELETEs deleted nothing"
+    );
+
     // Not JSON at all.
     let (code, body) = raw_request("POST", &claim_path, "{not json");
     assert_eq!(code, 400, "{body}");
 }
 
-/// One HTTP/1.1 request to the stand-in; (status code, body).
+/// One HTTP/1.1 request to the stand-in with a JSON body; (status code, body).
 fn raw_request(method: &str, path: &str, body: &str) -> (u16, String) {
+    raw_request_typed(method, path, "application/json", body)
+}
+
+fn raw_request_typed(method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let url = support::env("FLOW_TEST_K8S_URL");
     let authority = url.trim_start_matches("http://").trim_end_matches('/');
@@ -1741,7 +1818,7 @@ fn raw_request(method: &str, path: &str, body: &str) -> (u16, String) {
         .unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )

@@ -174,11 +174,7 @@ class Api:
         obj = copy.deepcopy(body)
         obj.pop("apiVersion", None)
         obj.pop("kind", None)
-        wrong = resources.type_error(k.resource, obj)
-        if wrong:
-            field, expected, got = wrong
-            raise errors.bad_request(f'{k.kind} in version "{k.version}" cannot be handled as a {k.kind}: '
-                                     f"json: cannot unmarshal {got} into field {field} of type {expected}")
+        _check_types(k.kind, k.version, resources.object_schema(k.resource), obj)
         return obj
 
     # ---------------------------------------------------------------- read
@@ -376,6 +372,7 @@ class Api:
     def _scale_write(self, ns, name, body, query):
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON Scale object")
+        _check_types("Scale", "v1", resources.SCALE, body)
         with self.store.lock:
             sts = self.must_get("statefulsets", ns, name)
             rv = (body.get("metadata") or {}).get("resourceVersion")
@@ -399,7 +396,10 @@ class Api:
         k = KINDS[resource]
         if "delete" not in k.verbs:
             raise errors.method_not_allowed(f"{resource} cannot be deleted through the API of this stand-in")
-        opts = body if isinstance(body, dict) else {}
+        if body is not None and not isinstance(body, dict):
+            raise errors.bad_request("the request body must be a JSON DeleteOptions object")
+        opts = body or {}
+        _check_types("DeleteOptions", "v1", resources.DELETE_OPTIONS, opts)
         policy = opts.get("propagationPolicy") or _one(query, "propagationPolicy")
         if policy not in (None, "Orphan", "Background", "Foreground"):
             raise errors.bad_request(f'propagationPolicy: Unsupported value: "{policy}": supported values: '
@@ -474,6 +474,14 @@ class Api:
                     out.append(self.typed(resource, self.delete(resource, o)[1]))
         return 200, {"kind": f"{k.kind}List", "apiVersion": k.api_version,
                      "metadata": {"resourceVersion": str(self.store.rv)}, "items": out}
+
+
+def _check_types(kind, version, schema, body):
+    wrong = resources.type_error(schema, body)
+    if wrong:
+        field, expected, got = wrong
+        raise errors.bad_request(f'{kind} in version "{version}" cannot be handled as a {kind}: '
+                                 f"json: cannot unmarshal {got} into field {field} of type {expected}")
 
 
 def _one(query, name):

@@ -468,28 +468,44 @@ SCHEMAS = {
 }
 
 
+STATUS_SCHEMAS = {
+    "persistentvolumes": {"phase": STR, "message": STR, "reason": STR},
+    "persistentvolumeclaims": {"phase": STR, "accessModes": [STR], "capacity": {"storage": QTY}, "conditions": [ANY]},
+    "statefulsets": {f: INT for f in ("replicas", "readyReplicas", "currentReplicas", "updatedReplicas",
+                                      "availableReplicas", "observedGeneration", "collisionCount")}
+                    | {"currentRevision": STR, "updateRevision": STR},
+    "namespaces": {"phase": STR},
+}
+SCALE = {"metadata": OBJECT_META, "spec": {"replicas": INT}}
+DELETE_OPTIONS = {"propagationPolicy": STR, "gracePeriodSeconds": INT, "orphanDependents": BOOL, "dryRun": [STR],
+                  "preconditions": {"uid": STR, "resourceVersion": STR}}
+
+
+def object_schema(resource):
+    return {"metadata": OBJECT_META, "spec": SCHEMAS.get(resource, {}), "status": STATUS_SCHEMAS.get(resource, {})}
+
+
 def _json_type(v):
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
             type(None): "null"}.get(type(v), type(v).__name__)
 
 
 def _type_error(path, schema, value):
-    if value is None:
+    """(path, expected type, value) of the first field of value not of its schema's type."""
+    if value is None or schema == ANY:
         return None  # null is "unset" for every optional field
-    if schema == ANY:
-        return None
     if isinstance(schema, dict):
         if not isinstance(value, dict):
-            return path, "object"
+            return path, "object", value
         for k, sub in schema.items():
             if k in value:
-                err = _type_error(f"{path}.{k}", sub, value[k])
+                err = _type_error(f"{path}.{k}" if path else k, sub, value[k])
                 if err:
                     return err
         return None
     if isinstance(schema, list):
         if not isinstance(value, list):
-            return path, "array"
+            return path, "array", value
         for i, item in enumerate(value):
             err = _type_error(f"{path}[{i}]", schema[0], item)
             if err:
@@ -500,21 +516,14 @@ def _type_error(path, schema, value):
           BOOL: lambda v: isinstance(v, bool),
           MAP: lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
           QTY: lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool)}[schema](value)
-    return None if ok else (path, schema)
+    return None if ok else (path, schema, value)
 
 
-def type_error(resource, obj):
-    """(field, expected type, got) for the first field of a wrong JSON type, or None: the
-    API server's decoder refuses those with 400 before any validation."""
-    if not isinstance(obj.get("metadata", {}), dict):
-        return "metadata", "object", _json_type(obj["metadata"])
-    err = _type_error("metadata", OBJECT_META, obj.get("metadata"))
-    if err is None and "spec" in obj:
-        err = _type_error("spec", SCHEMAS.get(resource, {}), obj["spec"])
+def type_error(schema, body):
+    """(field, expected type, JSON type found) for the first field of body of a wrong JSON
+    type, or None: the API server's decoder refuses those with 400 before any validation."""
+    err = _type_error("", schema, body)
     if err is None:
         return None
-    path, expected = err
-    value = obj
-    for part in path.replace("[", ".[").split("."):
-        value = value[int(part[1:-1])] if part.startswith("[") else value[part]
-    return path, expected, _json_type(value)
+    path, expected, value = err
+    return path or "(the body)", expected, _json_type(value)
