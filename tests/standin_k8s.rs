@@ -1405,6 +1405,25 @@ async fn standin_refuses_bad_objects_with_the_api_servers_status() {
     let causes = err.details.unwrap().causes;
     assert_eq!(causes[0].field, "spec.accessModes");
 
+    // Label keys follow the label syntax (prefix/name).
+    let mut bad_label = claim_doc("labelled", None);
+    bad_label["metadata"]["labels"] = json!({"bad key!": "v"});
+    let err = api_status(
+        claims
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(bad_label).unwrap(),
+            )
+            .await,
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message
+            .contains("\"bad key!\": name part must consist of"),
+        "{}",
+        err.message
+    );
+
     // A PV needs a volume source.
     let err = c.kubectl_create(
         &json!({"apiVersion": "v1", "kind": "PersistentVolume",

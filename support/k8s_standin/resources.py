@@ -240,9 +240,17 @@ def validate(resource, obj):
 
 def _label_errors(labels):
     errs = []
+    for key in labels or {}:
+        prefix, _, name = key.rpartition("/")
+        if not re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", name) or len(name) > 63 \
+                or (prefix and (len(prefix) > 253 or not re.fullmatch(DNS1123_SUBDOMAIN, prefix))):
+            errs.append(("metadata.labels", "FieldValueInvalid",
+                         f'Invalid value: "{key}": name part must consist of alphanumeric characters, '
+                         "'-', '_' or '.', and must start and end with an alphanumeric character, with an "
+                         "optional DNS subdomain prefix and '/'"))
     for key, value in (labels or {}).items():
         if not isinstance(value, str) or len(value) > 63 or not re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", value):
-            errs.append((f"metadata.labels", "FieldValueInvalid",
+            errs.append(("metadata.labels", "FieldValueInvalid",
                          f'Invalid value: "{value}": a valid label must be an empty string or consist of '
                          "alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
     return errs
