@@ -15,3 +15,4 @@ pub mod report;
 pub mod state;
 pub mod strategy;
 pub mod templates;
+pub mod warnings;

@@ -28,6 +28,8 @@ pub struct ReportContext {
     pub ended_at: DateTime<Utc>,
     /// `success`, `failed`, `interrupted`, `aborted`.
     pub outcome: String,
+    /// What the run checked nothing of ([`crate::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -120,6 +122,8 @@ pub struct Report {
     pub tables: Vec<TableReport>,
     pub steps: Vec<TaskReport>,
     pub errors: Vec<ErrorReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn secs(d: std::time::Duration) -> f64 {
@@ -308,6 +312,7 @@ pub fn build(
         tables: table_reports,
         steps,
         errors: all_errors,
+        warnings: ctx.warnings.clone(),
     }
 }
 
@@ -387,6 +392,7 @@ mod tests {
             started_at: now,
             ended_at: now,
             outcome: "success".into(),
+            warnings: vec![],
         };
         let report = build(&ctx, &g, &records);
         assert_eq!(report.tables.len(), 1);

@@ -581,3 +581,140 @@ secret_access_key = "${{env:AWS_SECRET_ACCESS_KEY}}"
     keys.sort();
     assert_eq!(keys, vec!["big/201506.csv", "big/_manifest.json"]);
 }
+
+/// Random plans: random `path` templates from pieces that do and do not tell units
+/// apart, random declared partitions (one of them absent from the source), with and
+/// without chunks. Whenever `validate` accepts a plan, `apply` either refuses it before
+/// exporting anything (a collision only the listed partitions show) or writes exactly
+/// one object per unit, and the files hold exactly the source's rows.
+#[test]
+fn random_paths_and_partitions_never_lose_rows() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let f = Fixture::new();
+    let pieces = prop::sample::select(vec![
+        "{{ partition_id }}",
+        "{{ chunk }}",
+        "{{ table.table }}",
+        "{{ partition_id[:4] }}",
+        "fixed",
+        "{{ format }}",
+    ]);
+    let strategy = (
+        prop::collection::vec(pieces, 1..4),
+        prop::option::of(prop::sample::subsequence(
+            vec!["201505", "201506", "201507", "201508"],
+            1..4,
+        )),
+        any::<bool>(),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = std::sync::Mutex::new((0, 0, 0));
+    runner
+        .run(&strategy, |(segments, declared, chunked)| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let out = format!("prop{n}");
+            let mut extra = format!("mode = \"partition\"\npath = \"{}.csv\"", segments.join("/"));
+            if let Some(ids) = &declared {
+                let list: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+                extra.push_str(&format!(
+                    "\npartition_expr = \"toYYYYMM(d)\"\npartitions = [{}]",
+                    list.join(", ")
+                ));
+            }
+            if chunked {
+                extra.push_str("\nsplit_by = \"id\"\nmax_rows = 4");
+            }
+            let plan = f.plan(&format!("{out}.toml"), &out, &out, &f.table(&extra));
+            let validate = flow(&["validate"], &plan);
+            if !validate.status.success() {
+                outcomes.lock().unwrap().0 += 1;
+                return Ok(()); // refused offline: nothing can be lost
+            }
+            let run = flow(&["apply"], &plan);
+            let all = text(&run);
+            let files: Vec<String> = f
+                .files(&out)
+                .into_iter()
+                .filter(|k| k.ends_with(".csv"))
+                .collect();
+            if !run.status.success() {
+                outcomes.lock().unwrap().1 += 1;
+                prop_assert!(all.contains("would both write"), "{all}");
+                prop_assert!(files.is_empty(), "refused before any export: {files:?}\n{all}");
+                return Ok(());
+            }
+            let report: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(f.root.join(format!(".flow/{out}.report.json"))).unwrap(),
+            )
+            .unwrap();
+            let units = report["tables"][0]["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| p["tasks"].as_array().unwrap().iter())
+                .filter(|t| t["kind"] == "export")
+                .count();
+            prop_assert_eq!(files.len(), units, "one object per unit: {:?}\n{}", files, all);
+            let expected: u64 = match &declared {
+                Some(ids) => ids.iter().filter(|i| **i != "201505").count() as u64 * 10,
+                None => 30,
+            };
+            prop_assert_eq!(csv_rows(&f.root.join(&out), &files), expected, "{}", all);
+            outcomes.lock().unwrap().2 += 1;
+            Ok(())
+        })
+        .unwrap();
+    let (refused, refused_at_apply, applied) = *outcomes.lock().unwrap();
+    eprintln!("{refused} refused by validate, {refused_at_apply} by apply, {applied} applied");
+    assert!(applied > 0, "some random plans were applied and checked");
+}
+
+#[test]
+fn declared_partitions_the_source_lacks_and_bounds_that_match_nothing_are_warned_about() {
+    let f = Fixture::new();
+    let report = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(f.root.join(format!(".flow/{name}.report.json"))).unwrap())
+            .unwrap()
+    };
+    let plan = f.plan(
+        "absent.toml",
+        "absent",
+        "out-a",
+        &f.table("mode = \"partition\"\npartition_expr = \"toYYYYMM(d)\"\npartitions = [\"201505\", \"201506\"]\npath = \"t/{{ partition_id }}.csv\""),
+    );
+    let out = apply(&plan, &[]);
+    let all = text(&out);
+    assert!(all.contains("warning:") && all.contains("201505"), "{all}");
+    let warnings = report("absent")["warnings"].to_string();
+    assert!(warnings.contains("201505") && !warnings.contains("201506"), "{warnings}");
+
+    let plan = f.plan(
+        "nothing.toml",
+        "nothing",
+        "out-n",
+        &f.table("mode = \"partition\"\nlower = \"id > 1000\"\npath = \"t/{{ partition_id }}.csv\""),
+    );
+    let out = apply(&plan, &[]);
+    let all = text(&out);
+    assert!(all.contains("warning:") && all.contains("id > 1000"), "{all}");
+    assert!(report("nothing")["warnings"].to_string().contains("no row"));
+
+    // An empty source without bounds is fine: no warning.
+    f.db.exec(&format!("CREATE TABLE {0}.empty AS {0}.t", f.db.name()));
+    let plan = f.plan(
+        "empty.toml",
+        "empty",
+        "out-e",
+        &f.table_of("empty", "mode = \"all\"\npath = \"e.csv\""),
+    );
+    let out = apply(&plan, &[]);
+    assert!(!text(&out).contains("warning:"), "{}", text(&out));
+    assert!(report("empty").get("warnings").is_none());
+}

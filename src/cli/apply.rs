@@ -291,6 +291,13 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
 
     let records = writer.with_store(|s| s.records()).map(state::by_id);
     let mut report_written = None;
+    let warnings = match &records {
+        Ok(records) => crate::warnings::empty_selections(&plan, records),
+        Err(_) => Vec::new(),
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if let (Some(graph), Ok(records)) = (&graph, &records) {
         let report = report::build(
             &ReportContext {
@@ -300,6 +307,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
                 started_at,
                 ended_at,
                 outcome: outcome_word.to_string(),
+                warnings,
             },
             graph,
             records,
