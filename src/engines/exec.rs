@@ -3,7 +3,9 @@
 //! The runner gets the command already rendered (templates are someone else's job),
 //! plus extra environment, working directory and timeout ([`ExecCommand`]). Output is
 //! captured to `<log_dir>/<task id>.out` and `.err` — the first attempt truncates,
-//! retries append — and the exit code is recorded in the outcome's detail.
+//! retries append — through the run's redactor (a secret the command prints is
+//! masked, as CI systems mask job logs), and the exit code is recorded in the
+//! outcome's detail.
 //!
 //! Classification: exit 0 is success; the exit codes in `transient_exit_codes`
 //! (default: 75, `EX_TEMPFAIL` from sysexits.h, "try again later") and a timeout are
@@ -29,6 +31,8 @@ use crate::plan::Secret;
 
 /// Exit code treated as transient by default (`EX_TEMPFAIL`).
 pub const EX_TEMPFAIL: i32 = 75;
+/// How long the output of a finished command may take to reach its logs.
+pub const CAPTURE_GRACE: Duration = Duration::from_secs(5);
 /// Time between SIGTERM and SIGKILL when a step is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -136,6 +140,18 @@ async fn stop(child: &mut tokio::process::Child) -> Option<ExitStatus> {
     }
 }
 
+/// Waits for the output of a finished command to reach its logs. A process the
+/// command left behind may hold the pipes open: after [`CAPTURE_GRACE`] the rest of
+/// its output is not kept.
+async fn finish_captures(captures: [Option<tokio::task::JoinHandle<std::io::Result<()>>>; 2]) {
+    for handle in captures.into_iter().flatten() {
+        let abort = handle.abort_handle();
+        if tokio::time::timeout(CAPTURE_GRACE, handle).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
 /// Runs one command for task `id`.
 pub async fn run_command(
     id: &TaskId,
@@ -163,8 +179,8 @@ pub async fn run_command(
         .env("FLOW_ATTEMPT", ctx.attempt.to_string())
         .env("FLOW_LOG_DIR", &ctx.log_dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     for (name, value) in &cmd.env {
@@ -199,6 +215,17 @@ pub async fn run_command(
         TaskFailure::permanent(format!("cannot start `sh -c`: {e}{hint}"))
     })?;
 
+    // Output reaches its log through the run's redactor, as CI masks job logs.
+    let captures = [
+        child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(crate::redact::capture(o, stdout))),
+        child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(crate::redact::capture(e, stderr))),
+    ];
     let timeout = async {
         match cmd.timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -209,10 +236,12 @@ pub async fn run_command(
         status = child.wait() => status.map_err(|e| TaskFailure::permanent(format!("waiting for the command failed: {e}")))?,
         _ = ctx.cancel.cancelled() => {
             stop(&mut child).await;
+            finish_captures(captures).await;
             return Err(TaskFailure::permanent("cancelled (interrupt); the command was stopped"));
         }
         _ = timeout => {
             stop(&mut child).await;
+            finish_captures(captures).await;
             let t = cmd.timeout.unwrap_or_default();
             return Err(TaskFailure::transient(format!(
                 "timed out after {}; the command was stopped (raise the step's `timeout` if it needs longer)",
@@ -221,6 +250,7 @@ pub async fn run_command(
         }
     };
 
+    finish_captures(captures).await;
     let outputs = vec![
         out_path.display().to_string(),
         err_path.display().to_string(),
