@@ -80,9 +80,59 @@ fn dialect(kind: ConnectionKind) -> Box<dyn Dialect> {
 }
 
 /// One statement of a text: its words and where it is in the text.
+#[derive(Default)]
 struct Statement {
     tokens: Vec<Token>,
     range: std::ops::Range<usize>,
+    /// MySQL executable comments (`/*! … */`, `/*M! … */`): code the server runs.
+    hidden: Vec<String>,
+    /// A comment holds `/*`: ClickHouse 18.x ends it at the first `*/`, newer
+    /// servers and the tokenizer at the matching one, so the text is read two ways.
+    nested_comment: bool,
+}
+
+/// The code of a MySQL/MariaDB executable comment, without its version number.
+fn executable_comment(comment: &str) -> Option<&str> {
+    let rest = comment
+        .strip_prefix('!')
+        .or_else(|| comment.strip_prefix("M!"))?;
+    Some(rest.trim_start_matches(|c: char| c.is_ascii_digit()))
+}
+
+impl Statement {
+    /// Whether the server has anything to run: a token, or code in a comment.
+    fn counts(&self) -> bool {
+        !self.tokens.is_empty() || !self.hidden.is_empty() || self.nested_comment
+    }
+
+    fn class(&self, kind: ConnectionKind) -> SqlClass {
+        if self.nested_comment {
+            return SqlClass::Destructive(
+                "a comment inside a comment, which server versions end at different `*/`"
+                    .to_string(),
+            );
+        }
+        let mut class = if self.tokens.is_empty() {
+            SqlClass::Safe
+        } else {
+            statement_class(&self.tokens)
+        };
+        for code in &self.hidden {
+            class = class.worst(classify(code, kind));
+        }
+        class
+    }
+}
+
+impl SqlClass {
+    /// The more severe of two classes: destructive, then unclassified, then safe.
+    fn worst(self, other: SqlClass) -> SqlClass {
+        match (self, other) {
+            (d @ SqlClass::Destructive(_), _) | (_, d @ SqlClass::Destructive(_)) => d,
+            (u @ SqlClass::Unclassified(_), _) | (_, u @ SqlClass::Unclassified(_)) => u,
+            _ => SqlClass::Safe,
+        }
+    }
 }
 
 /// Byte offset of a 1-based line and column (in characters) of `text`.
@@ -108,18 +158,22 @@ fn statements(sql: &str, kind: ConnectionKind) -> Result<Vec<Statement>, String>
     let mut line_starts = vec![0];
     line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
     let mut out = Vec::new();
-    let mut current = Statement {
-        tokens: Vec::new(),
-        range: 0..0,
-    };
+    let mysql = matches!(kind, ConnectionKind::Mysql | ConnectionKind::Starrocks);
+    let mut current = Statement::default();
     for t in tokens {
         match t.token {
+            Token::Whitespace(Whitespace::MultiLineComment(comment)) => {
+                current.nested_comment |= comment.contains("/*");
+                match executable_comment(&comment) {
+                    Some(code) if mysql => current.hidden.push(code.to_string()),
+                    _ => {}
+                }
+            }
             Token::Whitespace(
                 Whitespace::Space
                 | Whitespace::Newline
                 | Whitespace::Tab
-                | Whitespace::SingleLineComment { .. }
-                | Whitespace::MultiLineComment(_),
+                | Whitespace::SingleLineComment { .. },
             )
             | Token::EOF => {}
             Token::SemiColon => {
@@ -129,11 +183,11 @@ fn statements(sql: &str, kind: ConnectionKind) -> Result<Vec<Statement>, String>
                 let done = std::mem::replace(
                     &mut current,
                     Statement {
-                        tokens: Vec::new(),
                         range: next_start..next_start,
+                        ..Statement::default()
                     },
                 );
-                if !done.tokens.is_empty() {
+                if done.counts() {
                     out.push(done);
                 }
             }
@@ -141,7 +195,7 @@ fn statements(sql: &str, kind: ConnectionKind) -> Result<Vec<Statement>, String>
         }
     }
     current.range.end = sql.len();
-    if !current.tokens.is_empty() {
+    if current.counts() {
         out.push(current);
     }
     Ok(out)
@@ -169,17 +223,8 @@ pub fn classify(sql: &str, kind: ConnectionKind) -> SqlClass {
         Ok(list) => list,
         Err(e) => return SqlClass::Unclassified(e),
     };
-    let mut unclassified = None;
-    for statement in &list {
-        match statement_class(&statement.tokens) {
-            SqlClass::Safe => {}
-            d @ SqlClass::Destructive(_) => return d,
-            u @ SqlClass::Unclassified(_) => {
-                unclassified.get_or_insert(u);
-            }
-        }
-    }
-    unclassified.unwrap_or(SqlClass::Safe)
+    list.iter()
+        .fold(SqlClass::Safe, |worst, s| worst.worst(s.class(kind)))
 }
 
 /// An unquoted word of a statement, upper-cased; quoted identifiers are no keywords.
@@ -220,6 +265,10 @@ fn statement_class(tokens: &[Token]) -> SqlClass {
             None => SqlClass::Safe,
         },
         "INSERT" if next == "OVERWRITE" => named("INSERT OVERWRITE"),
+        "INSERT" if next == "OR" && words.get(2).is_some_and(|w| w == "REPLACE") => {
+            named("INSERT OR REPLACE")
+        }
+        "INSERT" if has("DUPLICATE") && has("UPDATE") => named("INSERT … ON DUPLICATE KEY UPDATE"),
         "INSERT" => SqlClass::Safe,
         "CREATE" if next == "OR" && words.get(2).is_some_and(|w| w == "REPLACE") => {
             named("CREATE OR REPLACE")
@@ -330,6 +379,12 @@ mod tests {
             ("DETACH TABLE t", Clickhouse, d("DETACH TABLE")),
             ("REPLACE INTO t VALUES (1)", Mysql, d("REPLACE INTO")),
             (
+                "INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE x = 2",
+                Mysql,
+                d("INSERT … ON DUPLICATE KEY UPDATE"),
+            ),
+            ("INSERT INTO t SELECT * FROM u", Mysql, SqlClass::Safe),
+            (
                 "INSERT OVERWRITE t SELECT * FROM s",
                 Mysql,
                 d("INSERT OVERWRITE"),
@@ -423,6 +478,31 @@ mod tests {
             classify("SELECT 1 # x; DROP TABLE t", Mysql),
             SqlClass::Safe
         );
+    }
+
+    #[test]
+    fn comments_servers_read_as_code_are_classified_too() {
+        // MySQL runs the code of `/*! … */` and MariaDB that of `/*M! … */`.
+        assert_eq!(
+            classify("SELECT 1 /*!50000 ; DROP TABLE t */", Mysql),
+            d("DROP TABLE")
+        );
+        assert_eq!(classify("/*M!100100 TRUNCATE t */", Mysql), d("TRUNCATE"));
+        assert_eq!(
+            classify("SELECT /*+ MAX_EXECUTION_TIME(1) */ 1", Mysql),
+            SqlClass::Safe
+        );
+        // `--` needs a space after it in MySQL: `--1` is minus minus one, not a comment.
+        assert_eq!(
+            classify("SELECT 1 --1; DROP TABLE t", Mysql),
+            d("DROP TABLE")
+        );
+        // ClickHouse 18.16 ends a comment at the first `*/` (checked on the server), so
+        // `DROP TABLE t` runs there; the tokenizer nests. Both readings count.
+        let nested = classify("/* /* */ DROP TABLE t -- */", Clickhouse);
+        assert!(matches!(nested, SqlClass::Destructive(_)), "{nested:?}");
+        let nested = classify("SELECT 1 /* a /* b */ c */", Clickhouse);
+        assert!(matches!(nested, SqlClass::Destructive(_)), "{nested:?}");
     }
 
     #[test]
