@@ -404,3 +404,18 @@ env = {{ PGPASSWORD = "{CANARY}6", MODE = "fast", TOKEN_FROM_ENV = "${{env:T}}" 
         }
     }
 }
+
+#[test]
+fn a_syntax_error_beside_a_clear_secret_does_not_show_it() {
+    const CANARY: &str = "Kx9syntaxcanary";
+    let plan = format!(
+        "[plan]\nname = \"syntax\"\n\n[connections.ch]\nkind = \"clickhouse\"\nurl = \"http://u:{CANARY}1@127.0.0.1:8123\"\npassword = \"{CANARY}2\nuser = \"default\"\n"
+    );
+    let (code, stdout, stderr) = validate_text(&plan, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("plan.toml:7:"),
+        "the syntax error is shown\n{stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains(CANARY), "{stderr}");
+}

@@ -65,6 +65,9 @@ pub fn check_source(source: SourceFile, options: &LoadOptions) -> Loaded {
         Ok(f) => f,
         Err(e) => {
             diagnostics.push(parse_diagnostic(&e));
+            for range in secrets::secret_ranges_in_text(&source.text) {
+                diagnostics.mask(range);
+            }
             return Loaded {
                 source,
                 plan: None,

@@ -148,6 +148,59 @@ pub fn values(plan: &Plan, env: &BTreeMap<String, String>) -> Vec<String> {
     out
 }
 
+/// Byte ranges of `text` (a plan file that may not even parse) holding string values
+/// of secret-named keys or URL userinfo passwords: what an excerpt of a TOML syntax
+/// error must not show, read line by line without the TOML parser.
+pub fn secret_ranges_in_text(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let bytes = line.as_bytes();
+        let mut key_start = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'{' | b',' => key_start = i + 1,
+                b'=' => {
+                    let key = line[key_start..i]
+                        .trim()
+                        .trim_matches(|c| c == '"' || c == '\'');
+                    let mut j = i + 1;
+                    while j < bytes.len() && bytes[j] == b' ' {
+                        j += 1;
+                    }
+                    let Some(&quote) = bytes.get(j).filter(|q| matches!(q, b'"' | b'\'')) else {
+                        i += 1;
+                        continue;
+                    };
+                    let mut end = j + 1;
+                    while end < bytes.len() && bytes[end] != quote && bytes[end] != b'\n' {
+                        end += if bytes[end] == b'\\' && quote == b'"' {
+                            2
+                        } else {
+                            1
+                        };
+                    }
+                    let end = end.min(bytes.len());
+                    let value = &line[j + 1..end];
+                    if name_marks_secret(key) {
+                        out.push(line_start + j + 1..line_start + end);
+                    } else if let Some(p) = userinfo_password(value) {
+                        let at = value.find(p).unwrap_or(0);
+                        out.push(line_start + j + 1 + at..line_start + j + 1 + at + p.len());
+                    }
+                    i = end;
+                    key_start = end + 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        line_start += line.len();
+    }
+    out
+}
+
 /// Installs the secrets of `plan`, resolved from the process environment, into the
 /// process-wide redactor.
 pub fn install(plan: &Plan) {
@@ -160,6 +213,16 @@ pub fn install(plan: &Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_values_are_found_in_text_that_does_not_parse() {
+        let text = "password = \"hunter2\nurl = \"http://u:pw@h\"\nenv = { A = \"1\", PGPASSWORD = 'x' }\nname = \"n\"";
+        let shown: Vec<&str> = secret_ranges_in_text(text)
+            .into_iter()
+            .map(|r| &text[r])
+            .collect();
+        assert_eq!(shown, vec!["hunter2", "pw", "x"]);
+    }
 
     #[test]
     fn names_that_mark_secrets() {
