@@ -280,7 +280,9 @@ env = { PW = "${env:FLOW_CANARY_EXEC}" }
     for format in ["dot", "mermaid"] {
         outputs.push(run(&["graph", plan_arg, "--format", format], &[]).1);
     }
-    let applies: [(&[&str], &[(&str, &str)]); 4] = [
+    /// Flags of one `flow apply` and the environment it adds.
+    type Apply<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let applies: [Apply; 4] = [
         (&["-v"], &[]),
         (&["-vv", "--log-format", "json"], &[]),
         (&[], &[("RUST_LOG", "trace")]),
