@@ -103,7 +103,7 @@ impl Metrics {
         self.lock().end = Some(at);
     }
 
-    /// The text exposition format.
+    /// The text exposition format, masked by the run's redactor (file and endpoint).
     pub fn render(&self) -> String {
         let s = self.lock();
         let label = format!("{{plan=\"{}\"}}", escape(&self.plan));
@@ -139,7 +139,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name}{label} {value}");
         }
-        out
+        crate::redact::text(&out)
     }
 
     /// Writes the metrics to `path` atomically (write, then rename).

@@ -327,7 +327,7 @@ impl Report {
             std::fs::create_dir_all(parent)?;
         }
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, self.to_json() + "\n")?;
+        std::fs::write(&tmp, crate::redact::text(&self.to_json()) + "\n")?;
         std::fs::rename(&tmp, path)
     }
 }

@@ -131,6 +131,8 @@ database = "{}"
 id = "bad"
 kind = "sql"
 connection = "my"
+# A typo flow cannot classify: the step says it removes nothing.
+destructive = false
 sql = "SELEC 1"
 "#,
         my.name()
@@ -372,4 +374,90 @@ fn a_timed_out_clickhouse_step_kills_its_statement() {
         gone_within(Duration::from_secs(5), running).is_some(),
         "the INSERT still runs on the server"
     );
+}
+
+/// A statement made destructive by `--var` (known when the plan is loaded) or by an
+/// environment value (known only when the step runs) in a step not marked destructive
+/// is refused, and nothing of the step is sent: the rows and the table are still there.
+#[test]
+fn a_destructive_statement_made_by_var_or_env_is_never_sent() {
+    let db = support::ChDatabase::new(&support::ch_url(), "refuse");
+    db.exec(&format!(
+        "CREATE TABLE {}.t (x UInt32) ENGINE = MergeTree ORDER BY x",
+        db.name()
+    ));
+    db.exec(&format!("INSERT INTO {}.t VALUES (1), (2)", db.name()));
+    let count = || db.exec(&format!("SELECT count() FROM {}.t", db.name()));
+    let plan = |name: &str, step: &str| {
+        format!(
+            r#"
+[plan]
+name = "{name}"
+retries = 0
+[plan.vars]
+stmt = "SELECT 1"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+
+[[steps]]
+id = "maybe"
+kind = "sql"
+connection = "ch"
+{step}
+"#,
+            url = support::ch_url()
+        )
+    };
+    // --var: refused when the plan is loaded, before any task runs.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan("by-var", r#"sql = "{{ vars.stmt }}""#)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .arg("apply")
+        .arg(&path)
+        .args([
+            "--var",
+            &format!(
+                "stmt=INSERT INTO {0}.t VALUES (3); DROP TABLE {0}.t",
+                db.name()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("plan.toml:16:"), "{stderr}");
+    assert!(stderr.contains("DROP TABLE"), "{stderr}");
+    assert_eq!(count().trim(), "2", "nothing of the step ran");
+
+    // An environment value: the step says destructive = false, which validate takes
+    // for text it cannot know; at run time the rendered text is a DROP and is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let out = apply(
+        dir.path(),
+        &plan(
+            "by-env",
+            "destructive = false\nsql = \"{{ env.FLOW_TEST_STMT }}\"",
+        ),
+        &[(
+            "FLOW_TEST_STMT",
+            &format!(
+                "INSERT INTO {0}.t VALUES (4);\n-- cleanup\ndrop /* x */ table {0}.t",
+                db.name()
+            ),
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("maybe"), "{stderr}");
+    assert!(stderr.contains("DROP TABLE"), "{stderr}");
+    assert_eq!(count().trim(), "2", "nothing of the step ran");
+    let status = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .args(["status", dir.path().join("plan.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("failed"), "{status}");
 }

@@ -620,7 +620,10 @@ fn random_paths_and_partitions_never_lose_rows() {
         .run(&strategy, |(segments, declared, chunked)| {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let out = format!("prop{n}");
-            let mut extra = format!("mode = \"partition\"\npath = \"{}.csv\"", segments.join("/"));
+            let mut extra = format!(
+                "mode = \"partition\"\npath = \"{}.csv\"",
+                segments.join("/")
+            );
             if let Some(ids) = &declared {
                 let list: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
                 extra.push_str(&format!(
@@ -647,7 +650,10 @@ fn random_paths_and_partitions_never_lose_rows() {
             if !run.status.success() {
                 outcomes.lock().unwrap().1 += 1;
                 prop_assert!(all.contains("would both write"), "{all}");
-                prop_assert!(files.is_empty(), "refused before any export: {files:?}\n{all}");
+                prop_assert!(
+                    files.is_empty(),
+                    "refused before any export: {files:?}\n{all}"
+                );
                 return Ok(());
             }
             let report: serde_json::Value = serde_json::from_slice(
@@ -661,7 +667,13 @@ fn random_paths_and_partitions_never_lose_rows() {
                 .flat_map(|p| p["tasks"].as_array().unwrap().iter())
                 .filter(|t| t["kind"] == "export")
                 .count();
-            prop_assert_eq!(files.len(), units, "one object per unit: {:?}\n{}", files, all);
+            prop_assert_eq!(
+                files.len(),
+                units,
+                "one object per unit: {:?}\n{}",
+                files,
+                all
+            );
             let expected: u64 = match &declared {
                 Some(ids) => ids.iter().filter(|i| **i != "201505").count() as u64 * 10,
                 None => 30,
@@ -680,8 +692,10 @@ fn random_paths_and_partitions_never_lose_rows() {
 fn declared_partitions_the_source_lacks_and_bounds_that_match_nothing_are_warned_about() {
     let f = Fixture::new();
     let report = |name: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(f.root.join(format!(".flow/{name}.report.json"))).unwrap())
-            .unwrap()
+        serde_json::from_slice(
+            &std::fs::read(f.root.join(format!(".flow/{name}.report.json"))).unwrap(),
+        )
+        .unwrap()
     };
     let plan = f.plan(
         "absent.toml",
@@ -693,17 +707,25 @@ fn declared_partitions_the_source_lacks_and_bounds_that_match_nothing_are_warned
     let all = text(&out);
     assert!(all.contains("warning:") && all.contains("201505"), "{all}");
     let warnings = report("absent")["warnings"].to_string();
-    assert!(warnings.contains("201505") && !warnings.contains("201506"), "{warnings}");
+    assert!(
+        warnings.contains("201505") && !warnings.contains("201506"),
+        "{warnings}"
+    );
 
     let plan = f.plan(
         "nothing.toml",
         "nothing",
         "out-n",
-        &f.table("mode = \"partition\"\nlower = \"id > 1000\"\npath = \"t/{{ partition_id }}.csv\""),
+        &f.table(
+            "mode = \"partition\"\nlower = \"id > 1000\"\npath = \"t/{{ partition_id }}.csv\"",
+        ),
     );
     let out = apply(&plan, &[]);
     let all = text(&out);
-    assert!(all.contains("warning:") && all.contains("id > 1000"), "{all}");
+    assert!(
+        all.contains("warning:") && all.contains("id > 1000"),
+        "{all}"
+    );
     assert!(report("nothing")["warnings"].to_string().contains("no row"));
 
     // An empty source without bounds is fine: no warning.

@@ -236,3 +236,186 @@ fn completions_are_generated() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("flow"));
 }
+
+/// Writes `plan` into a temporary folder and runs `flow validate` on it with `args`.
+fn validate_text(plan: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan).unwrap();
+    let out = flow()
+        .arg("validate")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const RENDERED_DROP: &str = r#"[plan]
+name = "rendered"
+[plan.vars]
+stmt = "SELECT 1"
+what = "t"
+
+[connections.ch]
+kind = "clickhouse"
+url = "http://127.0.0.1:8123"
+
+[[steps]]
+id = "harmless-looking"
+kind = "sql"
+connection = "ch"
+sql = "{{ vars.stmt }}"
+
+[[steps]]
+id = "drop-by-var"
+kind = "sql"
+connection = "ch"
+sql = "DR{{ 'OP' }} TABLE {{ vars.what }}"
+"#;
+
+#[test]
+fn a_template_that_renders_destructive_sql_in_an_unmarked_step_is_refused() {
+    // The text as written holds no DROP; the rendered statement does.
+    let (code, _, stderr) = validate_text(RENDERED_DROP, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("plan.toml:21:"),
+        "file:line of the step\n{stderr}"
+    );
+    assert!(stderr.contains("drop-by-var"), "{stderr}");
+    assert!(stderr.contains("DROP TABLE"), "{stderr}");
+    assert!(!stderr.contains("harmless-looking"), "{stderr}");
+    // `--var` makes the other step destructive: validate sees the rendered text.
+    let (code, _, stderr) = validate_text(RENDERED_DROP, &["--var", "stmt=drop table t"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("plan.toml:15:"), "{stderr}");
+    assert!(stderr.contains("harmless-looking"), "{stderr}");
+    assert!(
+        stderr.contains("destructive = true"),
+        "the fix is named\n{stderr}"
+    );
+}
+
+#[test]
+fn sql_that_cannot_be_classified_is_destructive_unless_the_step_says_otherwise() {
+    let plan = |mark: &str| {
+        format!(
+            r#"[plan]
+name = "unclassified"
+
+[connections.ch]
+kind = "clickhouse"
+url = "http://127.0.0.1:8123"
+
+[[steps]]
+id = "odd"
+kind = "sql"
+connection = "ch"
+sql = "FROBNICATE TABLE t 'unterminated"
+{mark}
+"#
+        )
+    };
+    let (code, _, stderr) = validate_text(&plan(""), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("odd"), "{stderr}");
+    let flat = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("`destructive = false`"), "{stderr}");
+    let (code, _, stderr) = validate_text(&plan("destructive = false"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // A statement that is destructive stays refused even when the step says it is not.
+    let lying = plan("destructive = false").replace(
+        "FROBNICATE TABLE t 'unterminated",
+        "SELECT 1; /* */ ALTER TABLE t DELETE WHERE 1",
+    );
+    let (code, _, stderr) = validate_text(&lying, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("ALTER"), "{stderr}");
+}
+
+#[test]
+fn secrets_written_in_clear_are_refused_and_never_printed() {
+    const CANARY: &str = "Kx9clearcanary";
+    let plan = format!(
+        r#"[plan]
+name = "clear"
+
+[connections.ch]
+kind = "clickhouse"
+url = "http://default:{CANARY}1@127.0.0.1:8123"
+password = "${{env:CH_PW:-{CANARY}2}}"
+settings = {{ s3_secret_password = "{CANARY}3" }}
+
+[connections.my]
+kind = "mysql"
+url = "mysql://127.0.0.1:3306"
+password = "{CANARY}4${{env:MY_PW}}"
+
+[connections.lake]
+kind = "s3"
+bucket = "exports"
+secret_access_key = "${{env:LAKE_KEY:-{CANARY}5}}"
+
+[[steps]]
+id = "dump"
+kind = "exec"
+run = "true"
+env = {{ PGPASSWORD = "{CANARY}6", MODE = "fast", TOKEN_FROM_ENV = "${{env:T}}" }}
+"#
+    );
+    for format in ["text", "json"] {
+        let (code, stdout, stderr) = validate_text(&plan, &["--format", format]);
+        assert_eq!(code, Some(1), "{stderr}{stdout}");
+        let all = format!("{stdout}{stderr}");
+        assert!(!all.contains(CANARY), "a clear secret was printed:\n{all}");
+        for key in [
+            "url",
+            "password",
+            "s3_secret_password",
+            "secret_access_key",
+            "PGPASSWORD",
+        ] {
+            assert!(all.contains(key), "no error names `{key}`:\n{all}");
+        }
+        let messages: Vec<&str> = all
+            .lines()
+            .filter(|l| l.starts_with("error:") || l.contains("\"message\""))
+            .collect();
+        assert_eq!(messages.len(), 6, "one error per clear secret:\n{all}");
+        for m in &messages {
+            assert!(!m.contains("MODE"), "a plain env value is no secret: {m}");
+            assert!(
+                !m.contains("TOKEN_FROM_ENV"),
+                "a value from the environment is fine: {m}"
+            );
+        }
+        if format == "text" {
+            for line in [6, 7, 8, 13, 18, 24] {
+                assert!(
+                    all.contains(&format!("plan.toml:{line}:")),
+                    "line {line}:\n{all}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_syntax_error_beside_a_clear_secret_does_not_show_it() {
+    const CANARY: &str = "Kx9syntaxcanary";
+    let plan = format!(
+        "[plan]\nname = \"syntax\"\n\n[connections.ch]\nkind = \"clickhouse\"\nurl = \"http://u:{CANARY}1@127.0.0.1:8123\"\npassword = \"{CANARY}2\nuser = \"default\"\n"
+    );
+    let (code, stdout, stderr) = validate_text(&plan, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("plan.toml:7:"),
+        "the syntax error is shown\n{stderr}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains(CANARY), "{stderr}");
+}

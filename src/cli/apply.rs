@@ -134,7 +134,7 @@ async fn list_whole_databases(plan: Plan, templates: &Templates) -> anyhow::Resu
                 table.database
             )
         })?;
-        eprintln!(
+        crate::errln!(
             "{}: {} table(s) to move: {}",
             table.name,
             names.len(),
@@ -154,7 +154,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
     let plan = match list_whole_databases(plan, &templates).await {
         Ok(plan) => Arc::new(plan),
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return Ok(EXIT_FAILED);
         }
     };
@@ -163,14 +163,14 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         Ok(lock) => lock,
         Err(e @ LockError::Held { .. }) => {
             let stale = matches!(&e, LockError::Held { stale: Some(_), .. });
-            eprintln!("error: plan `{}`: {e}", plan.name);
+            crate::errln!("error: plan `{}`: {e}", plan.name);
             if stale {
-                eprintln!(
+                crate::errln!(
                     "  help: if no flow is running for this plan, break the lock with `flow unlock {} --force`",
                     args.plan.display()
                 );
             } else {
-                eprintln!(
+                crate::errln!(
                     "  help: wait for that run to finish (`flow status {}` shows its progress)",
                     args.plan.display()
                 );
@@ -180,7 +180,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         Err(e) => return Err(e).context("taking the plan's lock"),
     };
     if let Some(previous) = &lock.previous {
-        eprintln!(
+        crate::errln!(
             "note: the previous run (pid {} on host {}, started {}) ended without releasing its lock — it was probably killed",
             previous.pid,
             previous.host,
@@ -195,26 +195,26 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|(status, n)| format!("{n} {status}"))
             .collect();
-        eprintln!(
+        crate::errln!(
             "error: plan `{}` has state from an earlier run in {} ({})",
             plan.name,
             db.display(),
             summary.join(", ")
         );
-        eprintln!("  continue it:  {}", resume_command(args));
-        eprintln!(
+        crate::errln!("  continue it:  {}", resume_command(args));
+        crate::errln!(
             "  start over:   flow apply {} --restart",
             args.plan.display()
         );
         return Ok(EXIT_USAGE);
     }
     if let Err(e) = stop_earlier_attempts(&mut store).await {
-        eprintln!("error: plan `{}`: {e:#}", plan.name);
+        crate::errln!("error: plan `{}`: {e:#}", plan.name);
         return Ok(EXIT_FAILED);
     }
     if args.restart && store.has_tasks()? {
         store.clear()?;
-        eprintln!("restart: discarded the state in {}", db.display());
+        crate::errln!("restart: discarded the state in {}", db.display());
     }
     if let Some(code) = claim_state(&mut store, &plan, &db, args)? {
         return Ok(code);
@@ -233,7 +233,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
             .serve(addr, server_stop.clone())
             .await
             .with_context(|| format!("serving metrics on {addr} (is the port free?)"))?;
-        eprintln!("metrics: http://{bound}/metrics");
+        crate::errln!("metrics: http://{bound}/metrics");
     }
     let (_interrupt_sender, interrupts) =
         Interrupts::from_signals().context("installing the Ctrl-C handler")?;
@@ -296,7 +296,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         Err(_) => Vec::new(),
     };
     for w in &warnings {
-        eprintln!("warning: {w}");
+        crate::errln!("warning: {w}");
     }
     if let (Some(graph), Ok(records)) = (&graph, &records) {
         let report = report::build(
@@ -314,18 +314,18 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         );
         match report.write(&plan.report_path) {
             Ok(()) => report_written = Some(plan.report_path.clone()),
-            Err(e) => eprintln!(
+            Err(e) => crate::errln!(
                 "error: cannot write the report {}: {e}",
                 plan.report_path.display()
             ),
         }
         if args.format == OutputFormat::Json {
-            println!("{}", report.to_json());
+            crate::outln!("{}", report.to_json());
         }
     }
     if let Some(path) = &args.metrics_file {
         if let Err(e) = metrics.write_file(path) {
-            eprintln!(
+            crate::errln!(
                 "error: cannot write the metrics file {}: {e}",
                 path.display()
             );
@@ -337,31 +337,31 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
 
     let summary_text = summary_text(&plan, &summaries, started_at, ended_at);
     if args.format == OutputFormat::Text {
-        print!("{summary_text}");
+        super::emit(&summary_text);
     } else {
-        eprint!("{summary_text}");
+        crate::redact::to_stderr(&summary_text);
     }
     if let Some(path) = report_written {
-        eprintln!("report: {}", path.display());
+        crate::errln!("report: {}", path.display());
     }
     for e in [flush_error, compact_error].into_iter().flatten() {
-        eprintln!("error: the state could not be saved: {e}");
+        crate::errln!("error: the state could not be saved: {e}");
     }
     if let Err(e) = &records {
-        eprintln!("error: reading the state back: {e}");
+        crate::errln!("error: reading the state back: {e}");
     }
     if let Some(e) = &error {
-        eprintln!("error: {e:#}");
+        crate::errln!("error: {e:#}");
     }
     if let Some(lost) = &lock_lost {
-        eprintln!(
+        crate::errln!(
             "error: plan `{}`: lost the plan's lock: {lost}; stopped starting tasks and cancelled the running ones, so as not to run beside the other holder",
             plan.name
         );
         return Ok(EXIT_LOCKED);
     }
     if !success && error.is_none() {
-        eprintln!("to resume: {}", resume_command(args));
+        crate::errln!("to resume: {}", resume_command(args));
     }
     Ok(if success {
         EXIT_OK
@@ -386,20 +386,20 @@ fn claim_state(
     match store.plan_file()? {
         Some(recorded) if recorded == this => return Ok(None),
         Some(recorded) if recorded.exists() && store.has_tasks()? => {
-            eprintln!(
+            crate::errln!(
                 "error: the state {} belongs to the plan file {}, which also has the name `{}`; this is {}",
                 db.display(),
                 recorded.display(),
                 plan.name,
                 this.display()
             );
-            eprintln!(
+            crate::errln!(
                 "  help: give one of the two plans its own `name` (or `state_dir`) in [plan]; to run this file over that state anyway, start over with `flow apply {} --restart`",
                 args.plan.display()
             );
             return Ok(Some(EXIT_USAGE));
         }
-        Some(recorded) if store.has_tasks()? => eprintln!(
+        Some(recorded) if store.has_tasks()? => crate::errln!(
             "note: the plan file of this state moved from {} to {}; the state goes on with it",
             recorded.display(),
             this.display()
@@ -423,11 +423,11 @@ async fn stop_earlier_attempts(store: &mut SqliteStore) -> anyhow::Result<()> {
         );
         match process_group::stop(&record.group, KILL_GRACE).await {
             Ok(None) => {}
-            Ok(Some(stopped)) => eprintln!(
+            Ok(Some(stopped)) => crate::errln!(
                 "note: {what} was still running from the previous run, which was killed; stopped its processes before anything runs again: {}",
                 stopped.describe()
             ),
-            Err(e @ GroupError::Elsewhere { .. }) => eprintln!(
+            Err(e @ GroupError::Elsewhere { .. }) => crate::errln!(
                 "warning: {what}: {e}; make sure none of its processes still runs there"
             ),
             Err(e @ GroupError::Unkillable { .. }) => anyhow::bail!(

@@ -30,14 +30,14 @@ pub fn run(args: &GraphArgs) -> u8 {
     let partitions = match super::plan::stored_partitions(&plan, &templates) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: cannot read the state of plan {}: {e:#}", plan.name);
+            crate::errln!("error: cannot read the state of plan {}: {e:#}", plan.name);
             return EXIT_FAILED;
         }
     };
     let graph = match expand(&plan, &templates, &partitions) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return EXIT_FAILED;
         }
     };

@@ -118,7 +118,7 @@ pub fn load_plan(path: &Path, vars: &[(String, String)]) -> Result<(Plan, Templa
     let loaded = match load(path, &options) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
+            crate::errln!(
                 "error: cannot read plan {}: {e}\n  help: check the path",
                 path.display()
             );
@@ -126,10 +126,13 @@ pub fn load_plan(path: &Path, vars: &[(String, String)]) -> Result<(Plan, Templa
         }
     };
     if !loaded.diagnostics.items.is_empty() {
-        eprint!("{}", loaded.diagnostics.render(&loaded.source));
+        crate::redact::to_stderr(&loaded.diagnostics.render(&loaded.source));
+    }
+    if let Some(plan) = &loaded.plan {
+        crate::plan::secrets::install(plan);
     }
     let Some(plan) = loaded.plan else {
-        eprintln!(
+        crate::errln!(
             "{}: {} error(s); nothing was run",
             path.display(),
             loaded.diagnostics.errors()
@@ -139,7 +142,7 @@ pub fn load_plan(path: &Path, vars: &[(String, String)]) -> Result<(Plan, Templa
     match Templates::new(plan.templates_dir.as_deref()) {
         Ok(t) => Ok((plan, t)),
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             Err(EXIT_FAILED)
         }
     }
@@ -156,7 +159,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::redact::MakeRedacted(std::io::stderr));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -178,9 +181,11 @@ fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyho
         .block_on(f)
 }
 
-/// Writes command output to stdout; a closed pipe (`| head`) ends output quietly.
+/// Writes command output to stdout, masked by the run's redactor; a closed pipe
+/// (`| head`) ends output quietly.
 pub fn emit(text: &str) {
     use std::io::Write as _;
+    let text = crate::redact::text(text);
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
@@ -203,7 +208,7 @@ fn run(cli: Cli) -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::errln!("error: {e:#}");
             EXIT_FAILED
         }
     }

@@ -288,7 +288,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
     let graph = match expand(&plan, &templates, &listed) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return Ok(EXIT_FAILED);
         }
     };

@@ -49,13 +49,13 @@ fn run_reset(args: &ResetArgs) -> anyhow::Result<u8> {
     let _lock = match PlanLock::acquire(&db) {
         Ok(lock) => lock,
         Err(e) => {
-            eprintln!("error: plan `{}`: {e}", plan.name);
-            eprintln!("  help: the state cannot change while a run holds the lock");
+            crate::errln!("error: plan `{}`: {e}", plan.name);
+            crate::errln!("  help: the state cannot change while a run holds the lock");
             return Ok(EXIT_LOCKED);
         }
     };
     let Some(mut store) = SqliteStore::open_existing(&db)? else {
-        eprintln!(
+        crate::errln!(
             "error: plan `{}` has no state ({} does not exist); nothing to reset",
             plan.name,
             db.display()
@@ -68,7 +68,7 @@ fn run_reset(args: &ResetArgs) -> anyhow::Result<u8> {
         .filter(|r| glob_match(&args.pattern, r.id.as_str()))
         .collect();
     if matched.is_empty() {
-        eprintln!(
+        crate::errln!(
             "error: no task of plan `{}` matches `{}`\n  help: `flow status {}` lists the task ids; `*` matches any characters",
             plan.name,
             args.pattern,
@@ -82,18 +82,18 @@ fn run_reset(args: &ResetArgs) -> anyhow::Result<u8> {
         .collect();
     store.apply(&batch)?;
     store.compact()?;
-    println!(
+    crate::outln!(
         "reset {} task(s) of plan `{}` to pending:",
         matched.len(),
         plan.name
     );
     for r in matched.iter().take(50) {
-        println!("  {} (was {})", r.id, r.status);
+        crate::outln!("  {} (was {})", r.id, r.status);
     }
     if matched.len() > 50 {
-        println!("  … and {} more", matched.len() - 50);
+        crate::outln!("  … and {} more", matched.len() - 50);
     }
-    println!(
+    crate::outln!(
         "run them with `flow apply {} --resume` (tasks that depend on them run again too)",
         args.plan.display()
     );

@@ -68,9 +68,10 @@ fn human_bytes(b: u64) -> String {
     indicatif::HumanBytes(b).to_string()
 }
 
-/// Prints `text` on stdout; a closed pipe (`flow status … | head`) is not an error.
+/// Prints `text` on stdout, masked by the run's redactor; a closed pipe (`flow status … | head`) is not an error.
 fn emit(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
+    let text = crate::redact::text(text);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
@@ -86,11 +87,11 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<u8> {
     let db = plan.state_db_path();
     let Some(mut store) = SqliteStore::open_existing(&db)? else {
         match args.format {
-            OutputFormat::Json => println!(
+            OutputFormat::Json => crate::outln!(
                 "{}",
                 serde_json::json!({ "plan": plan.name, "state": db.display().to_string(), "tasks": [] })
             ),
-            OutputFormat::Text => println!(
+            OutputFormat::Text => crate::outln!(
                 "plan `{}` has no state yet ({} does not exist); `flow apply {}` starts it",
                 plan.name,
                 db.display(),

@@ -28,18 +28,21 @@ pub fn run(args: &ValidateArgs) -> u8 {
         match load(path, &options) {
             Ok(loaded) => {
                 let valid = loaded.plan.is_some();
+                if let Some(plan) = &loaded.plan {
+                    crate::plan::secrets::install(plan);
+                }
                 if !valid {
                     invalid += 1;
                 }
                 match args.format {
                     OutputFormat::Text => {
                         if !loaded.diagnostics.items.is_empty() {
-                            eprint!("{}", loaded.diagnostics.render(&loaded.source));
+                            crate::redact::to_stderr(&loaded.diagnostics.render(&loaded.source));
                         }
                         if valid {
-                            println!("ok: {}", path.display());
+                            crate::outln!("ok: {}", path.display());
                         } else {
-                            println!(
+                            crate::outln!(
                                 "invalid: {} ({} error(s))",
                                 path.display(),
                                 loaded.diagnostics.errors()
@@ -59,8 +62,8 @@ pub fn run(args: &ValidateArgs) -> u8 {
                 invalid += 1;
                 match args.format {
                     OutputFormat::Text => {
-                        eprintln!("error: cannot read plan {}: {e}", path.display());
-                        println!("invalid: {}", path.display());
+                        crate::errln!("error: cannot read plan {}: {e}", path.display());
+                        crate::outln!("invalid: {}", path.display());
                     }
                     OutputFormat::Json => json.push(serde_json::json!({
                         "file": path.display().to_string(),
@@ -73,7 +76,7 @@ pub fn run(args: &ValidateArgs) -> u8 {
         }
     }
     if args.format == OutputFormat::Json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json).expect("diagnostics serialize")
         );

@@ -3,7 +3,9 @@
 //! The runner gets the command already rendered (templates are someone else's job),
 //! plus extra environment, working directory and timeout ([`ExecCommand`]). Output is
 //! captured to `<log_dir>/<task id>.out` and `.err` — the first attempt truncates,
-//! retries append — and the exit code is recorded in the outcome's detail.
+//! retries append — through the run's redactor (a secret the command prints is
+//! masked, as CI systems mask job logs), and the exit code is recorded in the
+//! outcome's detail.
 //!
 //! Classification: exit 0 is success; the exit codes in `transient_exit_codes`
 //! (default: 75, `EX_TEMPFAIL` from sysexits.h, "try again later") and a timeout are
@@ -39,6 +41,8 @@ use crate::state::ProcessRecord;
 
 /// Exit code treated as transient by default (`EX_TEMPFAIL`).
 pub const EX_TEMPFAIL: i32 = 75;
+/// How long the output of a finished command may take to reach its logs.
+pub const CAPTURE_GRACE: Duration = Duration::from_secs(5);
 /// Time between SIGTERM and SIGKILL when a step is stopped.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The shell's first script, run as `sh -c GATE sh COMMAND`: wait for flow's go on
@@ -139,6 +143,18 @@ enum Ended {
     TimedOut(Duration),
 }
 
+/// Waits for the output of a finished command to reach its logs. A process the
+/// command left behind may hold the pipes open: after [`CAPTURE_GRACE`] the rest of
+/// its output is not kept.
+async fn finish_captures(captures: [Option<tokio::task::JoinHandle<std::io::Result<()>>>; 2]) {
+    for handle in captures.into_iter().flatten() {
+        let abort = handle.abort_handle();
+        if tokio::time::timeout(CAPTURE_GRACE, handle).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
 /// Runs one command for task `id`.
 pub async fn run_command(
     id: &TaskId,
@@ -168,8 +184,8 @@ pub async fn run_command(
         .env("FLOW_ATTEMPT", ctx.attempt.to_string())
         .env("FLOW_LOG_DIR", &ctx.log_dir)
         .stdin(Stdio::piped())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     for (name, value) in &cmd.env {
@@ -203,6 +219,18 @@ pub async fn run_command(
         };
         TaskFailure::permanent(format!("cannot start `sh -c`: {e}{hint}"))
     })?;
+
+    // Output reaches its log through the run's redactor, as CI masks job logs.
+    let captures = [
+        child
+            .stdout
+            .take()
+            .map(|o| tokio::spawn(crate::redact::capture(o, stdout))),
+        child
+            .stderr
+            .take()
+            .map(|e| tokio::spawn(crate::redact::capture(e, stderr))),
+    ];
 
     // The shell waits at the gate: put its group on record, then let it go.
     let group = child
@@ -251,6 +279,7 @@ pub async fn run_command(
         ))
     })?;
     let _ = child.wait().await;
+    finish_captures(captures).await;
     guard.disarm();
     ctx.processes.ended(id);
     let stopped_text = stopped.as_ref().map(|s| s.describe());

@@ -127,10 +127,14 @@ impl MysqlClient {
             mysql_async::Error::Driver(_) => (None, e.is_fatal()),
             _ => (None, false),
         };
-        let mut message = e.to_string();
-        if let Some(p) = self.password.as_deref().filter(|p| p.len() >= 4) {
-            message = message.replace(p, "***");
-        }
+        let message = e.to_string();
+        let message = match self.password.as_deref() {
+            Some(p) => crate::redact::Redactor::new()
+                .with(p)
+                .redact(&message)
+                .into_owned(),
+            None => message,
+        };
         MysqlError {
             kind: self.kind,
             connection: self.name.clone(),

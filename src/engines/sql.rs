@@ -3,9 +3,12 @@
 //! the MySQL protocol.
 //!
 //! A step may hold several statements separated by `;`. ClickHouse's HTTP interface
-//! takes one statement per request, so the text is split at semicolons outside
-//! quotes and comments, and the statements run in order; the first failure stops the
-//! step. The rendered text is never logged (it may hold secrets from `env`).
+//! takes one statement per request, so the text is split at the `;` tokens the SQL
+//! tokenizer sees (none inside strings, quoted names or comments), and the statements
+//! run in order; the first failure stops the step. Before the first is sent, the
+//! rendered text is classified (`plan::destructive`): a destructive statement in a
+//! step not marked `destructive = true` is refused and nothing runs. The rendered text
+//! is never logged (it may hold secrets from `env`).
 //!
 //! A cancelled step (second Ctrl-C) or one past its `timeout` does not leave its
 //! statement running: it is killed on the server (ClickHouse by `query_id`, MySQL by
@@ -34,69 +37,6 @@ impl SqlRunner {
     }
 }
 
-/// Splits SQL text into statements at `;` outside quotes, back-quotes and comments.
-pub fn split_statements(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    let mut quote: Option<char> = None;
-    while let Some(c) = chars.next() {
-        if let Some(q) = quote {
-            current.push(c);
-            if c == '\\' {
-                if let Some(n) = chars.next() {
-                    current.push(n);
-                }
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            '\'' | '"' | '`' => {
-                quote = Some(c);
-                current.push(c);
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                // Line comment: keep it (harmless) up to the newline.
-                current.push(c);
-                for n in chars.by_ref() {
-                    current.push(n);
-                    if n == '\n' {
-                        break;
-                    }
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                current.push(c);
-                let mut prev = ' ';
-                for n in chars.by_ref() {
-                    current.push(n);
-                    if prev == '*' && n == '/' {
-                        break;
-                    }
-                    prev = n;
-                }
-            }
-            ';' => {
-                out.push(std::mem::take(&mut current));
-            }
-            _ => current.push(c),
-        }
-    }
-    out.push(current);
-    out.into_iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty() && !is_only_comments(s))
-        .collect()
-}
-
-fn is_only_comments(s: &str) -> bool {
-    s.lines()
-        .map(str::trim)
-        .all(|l| l.is_empty() || l.starts_with("--"))
-}
-
 #[async_trait::async_trait]
 impl TaskRunner for SqlRunner {
     async fn run(&self, task: &Task, ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
@@ -120,7 +60,14 @@ impl TaskRunner for SqlRunner {
         })?;
         let text = crate::graph::expand::render_step_text(&self.plan, &self.templates, step, true)
             .map_err(|e| TaskFailure::permanent(format!("sql step `{}`: {e}", step.id)))?;
-        let statements = split_statements(&text);
+        // The rendered text, with real environment values, is checked right before
+        // anything is sent: a destructive statement in an unmarked step never runs.
+        if let Some((problem, fix)) = crate::plan::destructive::refusal(step, &text, conn.kind) {
+            return Err(TaskFailure::permanent(format!(
+                "{problem}; nothing was sent to `{conn_name}`. Fix: {fix}"
+            )));
+        }
+        let statements = crate::plan::destructive::split(&text, conn.kind);
         if statements.is_empty() {
             return Err(TaskFailure::permanent(format!(
                 "sql step `{}` renders to no statement",
@@ -187,26 +134,5 @@ impl TaskRunner for SqlRunner {
             )),
             ..Default::default()
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_split_outside_quotes_and_comments() {
-        let s = split_statements(
-            "CREATE TABLE a (x String DEFAULT ';'); -- a; comment\nINSERT INTO a VALUES ('it\\'s;'); /* ; */ SELECT 1;\n;",
-        );
-        assert_eq!(
-            s,
-            vec![
-                "CREATE TABLE a (x String DEFAULT ';')".to_string(),
-                "-- a; comment\nINSERT INTO a VALUES ('it\\'s;')".to_string(),
-                "/* ; */ SELECT 1".to_string(),
-            ]
-        );
-        assert!(split_statements("-- only a comment").is_empty());
     }
 }

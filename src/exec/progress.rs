@@ -110,6 +110,8 @@ impl Progress {
 
 impl Inner {
     fn line(&mut self, line: &str) {
+        let line = crate::redact::text(line);
+        let line = line.as_str();
         match &mut self.sink {
             Sink::Bar(bar) => bar.println(line),
             Sink::Lines(out) => {

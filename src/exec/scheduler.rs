@@ -760,7 +760,10 @@ impl<'s, 'w> Run<'s, 'w> {
                 }
                 self.release(i);
             }
-            Err(failure) => {
+            Err(mut failure) => {
+                // Every failure text enters here: masked once, it reaches state, logs,
+                // events and the summary without a secret.
+                failure.message = crate::redact::text(&failure.message);
                 self.summary.errors += 1;
                 let max = self.s.options.retry.max_attempts();
                 let delay = if self.stopping() {

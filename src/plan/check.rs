@@ -14,10 +14,12 @@ use std::time::Duration;
 use petgraph::graph::DiGraph;
 use toml::Spanned;
 
+use super::destructive;
 use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use super::interpolate::Interpolated;
 use super::partitions::expand_range;
 use super::schema::{ConnectionDef, ConnectionKind, Mode, PlanFile, StepDef, StepKind, TableDef};
+use super::secrets;
 use super::{
     Connection, ExportFormat, Formatting, PartitionSource, Plan, ServerSide, StepSpec, TableSpec,
 };
@@ -63,6 +65,9 @@ pub fn check_source(source: SourceFile, options: &LoadOptions) -> Loaded {
         Ok(f) => f,
         Err(e) => {
             diagnostics.push(parse_diagnostic(&e));
+            for range in secrets::secret_ranges_in_text(&source.text) {
+                diagnostics.mask(range);
+            }
             return Loaded {
                 source,
                 plan: None,
@@ -321,9 +326,7 @@ impl Checker {
             tables,
             steps,
         };
-        if self.diags.has_errors() {
-            return None;
-        }
+        // Rendered even when other errors were found, so every error shows at once.
         let templates = templates?;
         self.templates_render(&plan, &templates);
         if self.diags.has_errors() {
@@ -383,6 +386,90 @@ impl Checker {
                     "write ${env:NAME} or ${env:NAME:-default}; write $${ for a literal ${",
                 );
                 None
+            }
+        }
+    }
+
+    /// Refuses clear text in a secret position; the excerpt of the error masks the value.
+    fn clear_secret(&mut self, value: &Interpolated, at: Range<usize>, what: &str, fix: &str) {
+        if let Some(why) = secrets::clear_text(value) {
+            self.diags.mask(at.clone());
+            self.error(
+                Some(at),
+                format!("{what} {why}"),
+                "secret in the plan",
+                format!("read it from the environment, with no default: {fix}"),
+            );
+        }
+    }
+
+    /// Every secret position of a connection: keys, URL userinfo, secret settings.
+    fn clear_secrets(&mut self, name: &str, def: &ConnectionDef) {
+        let env_name = |key: &str| {
+            format!(
+                "{}_{}",
+                name.to_uppercase().replace('-', "_"),
+                key.to_uppercase()
+            )
+        };
+        for (key, value) in [
+            ("password", &def.password),
+            ("access_key_id", &def.access_key_id),
+            ("secret_access_key", &def.secret_access_key),
+        ] {
+            let Some(v) = value else { continue };
+            let Ok(parsed) = Interpolated::parse(v.get_ref()) else {
+                continue;
+            };
+            // A key id alone names an account; only a clear one beside an env reference
+            // or as a default is refused, like any secret built from clear text.
+            if key == "access_key_id" && parsed.is_literal() {
+                continue;
+            }
+            self.clear_secret(
+                &parsed,
+                v.span(),
+                &format!("connection \"{name}\": `{key}`"),
+                &format!("{key} = \"${{env:{}}}\"", env_name(key)),
+            );
+        }
+        for (key, value) in [
+            ("url", &def.url),
+            ("endpoint", &def.endpoint),
+            ("http_url", &def.http_url),
+        ] {
+            let Some(v) = value else { continue };
+            let Some(password) = secrets::userinfo_password(v.get_ref()) else {
+                continue;
+            };
+            if let Ok(parsed) = Interpolated::parse(password) {
+                self.clear_secret(
+                    &parsed,
+                    v.span(),
+                    &format!("connection \"{name}\": the password in the userinfo of `{key}`"),
+                    &format!(
+                        "{key} = \"${{env:{}}}\" holding the whole URL, or no password in the URL and password = \"${{env:{}}}\"",
+                        env_name(key),
+                        env_name("password")
+                    ),
+                );
+            }
+        }
+        for (key, v) in &def.settings {
+            match Interpolated::parse(v.get_ref()) {
+                Ok(parsed) if secrets::name_marks_secret(key) => self.clear_secret(
+                    &parsed,
+                    v.span(),
+                    &format!("connection \"{name}\": setting `{key}`"),
+                    &format!("{key} = \"${{env:{}}}\"", env_name(key)),
+                ),
+                Ok(_) => {}
+                Err(e) => self.error(
+                    Some(v.span()),
+                    format!("connection \"{name}\": setting `{key}`: {e}"),
+                    "bad reference",
+                    "write ${env:NAME} or ${env:NAME:-default}; write $${ for a literal ${",
+                ),
             }
         }
     }
@@ -472,24 +559,7 @@ impl Checker {
                     );
                 }
             }
-            for (key, value) in [
-                ("password", &def.password),
-                ("secret_access_key", &def.secret_access_key),
-            ] {
-                if let Some(v) = value {
-                    let literal = Interpolated::parse(v.get_ref())
-                        .map(|i| i.is_literal())
-                        .unwrap_or(false);
-                    if literal && !v.get_ref().is_empty() {
-                        self.error(
-                            span(v),
-                            format!("connection \"{name_str}\": `{key}` is written in clear text in the plan"),
-                            "secret in the plan",
-                            format!("read it from the environment: {key} = \"${{env:{}_{}}}\"", name_str.to_uppercase().replace('-', "_"), key.to_uppercase()),
-                        );
-                    }
-                }
-            }
+            self.clear_secrets(&name_str, def);
             let what = |k: &str| format!("connection \"{name_str}\" {k}");
             let url = self.interpolated(def.url.as_ref(), &what("url"));
             if let (Some(u), Some(raw)) = (&url, &def.url) {
@@ -513,7 +583,10 @@ impl Checker {
                             span(raw),
                             format!(
                                 "connection \"{name_str}\": url \"{}\" has the wrong scheme",
-                                u.raw()
+                                match secrets::userinfo_password(u.raw()) {
+                                    Some(p) => u.raw().replacen(p, crate::redact::MASK, 1),
+                                    None => u.raw().to_string(),
+                                }
                             ),
                             "wrong scheme",
                             format!("write it as {example}"),
@@ -560,7 +633,11 @@ impl Checker {
                     .interpolated(def.secret_access_key.as_ref(), &what("secret_access_key")),
                 path: self.interpolated(def.path.as_ref(), &what("path")),
                 http_url: self.interpolated(def.http_url.as_ref(), &what("http_url")),
-                settings: def.settings.clone(),
+                settings: def
+                    .settings
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                    .collect(),
                 span: def_span,
             };
             out.insert(name_str, connection);
@@ -1179,16 +1256,6 @@ impl Checker {
                 );
                 continue;
             };
-            if kind == StepKind::Sql && !def.destructive {
-                if let Some(word) = destructive_sql(&text) {
-                    self.error(
-                        def.sql.as_ref().map(|s| s.span()),
-                        format!("sql step \"{id}\" looks destructive ({word}) but is not marked so"),
-                        "destructive statement",
-                        "add `destructive = true` and run it `after` a table or a step with `verifies = true`",
-                    );
-                }
-            }
             for a in &def.after {
                 if !ids.contains_key(a.get_ref()) && !tables.contains_key(a.get_ref()) {
                     let mut known: Vec<&str> = ids.keys().map(String::as_str).collect();
@@ -1211,30 +1278,46 @@ impl Checker {
             let timeout = self.duration(def.timeout.as_ref(), &format!("step \"{id}\" timeout"));
             let mut env = BTreeMap::new();
             for (k, v) in &def.env {
-                match Interpolated::parse(v) {
+                match Interpolated::parse(v.get_ref()) {
                     Ok(i) => {
+                        if secrets::name_marks_secret(k) {
+                            self.clear_secret(
+                                &i,
+                                v.span(),
+                                &format!("step \"{id}\": env `{k}`"),
+                                &format!("{k} = \"${{env:{k}}}\""),
+                            );
+                        }
                         env.insert(k.clone(), i);
                     }
                     Err(e) => self.error(
-                        Some(step_span.clone()),
+                        Some(v.span()),
                         format!("step \"{id}\": env {k}: {e}"),
                         "bad reference",
                         "write ${env:NAME} or ${env:NAME:-default}",
                     ),
                 }
             }
+            let text_span = match kind {
+                StepKind::Exec => def.run.as_ref(),
+                StepKind::Sql => def.sql.as_ref(),
+            }
+            .map(|t| t.span())
+            .unwrap_or_else(|| step_span.clone());
             out.push(StepSpec {
                 index,
                 id,
                 kind,
                 text,
+                text_span,
                 connection: def.connection.as_ref().map(|c| c.get_ref().clone()),
                 after: def.after.iter().map(|a| a.get_ref().clone()).collect(),
                 env,
                 cwd: def.cwd.as_ref().map(PathBuf::from),
                 timeout,
                 once: def.once,
-                destructive: def.destructive,
+                destructive: def.destructive == Some(true),
+                destructive_declared: def.destructive,
                 verifies: def.verifies,
                 uses: def.uses.as_ref().map(|u| u.get_ref().clone()),
                 span: step_span,
@@ -1359,7 +1442,25 @@ impl Checker {
             }
         }
         for step in &plan.steps {
-            if let Err(e) = crate::graph::expand::render_step_text(plan, templates, step, false) {
+            let rendered = crate::graph::expand::render_step_text(plan, templates, step, false);
+            let conn = step
+                .connection
+                .as_ref()
+                .and_then(|c| plan.connections.get(c));
+            if let (Ok(text), Some(conn)) = (&rendered, conn) {
+                let kind = conn.kind;
+                if step.kind == StepKind::Sql {
+                    if let Some((problem, fix)) = destructive::refusal(step, text, kind) {
+                        self.error(
+                            Some(step.text_span.clone()),
+                            problem,
+                            "rendered statement",
+                            fix,
+                        );
+                    }
+                }
+            }
+            if let Err(e) = rendered {
                 self.error(
                     Some(step.span.clone()),
                     format!(
@@ -1419,30 +1520,4 @@ fn kinds(k: &[ConnectionKind]) -> String {
         .map(|k| k.as_str())
         .collect::<Vec<_>>()
         .join(" or ")
-}
-
-/// The first destructive keyword of an SQL statement, if it is one.
-pub fn destructive_sql(sql: &str) -> Option<&'static str> {
-    let words: Vec<String> = sql
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
-        .filter(|w| !w.is_empty())
-        .map(|w| w.to_ascii_uppercase())
-        .collect();
-    for (i, w) in words.iter().enumerate() {
-        match w.as_str() {
-            "DROP" => return Some("DROP"),
-            "TRUNCATE" => return Some("TRUNCATE"),
-            "DELETE" => return Some("DELETE"),
-            "RENAME" => return Some("RENAME"),
-            "EXCHANGE" => return Some("EXCHANGE"),
-            "REPLACE" if words.get(i + 1).is_some_and(|n| n == "PARTITION") => {
-                return Some("REPLACE PARTITION")
-            }
-            "MOVE" if words.get(i + 1).is_some_and(|n| n == "PARTITION") => {
-                return Some("MOVE PARTITION")
-            }
-            _ => {}
-        }
-    }
-    None
 }

@@ -104,6 +104,8 @@ struct Rendered {
 #[derive(Debug, Clone, Default)]
 pub struct Diagnostics {
     pub items: Vec<Diagnostic>,
+    /// Byte ranges of the file that hold secrets: excerpts show them as `*`.
+    pub masked: Vec<Range<usize>>,
 }
 
 /// JSON shape of one diagnostic (`flow validate --format json`).
@@ -120,6 +122,31 @@ pub struct DiagnosticJson<'a> {
 impl Diagnostics {
     pub fn push(&mut self, d: Diagnostic) {
         self.items.push(d);
+    }
+
+    /// Hides `range` of the file in every excerpt.
+    pub fn mask(&mut self, range: Range<usize>) {
+        self.masked.push(range);
+    }
+
+    /// The file's text with the masked ranges blanked out by `*`, one per byte, so
+    /// every span still points where it did. The quotes of a masked string stay.
+    fn excerpt_text(&self, source: &SourceFile) -> String {
+        let mut bytes = source.text.clone().into_bytes();
+        for r in &self.masked {
+            let end = r.end.min(bytes.len());
+            let start = r.start.min(end);
+            let inner = match &bytes[start..end] {
+                [b'"', .., b'"'] | [b'\'', .., b'\''] => start + 1..end - 1,
+                _ => start..end,
+            };
+            for b in &mut bytes[inner] {
+                *b = b'*';
+            }
+        }
+        // Whole strings are masked, and their ends are quotes: still UTF-8; the lossy
+        // conversion only guards against a range that cut a character.
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     pub fn has_errors(&self) -> bool {
@@ -145,6 +172,7 @@ impl Diagnostics {
             .with_width(100)
             .with_context_lines(1);
         let mut out = String::new();
+        let text = self.excerpt_text(source);
         for d in &self.items {
             let location = match &d.span {
                 Some(span) => {
@@ -160,7 +188,7 @@ impl Diagnostics {
             let _ = writeln!(out, "{word}: {location}: {}", d.message);
             let rendered = Rendered {
                 message: d.message.clone(),
-                source_code: NamedSource::new(source.display_name(), source.text.clone()),
+                source_code: NamedSource::new(source.display_name(), text.clone()),
                 span: d.span.clone().map(|s| {
                     let len = s.len().max(1);
                     SourceSpan::from((

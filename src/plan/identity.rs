@@ -15,9 +15,6 @@ use std::path::{Path, PathBuf};
 use super::schema::ConnectionKind;
 use super::{Connection, Interpolated};
 
-/// Setting names that may hold a secret; such settings are not part of an identity.
-const SECRET_WORDS: &[&str] = &["password", "secret", "token", "key", "credential"];
-
 /// The identity of `conn`, one line of `name=value` pairs in a fixed order.
 pub fn identity(conn: &Connection, base_dir: &Path) -> String {
     let mut parts = vec![format!("kind={}", conn.kind.as_str())];
@@ -53,8 +50,7 @@ pub fn identity(conn: &Connection, base_dir: &Path) -> String {
         );
     }
     for (name, value) in &conn.settings {
-        let lower = name.to_ascii_lowercase();
-        if !SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+        if !super::secrets::name_marks_secret(name) {
             parts.push(format!("settings.{name}={value}"));
         }
     }

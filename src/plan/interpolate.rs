@@ -100,6 +100,20 @@ impl Interpolated {
         })
     }
 
+    /// True when a `${env:NAME:-default}` has a non-empty default.
+    pub fn has_default(&self) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Env { default: Some(d), .. } if !d.is_empty()))
+    }
+
+    /// True when the value has text outside its environment references.
+    pub fn has_text(&self) -> bool {
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Text(t) if !t.is_empty()))
+    }
+
     /// True when the value references no environment variable.
     pub fn is_literal(&self) -> bool {
         self.env_names().next().is_none()

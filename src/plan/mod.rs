@@ -6,11 +6,13 @@
 //! value is needed, so secrets stay out of the plan model, logs and state.
 
 pub mod check;
+pub mod destructive;
 pub mod diagnostic;
 pub mod identity;
 pub mod interpolate;
 pub mod partitions;
 pub mod schema;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -269,6 +271,8 @@ pub struct StepSpec {
     pub kind: StepKind,
     /// The command (exec) or statement (sql) template source.
     pub text: String,
+    /// Where `run` / `sql` is written in the plan file.
+    pub text_span: Range<usize>,
     pub connection: Option<String>,
     /// Step ids and table names, resolved to task ids at expansion.
     pub after: Vec<String>,
@@ -276,7 +280,10 @@ pub struct StepSpec {
     pub cwd: Option<PathBuf>,
     pub timeout: Option<Duration>,
     pub once: bool,
+    /// Marked `destructive = true`.
     pub destructive: bool,
+    /// `destructive` as written: None when the step does not say.
+    pub destructive_declared: Option<bool>,
     pub verifies: bool,
     pub uses: Option<String>,
     pub span: Range<usize>,

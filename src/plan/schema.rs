@@ -145,9 +145,11 @@ pub struct ConnectionDef {
     /// starrocks: the FE HTTP address for Stream Load.
     #[schemars(with = "Option<String>")]
     pub http_url: Option<Spanned<String>>,
-    /// clickhouse: server settings sent with every query.
+    /// clickhouse: server settings sent with every query (values may use `${env:VAR}`;
+    /// a setting whose name marks a secret must).
     #[serde(default)]
-    pub settings: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub settings: BTreeMap<String, Spanned<String>>,
 }
 
 /// How a table is cut into units of work.
@@ -281,9 +283,10 @@ pub struct StepDef {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub after: Vec<Spanned<String>>,
-    /// exec: extra environment (values may use `${env:VAR}`).
+    /// exec: extra environment (values may use `${env:VAR}`; a secret must).
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub env: BTreeMap<String, Spanned<String>>,
     /// exec: working directory (default: the plan's directory).
     pub cwd: Option<String>,
     /// Kill the step after this long, e.g. "30m".
@@ -292,9 +295,9 @@ pub struct StepDef {
     /// Never re-run automatically once done.
     #[serde(default)]
     pub once: bool,
-    /// The step removes or replaces data: it must run after a verify.
-    #[serde(default)]
-    pub destructive: bool,
+    /// The step removes or replaces data: it must run after a verify. `false` says an
+    /// sql statement flow cannot classify only reads or adds data.
+    pub destructive: Option<bool>,
     /// The step checks data (counts, checksums) and fails when it does not match;
     /// destructive steps may depend on it.
     #[serde(default)]

@@ -469,8 +469,11 @@ impl SqliteStore {
             outcome.and_then(|o| o.checksum.as_deref()),
             outputs,
             detail,
-            outcome.and_then(|o| o.note.as_deref()),
-            error,
+            // Text from servers and commands is masked on its way into the state.
+            outcome
+                .and_then(|o| o.note.as_deref())
+                .map(crate::redact::text),
+            error.map(crate::redact::text),
         ])?;
         Ok(())
     }
@@ -490,8 +493,8 @@ impl SqliteStore {
             r.checksum,
             serde_json::to_string(&r.outputs).expect("a list of strings serializes"),
             serde_json::to_string(&r.detail).expect("a JSON value serializes"),
-            r.note,
-            r.error,
+            r.note.as_deref().map(crate::redact::text),
+            r.error.as_deref().map(crate::redact::text),
         ])?;
         Ok(())
     }

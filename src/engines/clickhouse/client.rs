@@ -90,7 +90,16 @@ impl ChClient {
             user: resolve(&conn.user, "user")?,
             password: resolve(&conn.password, "password")?,
             database: resolve(&conn.database, "database")?,
-            settings: conn.settings.clone(),
+            settings: conn
+                .settings
+                .iter()
+                .map(|(k, v)| {
+                    crate::plan::Interpolated::parse(v)
+                        .and_then(|i| i.resolve())
+                        .map(|v| (k.clone(), v.into_inner()))
+                        .map_err(|e| fail(format!("setting `{k}`: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -382,7 +391,7 @@ pub fn server_error(connection: &str, action: &str, text: &str, redactor: &Redac
         connection: connection.to_string(),
         action: action.to_string(),
         code,
-        message: redactor.redact(text.trim()),
+        message: redactor.redact(text.trim()).into_owned(),
         retryable: code.is_some_and(super::errors::is_transient_code),
     }
 }

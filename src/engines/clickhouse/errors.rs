@@ -55,48 +55,9 @@ impl ChError {
     }
 }
 
-/// Removes secret values (S3 keys in `s3()` calls, passwords) from error text.
-#[derive(Clone, Default)]
-pub struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} values)", self.secrets.len())
-    }
-}
-
-impl Redactor {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a value to hide; values shorter than 4 characters are ignored (they would
-    /// mangle ordinary text and are no secret anyway).
-    pub fn add(&mut self, secret: &str) {
-        if secret.len() >= 4 && !self.secrets.iter().any(|s| s == secret) {
-            self.secrets.push(secret.to_string());
-            // Longest first, so a secret containing another is replaced whole.
-            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        }
-    }
-
-    pub fn with(mut self, secret: &str) -> Self {
-        self.add(secret);
-        self
-    }
-
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
-            }
-        }
-        out
-    }
-}
+/// Removes secret values (S3 keys in `s3()` calls, passwords) from error text; the
+/// one redaction of the project, see [`crate::redact`].
+pub use crate::redact::Redactor;
 
 /// Builds a [`ChError`] from a crate error.
 pub fn from_client(
@@ -122,7 +83,7 @@ pub fn from_client(
         connection: connection.to_string(),
         action: action.into(),
         code,
-        message: redactor.redact(&clean(&text)),
+        message: redactor.redact(&clean(&text)).into_owned(),
         retryable,
     }
 }
@@ -309,8 +270,8 @@ mod tests {
     fn secrets_are_redacted() {
         let r = Redactor::new().with("AKIASECRETKEY").with("ab");
         assert_eq!(
-            r.redact("s3('u', 'AKIASECRETKEY', 'x') ab"),
-            "s3('u', '***', 'x') ab"
+            r.redact("s3('u', 'AKIASECRETKEY', 'x') ab abc"),
+            "s3('u', '***', 'x') *** abc"
         );
     }
 
