@@ -31,7 +31,7 @@ use super::{
     load_plan, OutputFormat, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE,
 };
 use crate::exec::runner::TaskRunner;
-use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary, Scheduler, Start};
+use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary, Scheduler, Start, StopReason};
 use crate::exec::{ConnectionLimit, Progress, ProgressMode, RetryPolicy};
 use crate::graph::expand::{expand, PartitionMap};
 use crate::graph::{TaskGraph, TaskId, TaskKind};
@@ -181,7 +181,24 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         );
     }
 
-    let mut store = SqliteStore::open(&db)?;
+    let mut store = match SqliteStore::open(&db) {
+        Ok(store) => store,
+        Err(state::StateError::Damaged { .. }) if args.restart => {
+            let kept = SqliteStore::set_aside(&db)
+                .with_context(|| format!("moving the damaged state {} aside", db.display()))?;
+            eprintln!(
+                "restart: the damaged state {} was kept as {}; starting a new one",
+                db.display(),
+                kept.display()
+            );
+            SqliteStore::open(&db)?
+        }
+        Err(e @ state::StateError::Damaged { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_FAILED);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if store.has_tasks()? && !args.resume && !args.restart {
         let counts = state::count_by_status(&store.records()?);
         let summary: Vec<String> = counts
@@ -293,7 +310,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
             ),
         }
         if args.format == OutputFormat::Json {
-            println!("{}", report.to_json());
+            outln!("{}", report.to_json());
         }
     }
     if let Some(path) = &args.metrics_file {
@@ -310,7 +327,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
 
     let summary_text = summary_text(&plan, &summaries, started_at, ended_at);
     if args.format == OutputFormat::Text {
-        print!("{summary_text}");
+        super::emit(&summary_text);
     } else {
         eprint!("{summary_text}");
     }
@@ -392,6 +409,8 @@ impl Ctx<'_> {
             .filter(|&i| first.task(i).kind == TaskKind::Split)
             .collect();
         let mut ran = HashSet::new();
+        // Splits (and what they depend on) that failed or were skipped in this run.
+        let mut failed_before = HashSet::new();
         if !splits.is_empty() {
             let selected = with_dependencies(&first, &splits);
             let records = self.records()?;
@@ -400,7 +419,17 @@ impl Ctx<'_> {
             let starts = starts(&decisions, &records, Some(&selected));
             let summary = self.schedule(first.clone(), "split", starts).await;
             ran.clone_from(&summary.ran);
-            let stop = !summary.success();
+            // A failed split stops only its own table: the run phase skips that
+            // table's tasks (and, without --keep-going, starts nothing, counting what
+            // did not start). An interrupt or a state error ends the run here.
+            let stop = summary.interrupted
+                || summary.state_error.is_some()
+                || matches!(
+                    summary.stopped,
+                    Some(StopReason::State(_) | StopReason::Interrupted)
+                );
+            failed_before.extend(summary.failed.iter().map(|(id, _)| id.clone()));
+            failed_before.extend(summary.skipped.iter().map(|(id, _)| id.clone()));
             summaries.push(summary);
             if stop {
                 return Ok((first, summaries));
@@ -413,7 +442,12 @@ impl Ctx<'_> {
         let graph = Arc::new(graph);
         let decisions = decide(&graph, &records, &ran);
         self.announce(&decisions, &records, None, &ran);
-        let starts = starts(&decisions, &records, None);
+        let mut starts = starts(&decisions, &records, None);
+        for (start, d) in starts.iter_mut().zip(&decisions) {
+            if failed_before.contains(&d.id) {
+                *start = Start::FailedBefore;
+            }
+        }
         let summary = self.schedule(graph.clone(), "run", starts).await;
         summaries.push(summary);
         Ok((graph, summaries))

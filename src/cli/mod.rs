@@ -4,6 +4,14 @@
 //! failed; 2 usage error (bad flags, `apply` on a plan with state but neither
 //! `--resume` nor `--restart`); 3 the plan is locked by another run; 130 interrupted.
 
+/// `println!` for command output, through [`emit`]: a closed stdout (`flow … | head`)
+/// ends the output quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::emit(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod apply;
 pub mod graph;
 pub mod plan;
@@ -153,8 +161,10 @@ fn init_logging(verbose: u8, format: LogFormat) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour codes only on a terminal: a CI log or a file gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -195,7 +205,9 @@ fn run(cli: Cli) -> u8 {
         Command::State(args) => block_on(state_cmd::run(&args)),
         Command::Unlock(args) => block_on(unlock::run(&args)),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "flow", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flow", &mut script);
+            emit(&String::from_utf8_lossy(&script));
             Ok(EXIT_OK)
         }
     };

@@ -82,18 +82,18 @@ fn run_reset(args: &ResetArgs) -> anyhow::Result<u8> {
         .collect();
     store.apply(&batch)?;
     store.compact()?;
-    println!(
+    outln!(
         "reset {} task(s) of plan `{}` to pending:",
         matched.len(),
         plan.name
     );
     for r in matched.iter().take(50) {
-        println!("  {} (was {})", r.id, r.status);
+        outln!("  {} (was {})", r.id, r.status);
     }
     if matched.len() > 50 {
-        println!("  … and {} more", matched.len() - 50);
+        outln!("  … and {} more", matched.len() - 50);
     }
-    println!(
+    outln!(
         "run them with `flow apply {} --resume` (tasks that depend on them run again too)",
         args.plan.display()
     );

@@ -85,11 +85,11 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<u8> {
     let db = plan.state_db_path();
     let Some(mut store) = SqliteStore::open_existing(&db)? else {
         match args.format {
-            OutputFormat::Json => println!(
+            OutputFormat::Json => outln!(
                 "{}",
                 serde_json::json!({ "plan": plan.name, "state": db.display().to_string(), "tasks": [] })
             ),
-            OutputFormat::Text => println!(
+            OutputFormat::Text => outln!(
                 "plan `{}` has no state yet ({} does not exist); `flow apply {}` starts it",
                 plan.name,
                 db.display(),

@@ -36,7 +36,7 @@ pub async fn run(args: &UnlockArgs) -> anyhow::Result<u8> {
     };
     let db = plan.state_db_path();
     let Some(info) = lock::inspect(&db)? else {
-        println!("plan `{}` is not locked", plan.name);
+        outln!("plan `{}` is not locked", plan.name);
         return Ok(EXIT_OK);
     };
     if info.held && !args.force {
@@ -45,13 +45,13 @@ pub async fn run(args: &UnlockArgs) -> anyhow::Result<u8> {
             |r| format!("pid {} on host {}", r.pid, r.host),
         );
         match &info.stale {
-            Some(stale) => println!(
+            Some(stale) => outln!(
                 "plan `{}` is locked by {who}, which looks gone ({}); break the lock with `flow unlock {} --force`",
                 plan.name,
                 why(stale),
                 args.plan.display()
             ),
-            None => println!(
+            None => outln!(
                 "plan `{}` is locked by {who}, which is alive; wait for it or stop it first",
                 plan.name
             ),
@@ -59,20 +59,20 @@ pub async fn run(args: &UnlockArgs) -> anyhow::Result<u8> {
         return Ok(EXIT_LOCKED);
     }
     match lock::break_lock(&db) {
-        Ok(Broken::NoLock) => println!("plan `{}` is not locked", plan.name),
+        Ok(Broken::NoLock) => outln!("plan `{}` is not locked", plan.name),
         Ok(Broken::Leftover(record)) => match record {
-            Some(r) => println!(
+            Some(r) => outln!(
                 "plan `{}` is not locked; removed the record left by pid {} on host {} (that run was probably killed)",
                 plan.name, r.pid, r.host
             ),
-            None => println!("plan `{}` is not locked; removed a leftover lock file", plan.name),
+            None => outln!("plan `{}` is not locked; removed a leftover lock file", plan.name),
         },
         Ok(Broken::Stale(record, stale)) => {
             let who = record.map_or_else(
                 || "an unknown holder".to_string(),
                 |r| format!("pid {} on host {}", r.pid, r.host),
             );
-            println!(
+            outln!(
                 "broke the lock of plan `{}` held by {who} ({}); the next `flow apply --resume` can run",
                 plan.name,
                 why(&stale)

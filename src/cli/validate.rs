@@ -37,9 +37,9 @@ pub fn run(args: &ValidateArgs) -> u8 {
                             eprint!("{}", loaded.diagnostics.render(&loaded.source));
                         }
                         if valid {
-                            println!("ok: {}", path.display());
+                            outln!("ok: {}", path.display());
                         } else {
-                            println!(
+                            outln!(
                                 "invalid: {} ({} error(s))",
                                 path.display(),
                                 loaded.diagnostics.errors()
@@ -60,7 +60,7 @@ pub fn run(args: &ValidateArgs) -> u8 {
                 match args.format {
                     OutputFormat::Text => {
                         eprintln!("error: cannot read plan {}: {e}", path.display());
-                        println!("invalid: {}", path.display());
+                        outln!("invalid: {}", path.display());
                     }
                     OutputFormat::Json => json.push(serde_json::json!({
                         "file": path.display().to_string(),
@@ -73,7 +73,7 @@ pub fn run(args: &ValidateArgs) -> u8 {
         }
     }
     if args.format == OutputFormat::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json).expect("diagnostics serialize")
         );
