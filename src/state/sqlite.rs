@@ -211,9 +211,28 @@ impl SqliteStore {
                 )),
             })?;
         }
+        if !path.exists() {
+            Self::create(path)?;
+        }
         refuse_empty(path)?;
         let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
         Self::init(path, conn, durability)
+    }
+
+    /// Creates a new state database under a temporary name and renames it into place
+    /// once its schema is written, so a run killed at any moment never leaves an empty
+    /// file behind (which the next run would report as damaged).
+    fn create(path: &Path) -> Result<(), StateError> {
+        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), std::process::id()));
+        let conn = Connection::open(&tmp).map_err(|e| open_error(&tmp, e))?;
+        // Closing the connection checkpoints the WAL into the file.
+        drop(Self::init(&tmp, conn, Durability::Full)?);
+        std::fs::rename(&tmp, path).map_err(|e| StateError::Open {
+            path: path.to_path_buf(),
+            source: Arc::new(rusqlite::Error::InvalidPath(
+                format!("cannot move {} into place: {e}", tmp.display()).into(),
+            )),
+        })
     }
 
     /// Moves a damaged state database (and its WAL and shared-memory files) aside to
