@@ -5,6 +5,12 @@
 //! relative name (`clickhouse/export.sql.j2`). Undefined variables are errors, so a
 //! typo in a template is caught by `flow validate`, not at 3 a.m. during a run.
 //!
+//! Rendering is bounded: every render gets [`FUEL`] units of work (minijinja counts
+//! instructions), so a hostile or mistaken loop nest in a plan is refused by
+//! `flow validate` in well under a second instead of running for hours. Built-in
+//! templates use a few hundred units; a plan template that needs more is doing far
+//! more than rendering a statement or a path.
+//!
 //! Templates see `env` as an object: when rendering for display, fingerprints and
 //! checks it yields `${env:NAME}` placeholders; only rendering for execution reveals
 //! values, and that text is never logged or stored.
@@ -56,8 +62,12 @@ pub fn builtin_template_names() -> Vec<String> {
     names
 }
 
+/// Units of work (template instructions) one render may use.
+pub const FUEL: u64 = 1_000_000;
+
 fn new_environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(false);
     env.add_filter("sql_string", |s: String| quote_sql_string(&s));
@@ -130,7 +140,11 @@ impl Templates {
     /// Renders inline template text from a plan (`path`, `run`, `sql`).
     pub fn render_str(&self, what: &str, text: &str, ctx: &Value) -> Result<String, TemplateError> {
         self.env.render_str(text, ctx).map_err(|e| {
-            let unknown = self.undefined_names(text, ctx);
+            let unknown = if e.kind() == minijinja::ErrorKind::UndefinedError {
+                self.undefined_names(text, ctx)
+            } else {
+                Vec::new()
+            };
             let message = if unknown.is_empty() {
                 describe(&e)
             } else {
@@ -173,6 +187,10 @@ impl Templates {
             .undeclared_variables(true)
             .into_iter()
             .filter(|path| {
+                let root = path.split('.').next().unwrap_or_default();
+                if self.env.globals().any(|(name, _)| name == root) {
+                    return false;
+                }
                 let mut value = ctx.clone();
                 for part in path.split('.') {
                     match value.get_attr(part) {
@@ -189,6 +207,12 @@ impl Templates {
 }
 
 fn describe(e: &minijinja::Error) -> String {
+    if e.kind() == minijinja::ErrorKind::OutOfFuel {
+        return format!(
+            "it does more than {FUEL} steps of work (a loop nest over large ranges?); \
+             templates render one statement, command or path: compute big lists outside flow"
+        );
+    }
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -300,6 +324,20 @@ mod tests {
             .render_str("run", "pg_dump {{ env.FLOW_TEMPLATES_TEST_SECRET }}", &ctx)
             .unwrap();
         assert_eq!(real, "pg_dump hunter2");
+    }
+
+    #[test]
+    fn a_hostile_loop_nest_runs_out_of_fuel_instead_of_running_for_hours() {
+        let t = Templates::new(None).unwrap();
+        let nest =
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+        let err = t
+            .render_str("run", nest, &minijinja::context! {})
+            .unwrap_err();
+        assert!(err.to_string().contains("steps of work"), "{err}");
+        // An ordinary loop is far below the limit.
+        let ok = "{% for a in range(1000) %}{{ a }},{% endfor %}";
+        assert!(t.render_str("run", ok, &minijinja::context! {}).is_ok());
     }
 
     #[test]

@@ -37,7 +37,7 @@ use super::{
 use crate::engines::exec::KILL_GRACE;
 use crate::exec::process_group::{self, GroupError};
 use crate::exec::runner::TaskRunner;
-use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary, Scheduler, Start};
+use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary, Scheduler, Start, StopReason};
 use crate::exec::{ConnectionLimit, Progress, ProgressMode, RetryPolicy};
 use crate::graph::expand::{expand, PartitionMap};
 use crate::graph::{TaskGraph, TaskId, TaskKind};
@@ -188,7 +188,24 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         );
     }
 
-    let mut store = SqliteStore::open(&db)?;
+    let mut store = match SqliteStore::open(&db) {
+        Ok(store) => store,
+        Err(state::StateError::Damaged { .. }) if args.restart => {
+            let kept = SqliteStore::set_aside(&db)
+                .with_context(|| format!("moving the damaged state {} aside", db.display()))?;
+            crate::errln!(
+                "restart: the damaged state {} was kept as {}; starting a new one",
+                db.display(),
+                kept.display()
+            );
+            SqliteStore::open(&db)?
+        }
+        Err(e @ state::StateError::Damaged { .. }) => {
+            crate::errln!("error: {e}");
+            return Ok(EXIT_FAILED);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if store.has_tasks()? && !args.resume && !args.restart {
         let counts = state::count_by_status(&store.records()?);
         let summary: Vec<String> = counts
@@ -498,6 +515,8 @@ impl Ctx<'_> {
             .filter(|&i| first.task(i).kind == TaskKind::Split)
             .collect();
         let mut ran = HashSet::new();
+        // Splits (and what they depend on) that failed or were skipped in this run.
+        let mut failed_before = HashSet::new();
         if !splits.is_empty() {
             let selected = with_dependencies(&first, &splits);
             let records = self.records()?;
@@ -507,7 +526,17 @@ impl Ctx<'_> {
             let starts = starts(&decisions, &records, Some(&selected));
             let summary = self.schedule(first.clone(), "split", starts).await;
             ran.clone_from(&summary.ran);
-            let stop = !summary.success();
+            // A failed split stops only its own table: the run phase skips that
+            // table's tasks (and, without --keep-going, starts nothing, counting what
+            // did not start). An interrupt or a state error ends the run here.
+            let stop = summary.interrupted
+                || summary.state_error.is_some()
+                || matches!(
+                    summary.stopped,
+                    Some(StopReason::State(_) | StopReason::Interrupted)
+                );
+            failed_before.extend(summary.failed.iter().map(|(id, _)| id.clone()));
+            failed_before.extend(summary.skipped.iter().map(|(id, _)| id.clone()));
             summaries.push(summary);
             if stop {
                 return Ok((first, summaries));
@@ -522,7 +551,12 @@ impl Ctx<'_> {
         let decisions = decide(&graph, &records, &ran);
         self.rerecord(&graph, &decisions, None);
         self.announce(&decisions, &records, None, &ran);
-        let starts = starts(&decisions, &records, None);
+        let mut starts = starts(&decisions, &records, None);
+        for (start, d) in starts.iter_mut().zip(&decisions) {
+            if failed_before.contains(&d.id) {
+                *start = Start::FailedBefore;
+            }
+        }
         let summary = self.schedule(graph.clone(), "run", starts).await;
         summaries.push(summary);
         Ok((graph, summaries))

@@ -157,8 +157,10 @@ fn init_logging(verbose: u8, format: LogFormat) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour codes only on a terminal: a CI log or a file gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(crate::redact::MakeRedacted(std::io::stderr));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -201,7 +203,9 @@ fn run(cli: Cli) -> u8 {
         Command::State(args) => block_on(state_cmd::run(&args)),
         Command::Unlock(args) => block_on(unlock::run(&args)),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "flow", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flow", &mut script);
+            emit(&String::from_utf8_lossy(&script));
             Ok(EXIT_OK)
         }
     };

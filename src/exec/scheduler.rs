@@ -71,6 +71,9 @@ pub enum Start {
     Done(TaskOutcome),
     /// Not part of this run (the split phase runs only split tasks).
     Excluded,
+    /// Failed (or was skipped) earlier in this invocation — a table's split, with
+    /// `--keep-going`: not run again; its dependents are skipped and counted.
+    FailedBefore,
 }
 
 /// Settings of one run.
@@ -318,6 +321,7 @@ impl<'w> Scheduler<'w> {
                 starts: &starts,
             });
         }
+        run.failed_before(&starts);
         run.main_loop().await;
         run.finish().await
     }
@@ -365,6 +369,7 @@ impl<'s, 'w> Run<'s, 'w> {
                 Start::Run => (NodeState::Waiting, None),
                 Start::Done(o) => (NodeState::Done, Some(Arc::new(o.clone()))),
                 Start::Excluded => (NodeState::Excluded, None),
+                Start::FailedBefore => (NodeState::Failed, None),
             };
             let mut lane = 0;
             if state == NodeState::Waiting {
@@ -413,7 +418,10 @@ impl<'s, 'w> Run<'s, 'w> {
         }
         // Register the tasks of this run: `flow status` lists them from the start.
         for (i, node) in nodes.iter().enumerate() {
-            if node.state != NodeState::Excluded && node.state != NodeState::Done {
+            if !matches!(
+                node.state,
+                NodeState::Excluded | NodeState::Done | NodeState::Failed
+            ) {
                 s.writer.send(Transition::Register(TaskRef::new(
                     graph.clone(),
                     NodeIndex::new(i),
@@ -462,6 +470,20 @@ impl<'s, 'w> Run<'s, 'w> {
 
     fn def(&self, i: usize) -> TaskRef {
         TaskRef::new(self.s.graph.clone(), NodeIndex::new(i))
+    }
+
+    /// Tasks that failed earlier in this invocation: their dependents are skipped now,
+    /// and without keep-going nothing else starts (and is counted as not started).
+    fn failed_before(&mut self, starts: &[Start]) {
+        for (i, start) in starts.iter().enumerate() {
+            if matches!(start, Start::FailedBefore) {
+                let id = self.task(i).id.clone();
+                self.skip_downstream(i, &id);
+                if !self.s.options.keep_going {
+                    self.stop(StopReason::Failure(id));
+                }
+            }
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -783,7 +805,8 @@ impl<'s, 'w> Run<'s, 'w> {
                     self.delayed.push(Reverse((Instant::now() + delay, i)));
                     self.last_error.insert(i, failure.message.clone());
                     let task = self.task(i);
-                    tracing::warn!(task = %task.id, attempt, error = %failure.message, ?delay, "transient failure, retrying");
+                    // Shown by the progress line; a log record at warn would repeat it.
+                    tracing::info!(task = %task.id, attempt, error = %failure.message, ?delay, "transient failure, retrying");
                     self.emit(Event::Retry {
                         task,
                         attempt,
@@ -820,7 +843,9 @@ impl<'s, 'w> Run<'s, 'w> {
             error: message.clone(),
         });
         let id = self.task(i).id.clone();
-        tracing::error!(task = %id, attempts, error = %message, "task failed");
+        // The user sees the failure from the progress line and the summary; at the
+        // default log level (warn) this record would print it a second time.
+        tracing::info!(task = %id, attempts, error = %message, "task failed");
         self.emit(Event::Failed {
             task: self.task(i),
             attempts,

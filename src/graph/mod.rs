@@ -8,7 +8,7 @@ pub mod expand;
 pub mod render;
 pub mod task;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
@@ -23,6 +23,10 @@ pub use task::{
 pub struct TaskGraph {
     graph: DiGraph<Task, ()>,
     by_id: HashMap<TaskId, NodeIndex>,
+    /// Every edge, so adding one is O(1) whatever the fan-out: petgraph's
+    /// `find_edge` walks a node's edges, which made a split with 100k dependents
+    /// quadratic to build.
+    edges: HashSet<(NodeIndex, NodeIndex)>,
 }
 
 /// A problem found while building a graph. Plans are checked before expansion, so
@@ -86,7 +90,7 @@ impl TaskGraph {
 
     /// `after` must be done before `task` starts.
     pub fn depend(&mut self, task: NodeIndex, after: NodeIndex) {
-        if task != after && self.graph.find_edge(after, task).is_none() {
+        if task != after && self.edges.insert((after, task)) {
             self.graph.add_edge(after, task, ());
         }
     }

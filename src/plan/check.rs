@@ -28,6 +28,13 @@ use crate::graph::GraphError;
 use crate::strategy::StrategyKind;
 use crate::templates::Templates;
 
+/// Longest `pause_between` of a connection.
+pub const MAX_PAUSE_BETWEEN: Duration = Duration::from_secs(24 * 3600);
+/// Longest first retry delay.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(3600);
+/// Longest step `timeout` (a copy of terabytes may take days, not years).
+pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Options that change how a plan is read.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -47,7 +54,11 @@ pub struct Loaded {
 
 /// Reads and checks a plan file.
 pub fn load(path: &Path, options: &LoadOptions) -> std::io::Result<Loaded> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = std::fs::read(path)?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => return Ok(not_utf8(path, &e)),
+    };
     Ok(check_source(
         SourceFile {
             path: path.to_path_buf(),
@@ -57,10 +68,49 @@ pub fn load(path: &Path, options: &LoadOptions) -> std::io::Result<Loaded> {
     ))
 }
 
+/// A plan that is not UTF-8: one diagnostic at the first bad byte. The excerpt shows
+/// the text with the bad bytes replaced; the valid prefix (and so the offset) is the
+/// same in both.
+fn not_utf8(path: &Path, e: &std::string::FromUtf8Error) -> Loaded {
+    let offset = e.utf8_error().valid_up_to();
+    let bytes = e.as_bytes();
+    let source = Arc::new(SourceFile {
+        path: path.to_path_buf(),
+        text: String::from_utf8_lossy(bytes).into_owned(),
+    });
+    let byte = bytes[offset];
+    let mut diagnostics = Diagnostics::default();
+    diagnostics.push(Diagnostic::error(
+        Some(offset..offset + char::REPLACEMENT_CHARACTER.len_utf8()),
+        format!(
+            "the plan is not UTF-8 text: byte 0x{byte:02x} at offset {offset} is not valid UTF-8"
+        ),
+        "not UTF-8",
+        "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+    ));
+    Loaded {
+        source,
+        plan: None,
+        graph: None,
+        diagnostics,
+    }
+}
+
 /// Checks plan text (the file name is used in messages and to resolve relative paths).
 pub fn check_source(source: SourceFile, options: &LoadOptions) -> Loaded {
     let source = Arc::new(source);
     let mut diagnostics = Diagnostics::default();
+    let unknown = super::keys::check(&source.text);
+    if !unknown.is_empty() {
+        diagnostics.items = unknown;
+        diagnostics.sort();
+        return Loaded {
+            source,
+            plan: None,
+            graph: None,
+            diagnostics,
+        };
+    }
     let file: PlanFile = match toml::from_str(&source.text) {
         Ok(f) => f,
         Err(e) => {
@@ -128,8 +178,16 @@ fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     Some(s.span())
 }
 
+/// Longest plan, table or step name: names become file names (`<name>.report.json`,
+/// log files), and a file name has at most 255 bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A name that can be part of a file name and a task id: letters, digits, `_`, `-`,
+/// `.`, not starting with `.` (`..` would leave the state folder), not too long.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= MAX_NAME_LEN
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -216,12 +274,22 @@ impl Checker {
         let section_span = file.plan.span();
         let section = file.plan.into_inner();
         let name = section.name.get_ref().trim().to_string();
-        if !valid_name(&name) {
+        if name.len() > MAX_NAME_LEN {
+            self.error(
+                span(&section.name),
+                format!(
+                    "plan name is {} characters long, too long to name a state file",
+                    name.len()
+                ),
+                "too long",
+                format!("use at most {MAX_NAME_LEN} characters (e.g. name = \"trips-export\")"),
+            );
+        } else if !valid_name(&name) {
             self.error(
                 span(&section.name),
                 format!("plan name \"{name}\" cannot name a state file"),
                 "invalid name",
-                "use letters, digits, `-`, `_` or `.` (e.g. name = \"trips-export\")",
+                "use letters, digits, `-`, `_` or `.`, not starting with `.` (e.g. name = \"trips-export\")",
             );
         }
         let concurrency = self.positive(section.concurrency.as_ref(), "plan concurrency", 4);
@@ -239,7 +307,11 @@ impl Checker {
             None => 3,
         };
         let retry_backoff = self
-            .duration(section.retry_backoff.as_ref(), "plan retry_backoff")
+            .duration(
+                section.retry_backoff.as_ref(),
+                "plan retry_backoff",
+                MAX_RETRY_BACKOFF,
+            )
             .unwrap_or(Duration::from_secs(2));
         let base = self
             .source
@@ -256,6 +328,22 @@ impl Checker {
             }
         };
         let state_dir = resolve_dir(section.state_dir.as_deref().unwrap_or(".flow"));
+        if let Some(file) = state_dir
+            .ancestors()
+            .find(|p| p.exists())
+            .filter(|p| !p.is_dir())
+        {
+            self.error(
+                Some(section_span.clone()),
+                format!(
+                    "state_dir {} cannot hold the plan's state: {} is a file, not a folder",
+                    state_dir.display(),
+                    file.display()
+                ),
+                "in this section",
+                "set state_dir to a folder (it is created when missing), or move the file away",
+            );
+        }
         let templates_dir = section.templates_dir.as_deref().map(resolve_dir);
         if let Some(dir) = &templates_dir {
             if !dir.is_dir() {
@@ -358,10 +446,39 @@ impl Checker {
         }
     }
 
-    fn duration(&mut self, v: Option<&Spanned<String>>, what: &str) -> Option<Duration> {
+    /// A duration no longer than `max`: longer ones are refused here, so no timer, pause
+    /// or backoff at run time ever has to handle an absurd value.
+    fn duration(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        what: &str,
+        max: Duration,
+    ) -> Option<Duration> {
         let v = v?;
+        let limit = humantime::format_duration(max);
         match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if d > max => {
+                self.error(
+                    span(v),
+                    format!(
+                        "{what} \"{}\" is longer than the limit of {limit}",
+                        v.get_ref()
+                    ),
+                    "too long",
+                    format!("write a duration of at most {limit}"),
+                );
+                None
+            }
             Ok(d) => Some(d),
+            Err(humantime::DurationError::NumberOverflow) => {
+                self.error(
+                    span(v),
+                    format!("{what} \"{}\" is too large to be a duration", v.get_ref()),
+                    "too long",
+                    format!("write a duration of at most {limit}"),
+                );
+                None
+            }
             Err(e) => {
                 self.error(
                     span(v),
@@ -594,6 +711,25 @@ impl Checker {
                     }
                 }
             }
+            for (key, value) in [
+                ("url", &def.url),
+                ("endpoint", &def.endpoint),
+                ("http_url", &def.http_url),
+            ] {
+                if let Some(v) = value.as_ref().filter(|v| url_has_credentials(v.get_ref())) {
+                    let fix = if kind.is_sql() {
+                        "remove them from the URL; write user = \"…\" and password = \"${env:…}\""
+                    } else {
+                        "remove them from the URL; write access_key_id and secret_access_key = \"${env:…}\", or use the AWS default chain"
+                    };
+                    self.error(
+                        span(v),
+                        format!("connection \"{name_str}\": `{key}` has credentials in it (user:password@)"),
+                        "credentials in a URL",
+                        fix,
+                    );
+                }
+            }
             let bucket = self.interpolated(def.bucket.as_ref(), &what("bucket"));
             if let (Some(b), Some(raw)) = (&bucket, &def.bucket) {
                 if b.is_literal() && !(3..=63).contains(&b.raw().len()) {
@@ -612,7 +748,11 @@ impl Checker {
                 .max_concurrency
                 .as_ref()
                 .map(|m| self.positive(Some(m), &what("max_concurrency"), 1));
-            let pause_between = self.duration(def.pause_between.as_ref(), &what("pause_between"));
+            let pause_between = self.duration(
+                def.pause_between.as_ref(),
+                &what("pause_between"),
+                MAX_PAUSE_BETWEEN,
+            );
             let connection = Connection {
                 name: name_str.clone(),
                 kind,
@@ -743,7 +883,7 @@ impl Checker {
                     span(n),
                     format!("table name \"{}\" cannot be part of a task id", n.get_ref()),
                     "invalid name",
-                    "use letters, digits, `-`, `_` or `.`",
+                    "use letters, digits, `-`, `_` or `.` (not first), at most 128 characters",
                 );
             }
         }
@@ -905,7 +1045,7 @@ impl Checker {
                             "list each partition once",
                         );
                     }
-                    if id.is_empty() || id.contains('/') {
+                    if id.is_empty() || id.contains('/') || id == "." || id == ".." {
                         self.error(
                             span(p),
                             format!("table {label}: partition id \"{id}\" cannot be part of a task id"),
@@ -944,9 +1084,13 @@ impl Checker {
         } else {
             partitions
         };
+        let before_sizes = self.diags.errors();
         let max_rows = self.size(def.max_rows.as_ref(), &format!("table {label}: max_rows"));
         let max_bytes = self.size(def.max_bytes.as_ref(), &format!("table {label}: max_bytes"));
+        // A size already reported as wrong is not also reported as missing.
+        let sizes_valid = self.diags.errors() == before_sizes;
         match (&def.split_by, max_rows.or(max_bytes)) {
+            _ if !sizes_valid => {}
             (Some(s), None) => self.error(
                 span(s),
                 format!("table {label}: `split_by` without `max_rows` or `max_bytes`"),
@@ -1072,30 +1216,38 @@ impl Checker {
                 }
             }
         }
-        if let Some(t) = &def.target_table {
-            if def.target.is_none()
-                && def.target_database.is_none()
-                && Some(t.get_ref().as_str()) == table_name.as_deref()
-            {
+        if strategy == Some(StrategyKind::Copy) {
+            if def.target.is_none() && def.target_database.is_none() && def.target_table.is_none() {
                 self.error(
-                    span(t),
-                    format!("table {label}: copy onto itself"),
-                    "same table",
-                    "set a different target, target_database or target_table",
+                    Some(table_span.clone()),
+                    format!("table {label}: copy needs somewhere to copy to"),
+                    "no target",
+                    "add `target` (another server), `target_database` or `target_table`",
                 );
+            } else if let Some(table_name) = &table_name {
+                let target_db = text(&def.target_database).unwrap_or_else(|| database.clone());
+                let target_table = text(&def.target_table).unwrap_or_else(|| table_name.clone());
+                let same_server = match &def.target {
+                    None => true,
+                    Some(t) => same_server(connections, def.source.get_ref(), t.get_ref()),
+                };
+                if same_server && target_db == database && &target_table == table_name {
+                    let at = def
+                        .target_table
+                        .as_ref()
+                        .or(def.target_database.as_ref())
+                        .or(def.target.as_ref())
+                        .map(|s| s.span());
+                    self.error(
+                        at,
+                        format!(
+                            "table {label}: copy onto itself (the target is {database}.{table_name} on the same server)"
+                        ),
+                        "same table",
+                        "set a different target server, target_database or target_table",
+                    );
+                }
             }
-        }
-        if strategy == Some(StrategyKind::Copy)
-            && def.target.is_none()
-            && def.target_database.is_none()
-            && def.target_table.is_none()
-        {
-            self.error(
-                Some(table_span.clone()),
-                format!("table {label}: copy needs somewhere to copy to"),
-                "no target",
-                "add `target` (another server), `target_database` or `target_table`",
-            );
         }
 
         if self.diags.errors() > errors_before {
@@ -1182,7 +1334,7 @@ impl Checker {
                     span(&def.get_ref().id),
                     format!("step id \"{id}\" cannot be a task id"),
                     "invalid id",
-                    "use letters, digits, `-`, `_` or `.`",
+                    "use letters, digits, `-`, `_` or `.` (not first), at most 128 characters",
                 );
             } else {
                 ids.insert(id.clone(), def.get_ref().id.span());
@@ -1275,7 +1427,21 @@ impl Checker {
             if let Some(u) = &def.uses {
                 self.reference(u, &format!("step \"{id}\": uses"), connections);
             }
-            let timeout = self.duration(def.timeout.as_ref(), &format!("step \"{id}\" timeout"));
+            let timeout = self.duration(
+                def.timeout.as_ref(),
+                &format!("step \"{id}\" timeout"),
+                MAX_STEP_TIMEOUT,
+            );
+            if let (Some(t), Some(raw)) = (timeout, &def.timeout) {
+                if t.is_zero() {
+                    self.error(
+                        span(raw),
+                        format!("step \"{id}\" timeout is zero: the step would be stopped at once"),
+                        "zero",
+                        "remove `timeout` (no limit) or give the step time, e.g. timeout = \"30m\"",
+                    );
+                }
+            }
             let mut env = BTreeMap::new();
             for (k, v) in &def.env {
                 match Interpolated::parse(v.get_ref()) {
@@ -1431,13 +1597,24 @@ impl Checker {
         for table in &plan.tables {
             if let Some(path) = &table.path {
                 let ctx = path_context(plan, table, "201501", Some(0));
-                if let Err(e) = templates.render_str("path", path, &ctx) {
-                    self.error(
+                match templates.render_str("path", path, &ctx) {
+                    Err(e) => self.error(
                         Some(table.span.clone()),
                         format!("table {}: the `path` template does not render: {e}", table.name),
                         "in this table",
                         "use the variables table.name, table.database, table.table, partition_id, chunk, ext, format, vars.*, options.*",
-                    );
+                    ),
+                    // The store refuses such keys at run time; say so now.
+                    Ok(key) => {
+                        if let Err(e) = crate::engines::store::check_key(&key) {
+                            self.error(
+                                Some(table.span.clone()),
+                                format!("table {}: the `path` template gives an unusable key: {e}", table.name),
+                                "in this table",
+                                "write a relative path inside the target, without `..`, e.g. path = \"{{ table.name }}/{{ partition_id }}/part-{{ chunk }}.{{ ext }}\"",
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -1513,6 +1690,31 @@ impl Checker {
             e.help(),
         );
     }
+}
+
+/// A URL with a user or password before the host (`http://user:secret@host`): they
+/// would end up in logs and state with the URL, and the plan's own keys are ignored.
+fn url_has_credentials(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
+/// Two connections reach the same server: the same connection, or the same literal URL.
+fn same_server(connections: &BTreeMap<String, Connection>, a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let url = |name: &str| {
+        connections
+            .get(name)
+            .and_then(|c| c.url.as_ref())
+            .filter(|u| u.is_literal())
+            .map(|u| u.raw().trim_end_matches('/').to_ascii_lowercase())
+    };
+    matches!((url(a), url(b)), (Some(x), Some(y)) if x == y)
 }
 
 fn kinds(k: &[ConnectionKind]) -> String {

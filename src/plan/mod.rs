@@ -1,6 +1,7 @@
 //! Plans: load a TOML file, check it, and produce a resolved, typed [`Plan`].
 //!
-//! Three layers, each with one job: `schema` is the file as written (serde, spans),
+//! Three layers, each with one job: `schema` is the file as written (serde, spans;
+//! `keys` reports every unknown key before serde stops at the first),
 //! `check` turns it into a [`Plan`] and collects *every* problem at once, each pointing
 //! at the file line with a fix, and `interpolate` resolves `${env:VAR}` only when a
 //! value is needed, so secrets stay out of the plan model, logs and state.
@@ -10,6 +11,7 @@ pub mod destructive;
 pub mod diagnostic;
 pub mod identity;
 pub mod interpolate;
+pub mod keys;
 pub mod partitions;
 pub mod schema;
 pub mod secrets;

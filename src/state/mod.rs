@@ -561,6 +561,10 @@ pub enum StateError {
         column: &'static str,
         problem: String,
     },
+    #[error(
+        "state database {path} is damaged: {problem}. It is not taken for \"no earlier state\": move it away to start over (`mv {path} {path}.bad`), or run `flow apply` with `--restart`, which keeps a copy of it beside it and starts a new one"
+    )]
+    Damaged { path: PathBuf, problem: String },
     #[error("the state writer stopped after an earlier error: {0}")]
     WriterStopped(String),
 }

@@ -169,6 +169,50 @@ fn int(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
+/// SQLite's own verdict that a file is not a (healthy) database, as [`StateError::Damaged`].
+fn damaged(path: &Path, e: &rusqlite::Error) -> Option<StateError> {
+    let problem = match e.sqlite_error_code()? {
+        rusqlite::ErrorCode::NotADatabase => "it is not an SQLite database",
+        rusqlite::ErrorCode::DatabaseCorrupt => "SQLite reports the file as corrupt",
+        _ => return None,
+    };
+    Some(StateError::Damaged {
+        path: path.to_path_buf(),
+        problem: format!("{problem} ({e})"),
+    })
+}
+
+fn open_error(path: &Path, e: rusqlite::Error) -> StateError {
+    damaged(path, &e).unwrap_or_else(|| StateError::Open {
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    })
+}
+
+/// A 0-byte state file is not "no state": SQLite would happily treat it as a new,
+/// empty database, and a run would start over as if nothing had been done. (A database
+/// whose pages are all still in its WAL has a non-empty `-wal` file and is fine.)
+fn refuse_empty(path: &Path) -> Result<(), StateError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        return Err(StateError::Damaged {
+            path: path.to_path_buf(),
+            problem: "it is a folder, not a file".into(),
+        });
+    }
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    if meta.len() == 0 && wal_len == 0 {
+        return Err(StateError::Damaged {
+            path: path.to_path_buf(),
+            problem: "the file is empty (0 bytes)".into(),
+        });
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating when missing) the state database at `path`, and its folder.
     pub fn open(path: &Path) -> Result<Self, StateError> {
@@ -184,11 +228,44 @@ impl SqliteStore {
                 )),
             })?;
         }
-        let conn = Connection::open(path).map_err(|e| StateError::Open {
-            path: path.to_path_buf(),
-            source: Arc::new(e),
-        })?;
+        if !path.exists() {
+            Self::create(path)?;
+        }
+        refuse_empty(path)?;
+        let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
         Self::init(path, conn, durability)
+    }
+
+    /// Creates a new state database under a temporary name and renames it into place
+    /// once its schema is written, so a run killed at any moment never leaves an empty
+    /// file behind (which the next run would report as damaged).
+    fn create(path: &Path) -> Result<(), StateError> {
+        let tmp = PathBuf::from(format!("{}.new-{}", path.display(), std::process::id()));
+        let conn = Connection::open(&tmp).map_err(|e| open_error(&tmp, e))?;
+        // Closing the connection checkpoints the WAL into the file.
+        drop(Self::init(&tmp, conn, Durability::Full)?);
+        std::fs::rename(&tmp, path).map_err(|e| StateError::Open {
+            path: path.to_path_buf(),
+            source: Arc::new(rusqlite::Error::InvalidPath(
+                format!("cannot move {} into place: {e}", tmp.display()).into(),
+            )),
+        })
+    }
+
+    /// Moves a damaged state database (and its WAL and shared-memory files) aside to
+    /// `<db>.damaged-<UTC time>`, so `--restart` can start a new one without losing
+    /// what the old file holds. Returns where it went.
+    pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        let kept = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+        std::fs::rename(path, &kept)?;
+        for suffix in ["-wal", "-shm"] {
+            let side = PathBuf::from(format!("{}{suffix}", path.display()));
+            if side.exists() {
+                std::fs::rename(&side, format!("{}{suffix}", kept.display()))?;
+            }
+        }
+        Ok(kept)
     }
 
     /// Opens an existing state database; None when there is none (nothing ran yet).
@@ -196,14 +273,12 @@ impl SqliteStore {
         if !path.exists() {
             return Ok(None);
         }
+        refuse_empty(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| StateError::Open {
-            path: path.to_path_buf(),
-            source: Arc::new(e),
-        })?;
+        .map_err(|e| open_error(path, e))?;
         Self::init(path, conn, Durability::Full).map(Some)
     }
 
@@ -222,6 +297,25 @@ impl SqliteStore {
             .conn
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| store.err(e))?;
+        // Look before changing anything: a file that is not flow's state stays as it was.
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| store.err(e))?;
+        if version == 0 {
+            let tables: i64 = store
+                .conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(|e| store.err(e))?;
+            if tables > 0 {
+                return Err(StateError::Damaged {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "it is an SQLite database with {tables} table(s), but not one flow wrote (no schema version)"
+                    ),
+                });
+            }
+        }
         let mode: String = store
             .conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -237,10 +331,6 @@ impl SqliteStore {
         store
             .conn
             .execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;")
-            .map_err(|e| store.err(e))?;
-        let version: i64 = store
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| store.err(e))?;
         if version > SCHEMA_VERSION {
             return Err(StateError::NewerSchema {
@@ -272,10 +362,10 @@ impl SqliteStore {
     }
 
     fn err(&self, e: rusqlite::Error) -> StateError {
-        StateError::Sqlite {
+        damaged(&self.path, &e).unwrap_or_else(|| StateError::Sqlite {
             path: self.path.clone(),
             source: Arc::new(e),
-        }
+        })
     }
 
     fn corrupt(&self, id: &str, column: &'static str, problem: impl ToString) -> StateError {
