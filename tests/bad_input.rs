@@ -155,8 +155,8 @@ fn bad_plans_exit_1_through_validate_and_apply_and_name_the_problem() {
         (
             "url_credentials",
             &[
-                "connection \"ch\": `url` has credentials in it",
-                "connection \"lake\": `endpoint` has credentials in it",
+                "connection \"ch\": the password in the userinfo of `url`",
+                "connection \"lake\": the password in the userinfo of `endpoint`",
             ],
         ),
     ];

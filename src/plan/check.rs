@@ -716,7 +716,17 @@ impl Checker {
                 ("endpoint", &def.endpoint),
                 ("http_url", &def.http_url),
             ] {
-                if let Some(v) = value.as_ref().filter(|v| url_has_credentials(v.get_ref())) {
+                // A password in clear in the userinfo is reported (masked) as a clear
+                // secret already: one error for one problem.
+                let clear_password = |raw: &str| {
+                    secrets::userinfo_password(raw)
+                        .and_then(|p| Interpolated::parse(p).ok())
+                        .is_some_and(|p| secrets::clear_text(&p).is_some())
+                };
+                if let Some(v) = value
+                    .as_ref()
+                    .filter(|v| url_has_credentials(v.get_ref()) && !clear_password(v.get_ref()))
+                {
                     let fix = if kind.is_sql() {
                         "remove them from the URL; write user = \"…\" and password = \"${env:…}\""
                     } else {

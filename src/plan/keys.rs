@@ -27,6 +27,8 @@ pub fn check(text: &str) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let span = document.span();
     walk_table(document.get_ref(), span, root, root, "", &mut out);
+    // In the order of the file, whatever order the parsed tables iterate in.
+    out.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
     out
 }
 
