@@ -275,6 +275,24 @@ impl S3Bucket {
     pub fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
     }
+
+    /// Every key in the bucket (the first 1000), sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list bucket {}: {e:?}", self.name));
+        let mut keys: Vec<String> = listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
+    }
 }
 
 impl Drop for S3Bucket {
