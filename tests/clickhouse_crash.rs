@@ -435,3 +435,85 @@ fn s3_policy_whole_database_survives_sigkill_at_random_moments() {
         "no helper table left"
     );
 }
+
+#[test]
+fn the_shipped_s3_policy_plan_moves_a_live_table_without_upper() {
+    // `plans/s3-policy-table.toml` as shipped (no `upper`), on a table that takes rows in
+    // every partition, loaded or not, for the whole run: a partition written to after
+    // its load is frozen and re-loaded, rows written after that are caught up, and the
+    // run ends once, successfully, with every row moved exactly once.
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "livenoupper");
+    let d = db.name().to_string();
+    for t in ["events", "expected"] {
+        db.exec(&format!(
+            "CREATE TABLE {d}.{t} (id UInt64, d Date, s String) \
+             ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+        ));
+        db.exec(&format!(
+            "INSERT INTO {d}.{t} SELECT number, toDate('2015-01-01') + number % 180, toString(number) \
+             FROM numbers(60000)"
+        ));
+    }
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/plans/s3-policy-table.toml"
+    ))
+    .unwrap();
+    assert!(!shipped.contains("upper"), "the shipped plan has no bound");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        &shipped.replace("database = \"default\"", &format!("database = \"{d}\"")),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url, d) = (stop.clone(), url.clone(), d.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Every month of the table, and one it did not have before.
+                let select = format!(
+                    "SELECT {} + number, toDate('2015-01-01') + ({n} * 37 + number * 11) % 200, 'live' \
+                     FROM numbers(5)",
+                    1_000_000 + n * 5
+                );
+                for t in ["events", "expected"] {
+                    support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            n
+        })
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_flow"))
+        .arg("apply")
+        .arg(&plan)
+        .args(["--progress", "quiet"])
+        .env("FLOW_CHDB_URL", &url)
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let batches = writer.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "one run, no resume: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(batches > 20, "rows kept arriving ({batches} batches)");
+    // The kept old table gave every partition away, and rows of an insert that raced
+    // the swap into it were moved by the swap's own pass: nothing is left behind.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = ch(&url);
+    let old = rt.block_on(stats(&engine, &format!("{d}.events__flow_new"), None));
+    let moved = rt.block_on(stats(&engine, &format!("{d}.events"), None));
+    let expected = rt.block_on(stats(&engine, &format!("{d}.expected"), None));
+    assert_eq!(
+        moved, expected,
+        "every row once, those written during the move too"
+    );
+    assert_eq!(old.rows, 0, "nothing left in the kept old table");
+    assert_on_s3(&db, "events");
+}

@@ -734,3 +734,153 @@ fn declared_partitions_the_source_lacks_and_bounds_that_match_nothing_are_warned
     assert!(!text(&out).contains("warning:"), "{}", text(&out));
     assert!(report("empty").get("warnings").is_none());
 }
+
+/// The report's export tasks (`--format json`): (task id, note).
+fn export_notes(out: &Output) -> Vec<(String, String)> {
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("report on stdout: {e}\n{}", text(out)));
+    let mut notes = Vec::new();
+    for table in report["tables"].as_array().into_iter().flatten() {
+        for p in table["partitions"].as_array().into_iter().flatten() {
+            for t in p["tasks"].as_array().into_iter().flatten() {
+                let id = t["id"].as_str().unwrap_or_default().to_string();
+                if id.contains("/export") {
+                    let note = t["note"].as_str().unwrap_or_default().to_string();
+                    notes.push((id, note));
+                }
+            }
+        }
+    }
+    notes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checksums_ignore_storage_artefacts_and_auto_streams_when_a_read_back_differs() {
+    // Values the server holds but no file can: hidden values under NULL (`if(c, NULL,
+    // n)` keeps `n` there), negative NaNs with payloads (`0/0` on x86), NaN inside
+    // arrays. An object read back from S3 holds defaults and the canonical NaN instead.
+    let url = support::chdb_url();
+    let db = ChDatabase::new(&url, "artefacts");
+    db.exec(&format!(
+        "CREATE TABLE {}.art (id UInt64, d Date, n Nullable(UInt64), f Float64, \
+         af Array(Float64), nf Nullable(Float32)) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id",
+        db.name()
+    ));
+    db.exec(&format!(
+        "INSERT INTO {}.art SELECT number, toDate('2015-06-01') + number % 60, \
+         if(number % 3 = 0, NULL, number), if(number % 5 = 0, 0/0, number / 7), \
+         [0/0, -(0/0), number], if(number % 4 = 0, NULL, toFloat32(0/0)) FROM numbers(3000)",
+        db.name()
+    ));
+    // The artefacts are really there (else this test would check nothing).
+    let seen = db.exec(&format!(
+        "SELECT countIf(isNull(n) AND assumeNotNull(n) != 0) > 0, \
+         countIf(isNaN(f) AND reinterpretAsUInt64(f) != reinterpretAsUInt64(nan)) > 0 \
+         FROM {}.art FORMAT TSV",
+        db.name()
+    ));
+    assert_eq!(
+        seen.trim(),
+        "1\t1",
+        "hidden values under NULL, NaNs other than `nan`"
+    );
+    let bucket = support::S3Bucket::new("artefacts").await;
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(templates.join("clickhouse")).unwrap();
+    let write_plan = |name: &str, extra: &str| {
+        let plan = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &plan,
+            format!(
+                r#"[plan]
+name = "{name}"
+{extra}
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+
+[connections.out]
+kind = "s3"
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+region = "{region}"
+path_style = true
+access_key_id = "${{env:AWS_ACCESS_KEY_ID}}"
+secret_access_key = "${{env:AWS_SECRET_ACCESS_KEY}}"
+
+[[tables]]
+source = "ch"
+database = "{db}"
+table = "art"
+strategy = "export"
+target = "out"
+format = "parquet"
+server_side = "auto"
+mode = "partition"
+path = "{name}/{{{{ partition_id }}}}.parquet"
+"#,
+                bucket = bucket.name(),
+                endpoint = support::s3_endpoint(),
+                region = support::aws_region(),
+                db = db.name(),
+            ),
+        )
+        .unwrap();
+        plan
+    };
+    let run = |plan: PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_flow"))
+                .args(["apply", "--progress", "quiet", "--format", "json"])
+                .arg(&plan)
+                .output()
+                .unwrap()
+        })
+    };
+
+    // 1. The artefacts are not data: the server-side path verifies and is kept.
+    let out = run(write_plan("clean", "")).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let notes = export_notes(&out);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for (id, note) in &notes {
+        assert!(note.starts_with("server-side"), "{id}: {note}");
+    }
+
+    // 2. A read-back that differs although every row is there (here a template
+    //    override of the read-back; in the field a format the server reads back
+    //    otherwise): `auto` says what differs and streams through flow instead, which
+    //    verifies the bytes it writes itself, for that unit and the ones after it.
+    std::fs::write(
+        templates.join("clickhouse/count_s3.sql.j2"),
+        "SELECT count() AS rows{% if checksum %}, {{ checksum }} + 1 AS checksum{% endif %}\n\
+         FROM s3({{ url|sql_string }}{% if access_key_id %}, {{ access_key_id|sql_string }}, \
+         {{ secret_access_key|sql_string }}{% endif %}, {{ format|sql_string }}\
+         {% if structure %}, {{ structure|sql_string }}{% endif %})\n",
+    )
+    .unwrap();
+    let out = run(write_plan("differs", "templates_dir = \"templates\""))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let notes = export_notes(&out);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    for (id, note) in &notes {
+        assert!(note.starts_with("streamed through flow"), "{id}: {note}");
+    }
+    assert!(
+        notes
+            .iter()
+            .any(|(_, n)| n.contains("row checksum") && n.contains("differs from the source")),
+        "the first unit says what differed: {notes:?}"
+    );
+    let keys = bucket.keys().await;
+    for name in ["clean", "differs"] {
+        for month in ["201506", "201507"] {
+            let key = format!("{name}/{month}.parquet");
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
+    }
+}

@@ -558,7 +558,7 @@ impl TableRunner {
         let r = match task.kind {
             TaskKind::Prepare => mv.prepare().await?,
             TaskKind::Load => mv.load(&need_pid()?, &ctx.cancel).await?,
-            TaskKind::Verify if pid.is_some() => mv.verify(&need_pid()?).await?,
+            TaskKind::Verify if pid.is_some() => mv.verify(&need_pid()?, &ctx.cancel).await?,
             TaskKind::Verify => {
                 let r = mv.full_verify().await?;
                 if !table.swap {
@@ -566,7 +566,7 @@ impl TableRunner {
                 }
                 r
             }
-            TaskKind::Drop => mv.drop_partition(&need_pid()?).await?,
+            TaskKind::Drop => mv.drop_partition(&need_pid()?, &ctx.cancel).await?,
             TaskKind::CatchUp => mv.catch_up(&ctx.cancel).await?,
             TaskKind::Swap => mv.swap(table.keep_old, &ctx.cancel).await?,
             TaskKind::Cleanup => mv.cleanup(&ctx.cancel).await?,

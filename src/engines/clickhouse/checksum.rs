@@ -7,8 +7,13 @@
 //!
 //! - types both hash natively (integers, floats, strings, Date/DateTime, Enum, tuples
 //!   of those) are passed as they are;
-//! - `Nullable(T)` becomes `isNull(c), assumeNotNull(c)` (old servers refuse Nullable
-//!   arguments; a NULL would otherwise be skipped by `sum`);
+//! - `Nullable(T)` becomes `isNull(c), if(isNull(c), <T's default>, assumeNotNull(c))`
+//!   (old servers refuse Nullable arguments; a NULL would otherwise be skipped by `sum`).
+//!   Under a NULL the server keeps an arbitrary hidden value (`if(x, NULL, n)` stores
+//!   `n` there); a file or another server holds the type's default instead, so the
+//!   hidden value is a storage artefact, not data, and never reaches the hash;
+//! - floats hash with every NaN as the one canonical NaN: a NaN's sign and payload
+//!   (`0/0` is a negative NaN on x86) do not survive a text format or another writer;
 //! - `LowCardinality(T)` hashes like `T`;
 //! - Decimals and UUIDs, which 18.16 cannot hash, become canonical text (trailing
 //!   fractional zeros removed: 18.16 prints `1.5000`, current releases `1.5`);
@@ -68,6 +73,15 @@ fn is_natively_hashable(ty: &str) -> bool {
     )
 }
 
+fn is_float(ty: &str) -> bool {
+    matches!(ty.trim(), "Float32" | "Float64")
+}
+
+/// A float with every NaN replaced by the canonical one (`nan`).
+fn canonical_nan(expr: &str) -> String {
+    format!("if(isNaN({expr}), nan, {expr})")
+}
+
 fn is_decimal(ty: &str) -> bool {
     ty.starts_with("Decimal")
 }
@@ -79,9 +93,17 @@ fn hash_args(expr: &str, ty: &str, depth: usize) -> Vec<String> {
         return hash_args(expr, inner, depth);
     }
     if let Some(inner) = unwrap(ty, "Nullable") {
+        let value = format!("assumeNotNull({expr})");
         let mut args = vec![format!("isNull({expr})")];
-        args.extend(hash_args(&format!("assumeNotNull({expr})"), inner, depth));
+        args.extend(hash_args(
+            &format!("if(isNull({expr}), defaultValueOfArgumentType({value}), {value})"),
+            inner,
+            depth,
+        ));
         return args;
+    }
+    if is_float(ty) {
+        return vec![canonical_nan(expr)];
     }
     if is_natively_hashable(ty) {
         return vec![expr.to_string()];
@@ -90,6 +112,13 @@ fn hash_args(expr: &str, ty: &str, depth: usize) -> Vec<String> {
         return vec![canonical_text(expr, ty, depth)];
     }
     if let Some(inner) = unwrap(ty, "Array") {
+        if is_float(inner) {
+            let var = format!("x{depth}");
+            return vec![format!(
+                "arrayMap({var} -> {}, {expr})",
+                canonical_nan(&var)
+            )];
+        }
         if is_natively_hashable(inner) {
             return vec![expr.to_string()];
         }
@@ -100,10 +129,10 @@ fn hash_args(expr: &str, ty: &str, depth: usize) -> Vec<String> {
         )];
     }
     if let Some(inner) = unwrap(ty, "Tuple") {
-        if split_top_level(inner)
-            .iter()
-            .all(|t| is_natively_hashable(strip_field_name(t)))
-        {
+        if split_top_level(inner).iter().all(|t| {
+            let t = strip_field_name(t);
+            is_natively_hashable(t) && !is_float(t)
+        }) {
             return vec![expr.to_string()];
         }
     }
@@ -126,6 +155,9 @@ fn canonical_text(expr: &str, ty: &str, depth: usize) -> String {
         return format!(
             "replaceRegexpOne(toString({expr}), '(\\\\.[0-9]*[1-9])0+$|\\\\.0+$', '\\\\1')"
         );
+    }
+    if is_float(ty) {
+        return format!("toString({})", canonical_nan(expr));
     }
     if let Some(inner) = unwrap(ty, "Array") {
         let var = format!("x{depth}");
@@ -190,12 +222,39 @@ mod tests {
             col("t", "Tuple(Int32, String)"),
             col("u", "UUID"),
         ]);
-        assert!(e.starts_with("sum(cityHash64(`d`, isNull(`n`), assumeNotNull(`n`), `k`, replaceRegexpOne(toString(`x`)"), "{e}");
+        assert!(
+            e.starts_with(
+                "sum(cityHash64(`d`, isNull(`n`), \
+             if(isNull(`n`), defaultValueOfArgumentType(assumeNotNull(`n`)), assumeNotNull(`n`)), \
+             `k`, replaceRegexpOne(toString(`x`)"
+            ),
+            "{e}"
+        );
         assert!(
             e.contains("arrayMap(x0 -> replaceRegexpOne(toString(x0)"),
             "{e}"
         );
         assert!(e.contains(", `a`, "), "{e}");
         assert!(e.contains(", `t`, toString(`u`)"), "{e}");
+    }
+
+    #[test]
+    fn every_nan_hashes_as_one() {
+        let e = checksum_expr(&[
+            col("f", "Float64"),
+            col("nf", "Nullable(Float32)"),
+            col("af", "Array(Float64)"),
+            col("tf", "Tuple(Int32, Float64)"),
+        ]);
+        assert!(e.contains("if(isNaN(`f`), nan, `f`)"), "{e}");
+        assert!(
+            e.contains("if(isNaN(if(isNull(`nf`), defaultValueOfArgumentType(assumeNotNull(`nf`)), assumeNotNull(`nf`))), nan,"),
+            "{e}"
+        );
+        assert!(
+            e.contains("arrayMap(x0 -> if(isNaN(x0), nan, x0), `af`)"),
+            "{e}"
+        );
+        assert!(e.contains("toString(`tf`)"), "{e}");
     }
 }

@@ -13,7 +13,10 @@
 //!   `INSERT INTO FUNCTION s3(…) SELECT …` — the data never passes through flow. The
 //!   object is read back through `s3()` with the source's column types, and its rows
 //!   and row checksum must equal the source's. With `server_side = "auto"` a tiny probe object decides once per
-//!   source and target whether the server can write there.
+//!   source and target whether the server can write there, and an object whose rows
+//!   are all there but whose read-back checksum differs (the server reads the format
+//!   back otherwise than it holds the table) is written again by the streamed path,
+//!   which later units of that source and target then take directly.
 //!
 //! After writing, the source's `count()` for the same filter must equal the rows
 //! written; a difference means rows changed during the export (bound the table with
@@ -141,36 +144,78 @@ pub async fn export_unit(
         Ok(()) => probe(ch, store, &unit.key, probes).await,
         Err(why) => Err(why),
     };
-    match (server_side, unit.server_side) {
-        (Ok(()), _) => {
-            let target = target.expect("checked above");
-            let file = export_server_side(ch, store, unit, &target, cancel).await?;
-            let note = format!(
-                "server-side INSERT INTO FUNCTION s3 → {} ({} rows)",
-                file.location, file.rows
-            );
-            Ok((file, note))
-        }
-        (Err(why), ServerSide::Always) => Err(TaskFailure::permanent(format!(
-            "export to {}: server_side = \"always\" but the server cannot write there: {why}; \
-             use server_side = \"auto\" to stream through flow instead",
-            store.location(&unit.key)
-        ))),
-        (Err(why), _) => {
-            if unit.format == ExportFormat::Parquet {
-                caps.require(Feature::Parquet, "a Parquet export")
-                    .map_err(TaskFailure::permanent)?;
+    let why_not = match (server_side, unit.server_side) {
+        (Ok(()), mode) => {
+            let target = target.as_ref().expect("checked above");
+            match export_server_side(ch, store, unit, target, cancel).await {
+                Ok(file) => {
+                    let note = format!(
+                        "server-side INSERT INTO FUNCTION s3 → {} ({} rows)",
+                        file.location, file.rows
+                    );
+                    return Ok((file, note));
+                }
+                Err(ServerSideError::Failed(e)) => return Err(e),
+                Err(ServerSideError::ReadBackDiffers(what)) if mode == ServerSide::Always => {
+                    return Err(TaskFailure::permanent(format!(
+                        "{what}; server_side = \"always\" allows no other path: use \
+                         server_side = \"auto\" (falls back to streaming through flow, which \
+                         verifies the bytes it writes) or \"never\""
+                    )))
+                }
+                Err(ServerSideError::ReadBackDiffers(what)) => {
+                    // The streamed path does not depend on how the server reads the format
+                    // back; later units of this source and store go straight to it.
+                    let why = format!("{what}; streamed instead");
+                    probes.remember(ch, store, Err(why.clone()));
+                    tracing::warn!(connection = %ch.name(), store = %store.describe(), reason = %why, "server-side export abandoned");
+                    why
+                }
             }
-            let (file, how) = export_streamed(ch, store, unit, cancel).await?;
-            let mut note = format!(
-                "streamed through flow → {} ({} rows, {} bytes, {how})",
-                file.location, file.rows, file.bytes
-            );
-            if target.is_some() && unit.server_side != ServerSide::Never {
-                note.push_str(&format!("; not server-side: {why}"));
-            }
-            Ok((file, note))
         }
+        (Err(why), ServerSide::Always) => {
+            return Err(TaskFailure::permanent(format!(
+                "export to {}: server_side = \"always\" but the server cannot write there: {why}; \
+                 use server_side = \"auto\" to stream through flow instead",
+                store.location(&unit.key)
+            )))
+        }
+        (Err(why), _) => why,
+    };
+    if unit.format == ExportFormat::Parquet {
+        caps.require(Feature::Parquet, "a Parquet export")
+            .map_err(TaskFailure::permanent)?;
+    }
+    let (file, how) = export_streamed(ch, store, unit, cancel).await?;
+    let mut note = format!(
+        "streamed through flow → {} ({} rows, {} bytes, {how})",
+        file.location, file.rows, file.bytes
+    );
+    if target.is_some() && unit.server_side != ServerSide::Never {
+        note.push_str(&format!("; not server-side: {why_not}"));
+    }
+    Ok((file, note))
+}
+
+/// Why a server-side export did not produce a verified object.
+enum ServerSideError {
+    /// The statement or the store failed: the task fails as usual.
+    Failed(TaskFailure),
+    /// The object holds the source's rows, but reading it back through the server gives
+    /// another row checksum: a difference in how the server reads the format, not in
+    /// the data flow can check on its own path.
+    ReadBackDiffers(String),
+}
+
+impl From<TaskFailure> for ServerSideError {
+    fn from(e: TaskFailure) -> Self {
+        ServerSideError::Failed(e)
+    }
+}
+
+impl From<super::ChError> for ServerSideError {
+    fn from(e: super::ChError) -> Self {
+        ServerSideError::Failed(e.into())
     }
 }
 
@@ -514,13 +559,13 @@ fn structure(columns: &[Column]) -> String {
 /// Has the server write the unit to S3 itself, then reads it back. A cancelled task
 /// kills the server's INSERT (nothing is committed: the object appears only when its
 /// upload completes, and the next attempt writes it again).
-pub async fn export_server_side(
+async fn export_server_side(
     ch: &Ch,
     store: &dyn Store,
     unit: &ExportUnit,
     target: &ServerSideTarget,
     cancel: &CancellationToken,
-) -> Result<ExportedFile, TaskFailure> {
+) -> Result<ExportedFile, ServerSideError> {
     let ch = redacting_client(ch, target);
     let action = format!("server-side export to {}", store.location(&unit.key));
     let select = ch.sql(
@@ -556,9 +601,9 @@ pub async fn export_server_side(
         )
         .await?;
     let row = rows.first().ok_or_else(|| {
-        TaskFailure::transient(format!(
+        ServerSideError::Failed(TaskFailure::transient(format!(
             "{action}: reading the object back returned nothing"
-        ))
+        )))
     })?;
     let written = super::json_u64(row, "rows").unwrap_or(0);
     let source = ch
@@ -570,19 +615,19 @@ pub async fn export_server_side(
         )
         .await?;
     if written != source.rows {
-        return Err(TaskFailure::permanent(format!(
+        return Err(ServerSideError::Failed(TaskFailure::permanent(format!(
             "{action}: the object holds {written} rows but the source has {} for the same filter \
              (rows still arriving? bound the table with `upper`)",
             source.rows
-        )));
+        ))));
     }
     let row_checksum = match checksum {
         Some(_) => {
             let got = super::json_u64(row, "checksum").unwrap_or(0);
             if got != source.checksum {
-                return Err(TaskFailure::permanent(format!(
-                    "{action}: the object's row checksum {got:016x} differs from the source's \
-                     {:016x} over the same {written} rows",
+                return Err(ServerSideError::ReadBackDiffers(format!(
+                    "{action}: read back through the server, the object's row checksum \
+                     {got:016x} differs from the source's {:016x} over the same {written} rows",
                     source.checksum
                 )));
             }
@@ -595,10 +640,10 @@ pub async fn export_server_side(
         .await
         .map_err(store_failure)?
         .ok_or_else(|| {
-            TaskFailure::transient(format!(
+            ServerSideError::Failed(TaskFailure::transient(format!(
                 "{action}: the server reported success but {} is not in the bucket",
                 store.location(&unit.key)
-            ))
+            )))
         })?;
     Ok(ExportedFile {
         key: unit.key.clone(),
@@ -613,16 +658,27 @@ pub async fn export_server_side(
     })
 }
 
+impl ProbeCache {
+    fn key(ch: &Ch, store: &dyn Store) -> (String, String) {
+        (ch.name().to_string(), store.describe())
+    }
+
+    fn get(&self, ch: &Ch, store: &dyn Store) -> Option<Result<(), String>> {
+        let results = self.results.lock().expect("probe cache lock");
+        results.get(&Self::key(ch, store)).cloned()
+    }
+
+    /// Records whether server-side exports from `ch` into `store` are to be used.
+    fn remember(&self, ch: &Ch, store: &dyn Store, result: Result<(), String>) {
+        let mut results = self.results.lock().expect("probe cache lock");
+        results.insert(Self::key(ch, store), result);
+    }
+}
+
 /// Checks once per (source, store) whether the server can write into the store.
 async fn probe(ch: &Ch, store: &dyn Store, key: &str, cache: &ProbeCache) -> Result<(), String> {
-    let cache_key = (ch.name().to_string(), store.describe());
-    if let Some(r) = cache
-        .results
-        .lock()
-        .expect("probe cache lock")
-        .get(&cache_key)
-    {
-        return r.clone();
+    if let Some(r) = cache.get(ch, store) {
+        return r;
     }
     let dir = key
         .rsplit_once('/')
@@ -665,11 +721,7 @@ async fn probe(ch: &Ch, store: &dyn Store, key: &str, cache: &ProbeCache) -> Res
     if let Err(why) = &result {
         tracing::info!(connection = %ch.name(), store = %store.describe(), reason = %why, "server-side export unavailable; streaming");
     }
-    cache
-        .results
-        .lock()
-        .expect("probe cache lock")
-        .insert(cache_key, result.clone());
+    cache.remember(ch, store, result.clone());
     result
 }
 

@@ -440,15 +440,41 @@ impl PolicyMove {
         })
     }
 
-    /// Compares the partition in both tables.
-    pub async fn verify(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+    /// Compares the partition in both tables. Before the swap, a partition that took
+    /// rows after its load is frozen and re-loaded ([`Self::reload_frozen`]) instead of
+    /// failing on every resume.
+    pub async fn verify(
+        &self,
+        partition_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<StepResult, TaskFailure> {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
         };
         let (old, new) = self.names(&roles);
         let checksum = self.checksum(&old).await?;
-        let src = self.stats(&old, partition_id, &checksum).await?;
         let dst = self.stats(&new, partition_id, &checksum).await?;
+        let moving = matches!(roles, Roles::Moving { .. });
+        let action = format!("verify partition {partition_id}");
+        if moving {
+            let quarantine = self.q(&self.quarantine_name());
+            let q = self.stats(&quarantine, partition_id, &checksum).await?;
+            if !q.is_empty() {
+                // Frozen by an earlier attempt: the copy must equal the frozen rows.
+                let frozen = self
+                    .reload_frozen(&old, &new, partition_id, &checksum, &action, cancel)
+                    .await?;
+                return Ok(StepResult {
+                    rows: frozen.rows,
+                    checksum: Some(frozen.checksum_text()),
+                    note: format!(
+                        "target = the partition frozen in {quarantine} ({})",
+                        frozen.describe()
+                    ),
+                });
+            }
+        }
+        let src = self.stats(&old, partition_id, &checksum).await?;
         if src == dst {
             return Ok(StepResult {
                 rows: dst.rows,
@@ -466,16 +492,118 @@ impl PolicyMove {
                 ),
             });
         }
+        if moving {
+            let frozen = self
+                .reload_frozen(&old, &new, partition_id, &checksum, &action, cancel)
+                .await?;
+            return Ok(StepResult {
+                rows: frozen.rows,
+                checksum: Some(frozen.checksum_text()),
+                note: format!(
+                    "rows arrived after the load (copy {}): the partition was frozen in \
+                     quarantine and re-loaded from it ({}); later rows are the catch-up's",
+                    dst.describe(),
+                    frozen.describe()
+                ),
+            });
+        }
         Err(fail(format!(
-            "verify partition {partition_id}: source {} but {new} {}; rows changed since the \
-             load (still arriving? bound the table with `upper`); nothing was dropped",
+            "verify partition {partition_id}: source {} but {new} {}; after the swap flow does \
+             not re-load a partition of the live table; nothing was dropped. Compare the two \
+             and move the missing rows by hand, then resume",
             src.describe(),
             dst.describe()
         )))
     }
 
+    /// Before the swap: freezes the partition and makes the new table's copy equal the
+    /// frozen rows. The source partition moves whole into quarantine (atomic: rows that
+    /// arrive later land in a new part of the old table, which the catch-up moves),
+    /// unless an earlier attempt froze it already; a staging copy of the quarantined
+    /// rows must equal them, then `REPLACE PARTITION` puts it in the new table. Only
+    /// flow writes into the new table before the swap, so what is replaced there is
+    /// flow's own stale copy. Returns what is frozen (= the new copy).
+    async fn reload_frozen(
+        &self,
+        old: &str,
+        new: &str,
+        partition_id: &str,
+        checksum: &str,
+        action: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Stats, TaskFailure> {
+        let quarantine = self.q(&self.quarantine_name());
+        let mut frozen = self.stats(&quarantine, partition_id, checksum).await?;
+        if frozen.is_empty() {
+            self.ch
+                .run(
+                    action,
+                    "move_partition",
+                    context! { source => old, target => &quarantine, partition_id => partition_id },
+                )
+                .await?;
+            frozen = self.stats(&quarantine, partition_id, checksum).await?;
+        }
+        let dst = self.stats(new, partition_id, checksum).await?;
+        if frozen == dst || frozen.is_empty() {
+            return Ok(frozen);
+        }
+        let staging = self.q(&format!("{}{partition_id}", self.load_prefix()));
+        self.ch
+            .run(action, "drop_table", context! { table => &staging })
+            .await?;
+        let staged = self
+            .stage(
+                action,
+                Staging {
+                    staging: &staging,
+                    like: new,
+                    columns_of: old,
+                    from: &quarantine,
+                    partition_id,
+                    checksum,
+                },
+                cancel,
+            )
+            .await?;
+        if staged != frozen {
+            self.ch
+                .run(action, "drop_table", context! { table => &staging })
+                .await?;
+            return Err(TaskFailure::transient(format!(
+                "{action}: the staging copy ({}) differs from the frozen rows ({}); retrying",
+                staged.describe(),
+                frozen.describe()
+            )));
+        }
+        self.ch
+            .run(
+                action,
+                "replace_partition",
+                context! { target => new, source => &staging, partition_id => partition_id },
+            )
+            .await?;
+        self.ch
+            .run(action, "drop_table", context! { table => &staging })
+            .await?;
+        let reloaded = self.stats(new, partition_id, checksum).await?;
+        if reloaded != frozen {
+            return Err(fail(format!(
+                "{action}: after REPLACE PARTITION {new} holds {} but the frozen rows are {}; \
+                 something else writes into {new}; nothing was dropped",
+                reloaded.describe(),
+                frozen.describe()
+            )));
+        }
+        Ok(frozen)
+    }
+
     /// Drops the source partition after re-checking it against the copy.
-    pub async fn drop_partition(&self, partition_id: &str) -> Result<StepResult, TaskFailure> {
+    pub async fn drop_partition(
+        &self,
+        partition_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<StepResult, TaskFailure> {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
         };
@@ -483,6 +611,11 @@ impl PolicyMove {
         let quarantine = self.q(&self.quarantine_name());
         let checksum = self.checksum(&old).await?;
         let action = format!("drop partition {partition_id} of {old}");
+        if matches!(roles, Roles::Moving { .. }) {
+            return self
+                .drop_frozen(&old, &new, partition_id, &checksum, &action, cancel)
+                .await;
+        }
         let dst = self.stats(&new, partition_id, &checksum).await?;
         let mut dropped_before = false;
         // A previous attempt may have moved the partition into quarantine and died.
@@ -561,6 +694,61 @@ impl PolicyMove {
             moved.describe(),
             dst.describe()
         )))
+    }
+
+    /// The drop before the swap: freeze the partition, make the copy equal the frozen
+    /// rows (re-loading it if rows arrived since the verify), then drop the frozen rows.
+    /// Rows that arrive after the freeze stay in the old table for the catch-up.
+    async fn drop_frozen(
+        &self,
+        old: &str,
+        new: &str,
+        partition_id: &str,
+        checksum: &str,
+        action: &str,
+        cancel: &CancellationToken,
+    ) -> Result<StepResult, TaskFailure> {
+        let quarantine = self.q(&self.quarantine_name());
+        let copy = self.stats(new, partition_id, checksum).await?;
+        let earlier = self.stats(&quarantine, partition_id, checksum).await?;
+        let frozen = self
+            .reload_frozen(old, new, partition_id, checksum, action, cancel)
+            .await?;
+        if frozen.is_empty() {
+            return Ok(StepResult {
+                rows: copy.rows,
+                checksum: Some(copy.checksum_text()),
+                note: "source partition already dropped".into(),
+            });
+        }
+        // reload_frozen returned only once the copy equals the frozen rows.
+        self.drop_quarantined(&quarantine, partition_id, action)
+            .await?;
+        let mut note = if frozen == copy {
+            format!("re-checked and dropped ({})", frozen.describe())
+        } else {
+            format!(
+                "rows arrived after the verify (copy {}): re-loaded from the frozen partition, \
+                 re-checked and dropped ({})",
+                copy.describe(),
+                frozen.describe()
+            )
+        };
+        if !earlier.is_empty() {
+            note.push_str("; finished an earlier attempt's drop");
+        }
+        let left = self.stats(old, partition_id, checksum).await?;
+        if !left.is_empty() {
+            note.push_str(&format!(
+                "; {} rows arrived meanwhile and are left for the catch-up",
+                left.rows
+            ));
+        }
+        Ok(StepResult {
+            rows: frozen.rows,
+            checksum: Some(frozen.checksum_text()),
+            note,
+        })
     }
 
     async fn drop_quarantined(
@@ -903,29 +1091,17 @@ impl PolicyMove {
                 )))
             }
             Roles::Moving { new_exists: true } => {
-                // One more pass for rows that arrived since the catch-up, then refuse to
-                // swap if the old table still holds rows the new one lacks.
-                let (moved, _) = self.move_leftovers(&roles, cancel).await?;
-                let (old, new) = self.names(&roles);
-                let left = self.ch.stats("count rows left", &old, None, None).await?;
-                let q = self
-                    .ch
-                    .stats(
-                        "count quarantined rows",
-                        &self.q(&self.quarantine_name()),
-                        None,
-                        None,
-                    )
-                    .await?;
-                if !left.is_empty() || !q.is_empty() {
-                    return Err(TaskFailure::transient(format!(
-                        "swap {}: {old} still holds {} rows ({} in quarantine) that {new} lacks — \
-                         rows are arriving faster than they are moved; flow does not swap rows \
-                         away. Pause the writers or retry",
-                        self.s(),
-                        left.rows,
-                        q.rows
-                    )));
+                // More passes for rows that arrived since the catch-up. What arrives
+                // during the last pass and the exchange itself stays in the old table
+                // and is moved right after the exchange, by the same additive procedure
+                // (and again by cleanup): never swapped away.
+                let mut moved = 0;
+                for _ in 0..CATCH_UP_PASSES {
+                    let (rows, _) = self.move_leftovers(&roles, cancel).await?;
+                    moved += rows;
+                    if rows == 0 {
+                        break;
+                    }
                 }
                 let caps = self.ch.caps().await?;
                 let engine = super::copy::database_engine(&self.ch, &self.database).await?;
