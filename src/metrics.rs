@@ -1,9 +1,10 @@
-//! Prometheus metrics of a run: the gauges of seed 001 §10.1, in the text exposition
+//! Prometheus metrics of a run: the gauges of the migration dashboards teams already
+//! run (`failed_tables`, `migration_duration_seconds`, …), in the text exposition
 //! format, written to a file at the end (`--metrics-file`, for node_exporter's textfile
 //! collector) and served while running (`--metrics-addr`, `GET /metrics`).
 //!
 //! The metrics observe the scheduler's events, so they cost nothing when nobody asks.
-//! Every series carries a `plan` label; the names are the seed's, unprefixed, so its
+//! Every series carries a `plan` label; the names are unprefixed, so the usual
 //! alert rules (`failed_tables > 0`, `migration_duration_seconds > 3600`,
 //! `migration_errors_total > 10`) work as written. The server is a few lines of tokio
 //! TCP: one request per connection, `GET /metrics` or 404.

@@ -361,7 +361,10 @@ fn resume_after_a_changed_bound_target_or_template_redoes_what_changed() {
     std::fs::write(&plan, text_plan).unwrap();
     let out = apply(&plan, &["--resume"]);
     let all = text(&out);
-    assert!(all.contains("input `templates` changed"), "{all}");
+    assert!(
+        all.contains("input `template.clickhouse/select.sql.j2` changed"),
+        "the reason names the template: {all}"
+    );
 }
 
 #[test]

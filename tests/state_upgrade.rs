@@ -1,5 +1,6 @@
-//! A state database written by an earlier flow (before connection identities, manifest
-//! keys and declared partitions became inputs of fingerprints) resumes on this flow
+//! A state database written by an earlier flow (v0: before connection identities, manifest
+//! keys and declared partitions became inputs of fingerprints; v1: when one hash of every
+//! built-in template was an input of every table task) resumes on this flow
 //! without running any task again: the tasks' recorded inputs are unchanged, so they
 //! stay done, flow says once that it records the new inputs, and from then on those
 //! inputs are compared like any other. The fixture's plan points at a server that does
@@ -83,4 +84,105 @@ fn an_earlier_flows_state_resumes_without_rerunning_and_then_tracks_the_new_inpu
             .contains("connection.out"),
         "{export}"
     );
+}
+
+/// The v1 fixture where it was written (an fs target's identity is its absolute path).
+fn fixture_v1() -> PathBuf {
+    let dir = Path::new("/tmp/flow-fixture-v1");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join(".flow")).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1");
+    std::fs::copy(src.join("plan.toml"), dir.join("plan.toml")).unwrap();
+    std::fs::copy(src.join("fixture-v1.db"), dir.join(".flow/fixture-v1.db")).unwrap();
+    dir.join("plan.toml")
+}
+
+/// `flow plan --format json` of `plan`: (task id, status, reason) of every task.
+fn statuses(plan: &str) -> Vec<(String, String, String)> {
+    let out = flow(&["plan", plan, "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut tasks: Vec<(String, String, String)> = json["tasks"]
+        .as_array()
+        .expect("tasks in the plan JSON")
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap_or_default().to_string(),
+                t["status"].as_str().unwrap_or_default().to_string(),
+                t["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    tasks.sort();
+    tasks
+}
+
+#[test]
+fn a_state_from_before_per_template_fingerprints_resumes_and_then_follows_each_template() {
+    let plan = fixture_v1();
+    let plan_arg = plan.to_str().unwrap();
+    let resume = || flow(&["apply", plan_arg, "--resume", "--progress", "plain"]);
+
+    let first = resume();
+    let all = text(&first);
+    assert!(first.status.success(), "{all}");
+    assert!(all.contains("0 done in this run, 7 done before"), "{all}");
+    assert_eq!(all.matches("upgrade:").count(), 1, "said once: {all}");
+    assert!(all.contains("`template.*`"), "{all}");
+    let second = resume();
+    let all = text(&second);
+    assert!(
+        second.status.success() && !all.contains("upgrade:"),
+        "{all}"
+    );
+    assert!(all.contains("0 done in this run, 7 done before"), "{all}");
+
+    // A template no task of the plan renders (here one for copies) changes: nothing is
+    // dirty. Before, one hash over every template made all table tasks dirty.
+    let dir = plan.parent().unwrap();
+    std::fs::create_dir_all(dir.join("tpl/clickhouse")).unwrap();
+    std::fs::write(
+        dir.join("tpl/clickhouse/exchange_tables.sql.j2"),
+        "EXCHANGE TABLES {{ a }} AND {{ b }} -- changed\n",
+    )
+    .unwrap();
+    let with_templates = std::fs::read_to_string(&plan).unwrap().replace(
+        "name = \"fixture-v1\"",
+        "name = \"fixture-v1\"\ntemplates_dir = \"tpl\"",
+    );
+    std::fs::write(&plan, with_templates).unwrap();
+    let tasks = statuses(plan_arg);
+    assert_eq!(tasks.len(), 7, "{tasks:?}");
+    assert!(
+        tasks.iter().all(|(_, status, _)| status == "done"),
+        "an unused template dirties nothing: {tasks:?}"
+    );
+
+    // The export's own SELECT changes: the exports are dirty and say which template;
+    // the split, which does not render it, stays done.
+    std::fs::write(
+        dir.join("tpl/clickhouse/select.sql.j2"),
+        flow::templates::Templates::new(None)
+            .unwrap()
+            .source("clickhouse/select.sql.j2")
+            .unwrap()
+            + "\n",
+    )
+    .unwrap();
+    let tasks = statuses(plan_arg);
+    let export = tasks
+        .iter()
+        .find(|(id, _, _)| id == "flow_fixture.trips/201506/export")
+        .unwrap();
+    assert_eq!(export.1, "dirty", "{tasks:?}");
+    assert!(
+        export.2.contains("template.clickhouse/select.sql.j2"),
+        "{export:?}"
+    );
+    let split = tasks
+        .iter()
+        .find(|(id, _, _)| id == "flow_fixture.trips/split")
+        .unwrap();
+    assert_eq!(split.1, "done", "{tasks:?}");
 }

@@ -40,6 +40,7 @@ use crate::exec::runner::TaskRunner;
 use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary, Scheduler, Start, StopReason};
 use crate::exec::{ConnectionLimit, Progress, ProgressMode, RetryPolicy};
 use crate::graph::expand::{expand, PartitionMap};
+use crate::graph::expand::{SUPERSEDED_TEMPLATES_INPUT, TEMPLATE_INPUT};
 use crate::graph::{TaskGraph, TaskId, TaskKind};
 use crate::metrics::Metrics;
 use crate::plan::Plan;
@@ -593,7 +594,14 @@ impl Ctx<'_> {
             }
             self.writer
                 .send(Transition::Rerecord(TaskRef::new(graph.clone(), d.index)));
-            names.extend(d.upgraded.iter().map(|n| format!("`{n}`")));
+            names.extend(d.upgraded.iter().map(|n| {
+                if n.starts_with(TEMPLATE_INPUT) || n == SUPERSEDED_TEMPLATES_INPUT {
+                    // One name for the family, not one per template.
+                    format!("`{TEMPLATE_INPUT}*` (each template the task uses)")
+                } else {
+                    format!("`{n}`")
+                }
+            }));
             count += 1;
         }
         if count > 0

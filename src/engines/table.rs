@@ -67,6 +67,18 @@ impl TableRunner {
         Ok(Ch::new(client, self.templates.clone()))
     }
 
+    /// [`Self::clickhouse`] for `task` of `table`: its statements come only from the
+    /// templates its fingerprint covers.
+    fn clickhouse_for(
+        &self,
+        connection: &str,
+        table: &TableSpec,
+        task: &Task,
+    ) -> Result<Ch, TaskFailure> {
+        let used = table.strategy.strategy().templates(task.kind);
+        Ok(self.clickhouse(connection)?.for_task(used))
+    }
+
     /// The store for a connection.
     pub async fn store(&self, connection: &str) -> Result<Arc<dyn Store>, TaskFailure> {
         let mut stores = self.stores.lock().await;
@@ -195,7 +207,7 @@ impl TaskRunner for TableRunner {
 impl TableRunner {
     async fn split(&self, task: &Task, table: &TableSpec) -> Result<TaskOutcome, TaskFailure> {
         let name = table_name(table, task)?;
-        let ch = self.clickhouse(&table.source)?;
+        let ch = self.clickhouse_for(&table.source, table, task)?;
         let grouping = match table.strategy {
             StrategyKind::Export => Grouping::Expression,
             StrategyKind::Copy | StrategyKind::S3Policy => Grouping::Physical,
@@ -265,7 +277,7 @@ impl TableRunner {
         table: &TableSpec,
         partition: Option<(Arc<Partition>, Option<u32>)>,
     ) -> Result<TaskOutcome, TaskFailure> {
-        let ch = self.clickhouse(&table.source)?;
+        let ch = self.clickhouse_for(&table.source, table, task)?;
         let target = table.target.as_deref().ok_or_else(|| {
             TaskFailure::permanent(format!("task `{}`: export needs `target`", task.id))
         })?;
@@ -474,8 +486,8 @@ impl TableRunner {
     fn copy_job(&self, task: &Task, table: &TableSpec) -> Result<CopyJob, TaskFailure> {
         let src_table = table_name(table, task)?;
         let target_conn = table.target.clone().unwrap_or_else(|| table.source.clone());
-        let source = self.clickhouse(&table.source)?;
-        let target = self.clickhouse(&target_conn)?;
+        let source = self.clickhouse_for(&table.source, table, task)?;
+        let target = self.clickhouse_for(&target_conn, table, task)?;
         let same_server =
             target_conn == table.source || source.client.host() == target.client.host();
         let dst_db = table
@@ -542,7 +554,7 @@ impl TableRunner {
             .cloned()
             .unwrap_or_else(|| PolicyMove::default_new_table(&name));
         let mv = PolicyMove {
-            ch: self.clickhouse(&table.source)?,
+            ch: self.clickhouse_for(&table.source, table, task)?,
             database: table.database.clone(),
             table: name,
             new_table,

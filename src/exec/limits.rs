@@ -8,7 +8,7 @@
 //! needing the same pair of connections can never hold one each and wait forever.
 //!
 //! `pause_between` is the minimum gap between two task starts on a connection (the
-//! seed's "insert interval"): a server that needs breathing room between heavy
+//! "insert interval" of hand-written migration scripts): a server that needs breathing room between heavy
 //! statements gets it without lowering its concurrency to one.
 
 use std::collections::HashMap;

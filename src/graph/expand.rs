@@ -31,7 +31,7 @@ pub fn expand(
     partitions: &PartitionMap,
 ) -> Result<TaskGraph, GraphError> {
     let mut graph = TaskGraph::new();
-    let templates_hash = templates_hash(templates);
+    let template_inputs = TemplateInputs::new(templates);
     let identities: BTreeMap<&str, String> = plan
         .connections
         .iter()
@@ -40,8 +40,9 @@ pub fn expand(
     let mut table_tasks: HashMap<&str, Vec<NodeIndex>> = HashMap::new();
     for table in &plan.tables {
         let known = known_partitions(table, partitions);
-        let common = common_inputs(table, &templates_hash, &identities);
-        let mut builder = TableBuilder::new(&mut graph, plan, templates, table, common);
+        let common = common_inputs(table, &identities);
+        let mut builder =
+            TableBuilder::new(&mut graph, plan, templates, table, common, &template_inputs);
         table
             .strategy
             .strategy()
@@ -224,7 +225,10 @@ pub struct TableBuilder<'g> {
     graph: &'g mut TaskGraph,
     templates: &'g Templates,
     table: &'g TableSpec,
-    common: Arc<BTreeMap<String, String>>,
+    common: BTreeMap<String, String>,
+    template_inputs: &'g TemplateInputs,
+    /// The shared inputs of each kind of task (common + its templates), built once.
+    shared: HashMap<TaskKind, Arc<BTreeMap<String, String>>>,
     /// The table's `path` template, compiled once.
     path_template: Option<minijinja::Template<'g, 'g>>,
     /// The part of the path context every unit of the table shares.
@@ -240,12 +244,15 @@ impl<'g> TableBuilder<'g> {
         templates: &'g Templates,
         table: &'g TableSpec,
         common: BTreeMap<String, String>,
+        template_inputs: &'g TemplateInputs,
     ) -> Self {
         TableBuilder {
             graph,
             templates,
             table,
-            common: Arc::new(common),
+            common,
+            template_inputs,
+            shared: HashMap::new(),
             path_template: table
                 .path
                 .as_deref()
@@ -331,10 +338,20 @@ impl<'g> TableBuilder<'g> {
         connections: Vec<String>,
         inputs: BTreeMap<String, String>,
     ) -> Result<NodeIndex, GraphError> {
-        let inputs = TaskInputs::new(self.common.clone(), inputs);
-        let index = self
-            .graph
-            .add(Task::new(id, kind, unit, connections, placement, inputs))?;
+        let shared = self
+            .shared
+            .entry(kind)
+            .or_insert_with(|| {
+                Arc::new(
+                    self.template_inputs
+                        .shared_for(self.table, kind, &self.common),
+                )
+            })
+            .clone();
+        let inputs = TaskInputs::new(shared, inputs);
+        let mut task = Task::new(id, kind, unit, connections, placement, inputs);
+        task.superseded = Some(self.template_inputs.superseded.clone());
+        let index = self.graph.add(task)?;
         self.tasks.push(index);
         Ok(index)
     }
@@ -433,7 +450,6 @@ pub const CONNECTION_INPUT: &str = "connection.";
 /// Inputs every task of a table shares: a change to any of them dirties the table.
 fn common_inputs(
     table: &TableSpec,
-    templates_hash: &str,
     identities: &BTreeMap<&str, String>,
 ) -> BTreeMap<String, String> {
     let mut inputs = BTreeMap::new();
@@ -465,19 +481,59 @@ fn common_inputs(
             inputs.insert(format!("{CONNECTION_INPUT}{name}"), id.clone());
         }
     }
-    // Engine templates are part of what a task does: a changed template dirties tasks.
-    inputs.insert("templates".into(), templates_hash.to_string());
     inputs
 }
 
-/// Hash of every engine template in effect (built-in or overridden).
-fn templates_hash(templates: &Templates) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for name in crate::templates::builtin_template_names() {
-        if let Some(src) = templates.source(&name) {
-            hasher.update(name.as_bytes());
-            hasher.update(src.as_bytes());
+/// The templates of a task as inputs: `template.<name>` = a hash of the text in effect
+/// (built-in or the plan's `templates_dir`), for the templates the task's strategy says
+/// it renders — a changed template dirties the tasks that use it, and only those.
+struct TemplateInputs {
+    hashes: BTreeMap<String, String>,
+    /// What an earlier flow recorded instead: one hash over every built-in template
+    /// (input `templates`); a task recorded that way and unchanged since stays done.
+    superseded: Arc<BTreeMap<String, String>>,
+}
+
+/// The input an earlier flow recorded in place of the `template.*` inputs.
+pub const SUPERSEDED_TEMPLATES_INPUT: &str = "templates";
+/// Prefix of a task's template inputs.
+pub const TEMPLATE_INPUT: &str = "template.";
+
+impl TemplateInputs {
+    fn new(templates: &Templates) -> Self {
+        let mut hashes = BTreeMap::new();
+        let mut all = blake3::Hasher::new();
+        for name in crate::templates::builtin_template_names() {
+            if let Some(src) = templates.source(&name) {
+                all.update(name.as_bytes());
+                all.update(src.as_bytes());
+                let hash = blake3::hash(src.as_bytes()).to_hex()[..16].to_string();
+                hashes.insert(name, hash);
+            }
+        }
+        let legacy = all.finalize().to_hex()[..16].to_string();
+        TemplateInputs {
+            hashes,
+            superseded: Arc::new(BTreeMap::from([(
+                SUPERSEDED_TEMPLATES_INPUT.to_string(),
+                legacy,
+            )])),
         }
     }
-    hasher.finalize().to_hex()[..16].to_string()
+
+    /// The table's shared inputs plus the templates a task of `kind` uses.
+    fn shared_for(
+        &self,
+        table: &TableSpec,
+        kind: TaskKind,
+        common: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut inputs = common.clone();
+        for name in table.strategy.strategy().templates(kind) {
+            if let Some(hash) = self.hashes.get(name) {
+                inputs.insert(format!("{TEMPLATE_INPUT}{name}"), hash.clone());
+            }
+        }
+        inputs
+    }
 }

@@ -30,7 +30,7 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// What a task does. The kind decides the idempotency rule (see DESIGN §4) and whether
+/// What a task does. The kind decides the idempotency rule (ARCHITECTURE.md) and whether
 /// the task is destructive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
@@ -268,6 +268,9 @@ pub struct Task {
     pub destructive: bool,
     /// Checks data and fails on a mismatch; destructive tasks may depend on it.
     pub verifies: bool,
+    /// Inputs an earlier flow recorded in place of some of `inputs` (not part of the
+    /// fingerprint): a done record holding exactly these values is not dirty for it.
+    pub superseded: Option<Arc<BTreeMap<String, String>>>,
 }
 
 impl Task {
@@ -294,6 +297,7 @@ impl Task {
             once: false,
             destructive: kind.is_destructive(),
             verifies: kind == TaskKind::Verify,
+            superseded: None,
         }
     }
 

@@ -117,7 +117,7 @@ pub struct ConnectionDef {
     /// Per-connection bound on running tasks.
     #[schemars(with = "Option<u32>")]
     pub max_concurrency: Option<Spanned<i64>>,
-    /// Pause between two task starts on this connection, e.g. "1s" (seed 001's insert interval).
+    /// Pause between two task starts on this connection, e.g. "1s" (an insert interval).
     #[schemars(with = "Option<String>")]
     pub pause_between: Option<Spanned<String>>,
     /// s3/ec2: endpoint URL for S3-compatible stores or a local API server.
@@ -191,7 +191,7 @@ pub struct TableDef {
     /// Table name, or "*" for every MergeTree table of the database (s3-policy).
     #[schemars(with = "Option<String>")]
     pub table: Option<Spanned<String>>,
-    /// A SELECT whose result is exported (seed 000's query copy) instead of a table.
+    /// A SELECT whose result is exported instead of a table.
     #[schemars(with = "Option<String>")]
     pub query: Option<Spanned<String>>,
     #[schemars(with = "Option<Mode>")]

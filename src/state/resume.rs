@@ -172,6 +172,9 @@ pub const ADDED_INPUTS: &[&str] = &[
     "path",
     // a split's declared partitions
     "partitions",
+    // the templates a task uses, each on its own (in place of `templates`, a hash of
+    // every built-in template: see `Task::superseded`)
+    "template.",
 ];
 
 fn family(name: &str) -> Option<&'static str> {
@@ -185,7 +188,8 @@ fn family(name: &str) -> Option<&'static str> {
 }
 
 /// The inputs `task` has that `record` lacks only because an earlier flow did not
-/// record them; empty when anything else differs.
+/// record them, and those `record` has in place of some (`Task::superseded`); empty
+/// when anything else differs.
 fn upgrade_inputs(record: &TaskRecord, task: &Task) -> Vec<String> {
     if record.kind != task.kind.as_str() {
         return Vec::new();
@@ -203,8 +207,22 @@ fn upgrade_inputs(record: &TaskRecord, task: &Task) -> Vec<String> {
             },
         }
     }
-    if record.inputs.keys().any(|k| !task.inputs.contains_key(k)) {
-        return Vec::new();
+    let superseded = |name: &String, value: &String| {
+        task.superseded
+            .as_ref()
+            .and_then(|s| s.get(name))
+            .is_some_and(|v| v == value)
+    };
+    for (name, value) in &record.inputs {
+        if task.inputs.contains_key(name) {
+            continue;
+        }
+        if !superseded(name, value) {
+            return Vec::new();
+        }
+        // Recorded in place of inputs this flow has (or, for a task that has none of
+        // them, of nothing): recording again drops it.
+        added.push(name.clone());
     }
     added
 }

@@ -20,6 +20,10 @@ impl Strategy for Copy {
         "ClickHouse → ClickHouse per partition via staging + REPLACE PARTITION, verified by checksum"
     }
 
+    fn templates(&self, kind: TaskKind) -> Vec<&'static str> {
+        super::templates::used_by(super::StrategyKind::Copy, kind)
+    }
+
     fn requirements(&self) -> Requirements {
         Requirements {
             source_kinds: &[ConnectionKind::Clickhouse],

@@ -23,6 +23,10 @@ impl Strategy for Export {
         "ClickHouse partitions or a query → CSV/TSV/Native/Parquet files or objects, verified"
     }
 
+    fn templates(&self, kind: TaskKind) -> Vec<&'static str> {
+        super::templates::used_by(super::StrategyKind::Export, kind)
+    }
+
     fn requirements(&self) -> Requirements {
         Requirements {
             source_kinds: &[ConnectionKind::Clickhouse],

@@ -7,11 +7,12 @@
 pub mod copy;
 pub mod export;
 pub mod s3_policy;
+pub mod templates;
 
 use std::sync::Arc;
 
 use crate::graph::expand::TableBuilder;
-use crate::graph::{GraphError, Partition};
+use crate::graph::{GraphError, Partition, TaskKind};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Plan, TableSpec};
 
@@ -51,6 +52,8 @@ pub trait Strategy: Sync {
         partitions: Option<&[Arc<Partition>]>,
         builder: &mut TableBuilder<'_>,
     ) -> Result<(), GraphError>;
+    /// The engine templates a task of `kind` renders (its fingerprint covers them).
+    fn templates(&self, kind: TaskKind) -> Vec<&'static str>;
 }
 
 impl StrategyKind {

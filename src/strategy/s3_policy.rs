@@ -1,5 +1,5 @@
 //! `s3-policy`: move a ClickHouse table from a local storage policy to an S3 one
-//! (seed 001), partition by partition, inside the server.
+//! partition by partition, inside the server.
 //!
 //! prepare (policy exists; new table with the same structure and the new policy) →
 //! per partition load (INSERT … SELECT) → verify → drop the source partition → after
@@ -21,6 +21,10 @@ pub struct S3Policy;
 impl Strategy for S3Policy {
     fn summary(&self) -> &'static str {
         "move a ClickHouse table onto an S3 storage policy in place: copy, verify, drop per partition, then swap"
+    }
+
+    fn templates(&self, kind: TaskKind) -> Vec<&'static str> {
+        super::templates::used_by(super::StrategyKind::S3Policy, kind)
     }
 
     fn requirements(&self) -> Requirements {

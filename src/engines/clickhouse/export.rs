@@ -1,5 +1,5 @@
-//! Strategy `export`: one partition or chunk → one file or object (seed 004, and the
-//! query copy of seed 000).
+//! Strategy `export`: one partition or chunk → one file or object (of a table, or of
+//! the result of a `query`).
 //!
 //! Two paths, chosen per unit and reported in the outcome's note:
 //! - **streamed**: `SELECT … WHERE <unit filter>` with the format as `default_format`

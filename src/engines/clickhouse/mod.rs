@@ -27,6 +27,7 @@ pub mod text_out;
 pub mod values;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use minijinja::Value;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,9 @@ use crate::templates::{quote_identifier, Templates};
 pub struct Ch {
     pub client: ChClient,
     pub templates: Templates,
+    /// The templates the task this handle runs for may render (its fingerprint covers
+    /// them, see [`crate::strategy::templates`]); None outside a task.
+    task_templates: Option<Arc<[&'static str]>>,
 }
 
 /// `db`.`table`, quoted.
@@ -95,7 +99,17 @@ pub struct TableInfo {
 
 impl Ch {
     pub fn new(client: ChClient, templates: Templates) -> Self {
-        Ch { client, templates }
+        Ch {
+            client,
+            templates,
+            task_templates: None,
+        }
+    }
+
+    /// The same handle for a task whose fingerprint covers `templates`.
+    pub fn for_task(mut self, templates: Vec<&'static str>) -> Self {
+        self.task_templates = Some(templates.into());
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -105,6 +119,13 @@ impl Ch {
     /// Renders `templates/clickhouse/<name>.sql.j2`.
     pub fn sql(&self, name: &str, ctx: Value) -> Result<String, ChError> {
         let full = format!("clickhouse/{name}.sql.j2");
+        debug_assert!(
+            self.task_templates
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(&full.as_str())),
+            "{full} is rendered by a task whose fingerprint does not cover it: add it to \
+             strategy::templates"
+        );
         self.templates
             .render(&full, &ctx)
             .map_err(|e| ChError::flow(self.name(), format!("render {full}"), e.to_string()))

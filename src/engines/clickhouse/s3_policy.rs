@@ -1,4 +1,4 @@
-//! Strategy `s3-policy` (seed 001): move a table from a local storage policy to an S3
+//! Strategy `s3-policy`: move a table from a local storage policy to an S3
 //! one, inside a modern server, partition by partition, without losing or duplicating
 //! a row whatever instant flow is killed at.
 //!

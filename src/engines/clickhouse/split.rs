@@ -1,5 +1,5 @@
 //! Split: which partitions a table task works on, how big they are, and how to cut
-//! the oversized ones (seed 004).
+//! the oversized ones.
 //!
 //! Two groupings:
 //! - **expression** (export): one unit per value of the partition expression (the
@@ -7,14 +7,14 @@
 //!   bounds: `SELECT <expr>, count() … WHERE <bounds> GROUP BY 1`. The values come back
 //!   in the `Values` format, so the filter `(<expr>) = <literal>` uses the server's own
 //!   literal (dates, tuples, quoted strings). This works on 18.16 and on 26, needs no
-//!   `_partition_id`, and allows an expression other than the physical key (seed 004
-//!   exports by month from a table partitioned by day).
+//!   `_partition_id`, and allows an expression other than the physical key (an export
+//!   by month from a table partitioned by day).
 //! - **physical** (copy, s3-policy): one unit per `system.parts` partition id with rows
 //!   within the bounds; the filter is `_partition_id = '<id>'`, which both versions
 //!   have, and REPLACE/DROP/MOVE PARTITION ID act on exactly those rows.
 //!
-//! Sizes come from `system.parts` (seed 004's report: rows, compressed and uncompressed
-//! bytes per partition); a unit's bytes are its share of the uncompressed bytes, which
+//! Sizes come from `system.parts` (the usual size report: rows, compressed and
+//! uncompressed bytes per partition); a unit's bytes are its share of the uncompressed bytes, which
 //! is what a text export writes. A unit bigger than `max_rows`/`max_bytes` is cut by
 //! `split_by` into half-open ranges at boundaries from `quantiles(…)`: `NOT (>= b1)`,
 //! `>= b1 AND < b2`, …, `>= bn` (NULLs and NaN go to the first chunk, ±inf to the ends). The ranges are disjoint
@@ -62,7 +62,7 @@ pub struct SplitRequest {
     pub declared: Option<Vec<String>>,
 }
 
-/// One line of seed 004's size report.
+/// One line of the size report (rows and bytes of one partition).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct PartSize {
     pub partition: String,
