@@ -57,7 +57,8 @@ use crate::templates::Templates;
 pub enum ProgressArg {
     /// A progress bar on a terminal, plain lines otherwise.
     Auto,
-    /// One line per event (started, done, failed, skipped, retry).
+    /// One line per event (started, done, failed, skipped, retry), and a `progress`
+    /// line (tasks, rates, ETA, running tasks) every 10 s and at the end.
     Plain,
     /// Only the summary.
     Quiet,
