@@ -535,14 +535,7 @@ impl PolicyMove {
         let quarantine = self.q(&self.quarantine_name());
         let mut frozen = self.stats(&quarantine, partition_id, checksum).await?;
         if frozen.is_empty() {
-            self.ch
-                .run(
-                    action,
-                    "move_partition",
-                    context! { source => old, target => &quarantine, partition_id => partition_id },
-                )
-                .await?;
-            frozen = self.stats(&quarantine, partition_id, checksum).await?;
+            frozen = self.freeze(old, partition_id, checksum, action).await?;
         }
         let dst = self.stats(new, partition_id, checksum).await?;
         if frozen == dst || frozen.is_empty() {
@@ -552,30 +545,16 @@ impl PolicyMove {
         self.ch
             .run(action, "drop_table", context! { table => &staging })
             .await?;
-        let staged = self
-            .stage(
-                action,
-                Staging {
-                    staging: &staging,
-                    like: new,
-                    columns_of: old,
-                    from: &quarantine,
-                    partition_id,
-                    checksum,
-                },
-                cancel,
-            )
-            .await?;
-        if staged != frozen {
-            self.ch
-                .run(action, "drop_table", context! { table => &staging })
-                .await?;
-            return Err(TaskFailure::transient(format!(
-                "{action}: the staging copy ({}) differs from the frozen rows ({}); retrying",
-                staged.describe(),
-                frozen.describe()
-            )));
-        }
+        self.stage_quarantined(
+            action,
+            &staging,
+            (old, new),
+            partition_id,
+            checksum,
+            &frozen,
+            cancel,
+        )
+        .await?;
         self.ch
             .run(
                 action,
@@ -751,6 +730,68 @@ impl PolicyMove {
         })
     }
 
+    /// Moves the old table's partition whole into quarantine (atomic: rows that arrive
+    /// later land in a new part of the old table); returns what quarantine holds of it.
+    async fn freeze(
+        &self,
+        old: &str,
+        partition_id: &str,
+        checksum: &str,
+        action: &str,
+    ) -> Result<Stats, TaskFailure> {
+        let quarantine = self.q(&self.quarantine_name());
+        self.ch
+            .run(
+                action,
+                "move_partition",
+                context! { source => old, target => &quarantine, partition_id => partition_id },
+            )
+            .await?;
+        Ok(self.stats(&quarantine, partition_id, checksum).await?)
+    }
+
+    /// Copies the quarantined partition into a fresh `staging` table (like the new
+    /// table) and checks the copy equals `quarantined`; otherwise drops the staging
+    /// table and fails, to be retried.
+    #[allow(clippy::too_many_arguments)]
+    async fn stage_quarantined(
+        &self,
+        action: &str,
+        staging: &str,
+        (old, new): (&str, &str),
+        partition_id: &str,
+        checksum: &str,
+        quarantined: &Stats,
+        cancel: &CancellationToken,
+    ) -> Result<(), TaskFailure> {
+        let quarantine = self.q(&self.quarantine_name());
+        let staged = self
+            .stage(
+                action,
+                Staging {
+                    staging,
+                    like: new,
+                    columns_of: old,
+                    from: &quarantine,
+                    partition_id,
+                    checksum,
+                },
+                cancel,
+            )
+            .await?;
+        if &staged != quarantined {
+            self.ch
+                .run(action, "drop_table", context! { table => staging })
+                .await?;
+            return Err(TaskFailure::transient(format!(
+                "{action}: the staging copy ({}) differs from the quarantined rows ({}); retrying",
+                staged.describe(),
+                quarantined.describe()
+            )));
+        }
+        Ok(())
+    }
+
     async fn drop_quarantined(
         &self,
         quarantine: &str,
@@ -854,42 +895,21 @@ impl PolicyMove {
                 if src.is_empty() {
                     return Ok(0);
                 }
-                self.ch
-                    .run(
-                        &action,
-                        "move_partition",
-                        context! { source => old, target => &quarantine, partition_id => partition_id },
-                    )
-                    .await?;
-                q = self.stats(&quarantine, partition_id, checksum).await?;
+                q = self.freeze(old, partition_id, checksum, &action).await?;
                 if q.is_empty() {
                     return Ok(0);
                 }
             }
-            let staged = self
-                .stage(
-                    &action,
-                    Staging {
-                        staging: &staging,
-                        like: new,
-                        columns_of: old,
-                        from: &quarantine,
-                        partition_id,
-                        checksum,
-                    },
-                    cancel,
-                )
-                .await?;
-            if staged != q {
-                self.ch
-                    .run(&action, "drop_table", context! { table => &staging })
-                    .await?;
-                return Err(TaskFailure::transient(format!(
-                    "{action}: the staging copy ({}) differs from the quarantined rows ({}); retrying",
-                    staged.describe(),
-                    q.describe()
-                )));
-            }
+            self.stage_quarantined(
+                &action,
+                &staging,
+                (old, new),
+                partition_id,
+                checksum,
+                &q,
+                cancel,
+            )
+            .await?;
             // Commit: from here the rows live in the staging table only.
             self.drop_quarantined(&quarantine, partition_id, &action)
                 .await?;
