@@ -15,5 +15,6 @@ pub mod redact;
 pub mod report;
 pub mod state;
 pub mod strategy;
+pub mod task;
 pub mod templates;
 pub mod warnings;

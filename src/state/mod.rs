@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use petgraph::graph::NodeIndex;
 
 use crate::exec::process_group::GroupId;
-use crate::exec::runner::TaskOutcome;
 use crate::graph::{Fingerprint, Partition, Task, TaskGraph, TaskId, TaskKind};
+use crate::task::TaskOutcome;
 
 pub use memory::MemoryStore;
 pub use resume::{

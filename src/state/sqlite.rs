@@ -33,8 +33,8 @@ use super::{
     TaskRecord, TaskStatus, Transition,
 };
 use crate::exec::process_group::GroupId;
-use crate::exec::runner::TaskOutcome;
 use crate::graph::{Fingerprint, TaskId};
+use crate::task::TaskOutcome;
 
 const SCHEMA_VERSION: i64 = 2;
 
