@@ -11,6 +11,7 @@ pub mod exec;
 pub mod graph;
 pub mod metrics;
 pub mod plan;
+pub mod process;
 pub mod redact;
 pub mod report;
 pub mod state;

@@ -21,89 +21,15 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
+
+use crate::process::{boot_id, this_host};
+pub use crate::process::{describe, stopped, GroupId, Member, ProcStat};
 
 /// How often a stopping group is looked at.
 const POLL: Duration = Duration::from_millis(50);
 /// How long a group gets to vanish after SIGKILL (a process in uninterruptible sleep,
 /// on a hung NFS mount say, can take a while).
 const KILL_WAIT: Duration = Duration::from_secs(10);
-
-/// What `/proc/<pid>/stat` says about a process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcStat {
-    /// The command name (`comm`, at most 15 bytes).
-    pub name: String,
-    /// State letter: `R`, `S`, `D`, `T` (stopped), `Z` (zombie)…
-    pub state: char,
-    pub pgrp: u32,
-    /// Start time in clock ticks since boot.
-    pub start: u64,
-}
-
-impl ProcStat {
-    /// The process's stat; None when there is no such process (or no /proc).
-    pub fn of(pid: u32) -> Option<ProcStat> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Self::parse(&text)
-    }
-
-    /// `pid (comm) state ppid pgrp …`: the name may hold spaces and parentheses, so the
-    /// fields are counted from the last `)`.
-    fn parse(text: &str) -> Option<ProcStat> {
-        let (head, rest) = text.rsplit_once(')')?;
-        let name = head.split_once('(')?.1.to_string();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // Fields from 3 on: state is 3, pgrp 5, starttime 22.
-        Some(ProcStat {
-            name,
-            state: fields.first()?.chars().next()?,
-            pgrp: fields.get(2)?.parse().ok()?,
-            start: fields.get(19)?.parse().ok()?,
-        })
-    }
-
-    pub fn zombie(&self) -> bool {
-        self.state == 'Z'
-    }
-}
-
-/// Whether `pid` is a process stopped by a signal (SIGSTOP, Ctrl-Z) or a tracer.
-pub fn stopped(pid: u32) -> bool {
-    ProcStat::of(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// A process group as recorded in the state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupId {
-    pub pgid: u32,
-    /// The leader's start time (clock ticks since boot).
-    pub leader_start: u64,
-    pub boot_id: String,
-    pub host: String,
-}
-
-/// A live member of a group.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub pid: u32,
-    pub name: String,
-}
-
-/// `1234 (sh), 1240 (sleep)`.
-pub fn describe(members: &[Member]) -> String {
-    members
-        .iter()
-        .map(|m| format!("{} ({})", m.pid, m.name))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Why a group could not be looked at or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,19 +41,6 @@ pub enum GroupError {
 }
 
 impl GroupId {
-    /// The group led by `pid` (a process that just called `setpgid(0, 0)`).
-    pub fn of_leader(pid: u32) -> std::io::Result<GroupId> {
-        let stat = ProcStat::of(pid).ok_or_else(|| {
-            std::io::Error::other(format!("cannot read /proc/{pid}/stat of the step's shell"))
-        })?;
-        Ok(GroupId {
-            pgid: pid,
-            leader_start: stat.start,
-            boot_id: boot_id(),
-            host: crate::state::lock::this_host(),
-        })
-    }
-
     /// Whether the id can name a step's group at all: never 0 (to `killpg`, the
     /// caller's own group), 1 (init's) or flow's own group, whatever a state file says.
     fn plausible(&self) -> bool {
@@ -139,7 +52,7 @@ impl GroupId {
         if !self.plausible() {
             return Ok(Vec::new());
         }
-        if self.host != crate::state::lock::this_host() {
+        if self.host != this_host() {
             return Err(GroupError::Elsewhere {
                 pgid: self.pgid,
                 host: self.host.clone(),
@@ -275,27 +188,6 @@ impl Drop for KillOnDrop {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
-
-    #[test]
-    fn stat_fields_are_counted_from_the_last_parenthesis() {
-        let s = ProcStat::parse(
-            "42 (a (b) c) S 1 40 40 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200",
-        )
-        .unwrap();
-        assert_eq!(s.name, "a (b) c");
-        assert_eq!(s.state, 'S');
-        assert_eq!(s.pgrp, 40);
-        assert_eq!(s.start, 987654);
-        assert!(ProcStat::parse("garbage").is_none());
-        assert!(ProcStat::parse("1 (x) S 1").is_none());
-    }
-
-    #[test]
-    fn this_process_has_a_stat() {
-        let me = ProcStat::of(std::process::id()).unwrap();
-        assert!(me.start > 0);
-        assert!(!me.zombie());
-    }
 
     #[tokio::test]
     async fn a_group_is_found_stopped_and_then_gone_and_a_reused_number_is_not_it() {

@@ -33,7 +33,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::exec::process_group::ProcStat;
+use crate::process::ProcStat;
 
 /// How often the holder refreshes its heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -142,7 +142,7 @@ fn ago(d: Duration) -> String {
 
 /// How to stop a live holder on this host.
 fn stop_hint(pid: u32) -> String {
-    if crate::exec::process_group::stopped(pid) {
+    if crate::process::stopped(pid) {
         // A stopped process keeps SIGTERM pending until it is continued.
         format!("stop it first (`kill {pid}; kill -CONT {pid}`)")
     } else {
@@ -175,7 +175,7 @@ fn held_message(path: &Path, holder: Option<&LockRecord>, stale: Option<&Stalene
         )),
         None => {
             let here = holder.filter(|h| h.host == this_host());
-            if let Some(h) = here.filter(|h| crate::exec::process_group::stopped(h.pid)) {
+            if let Some(h) = here.filter(|h| crate::process::stopped(h.pid)) {
                 msg.push_str(&format!(
                     "; it is stopped (SIGSTOP or Ctrl-Z): `kill -CONT {}` lets it go on",
                     h.pid
@@ -198,12 +198,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LockError + '_ {
     }
 }
 
-/// This machine's host name, for lock records and run records.
-pub fn this_host() -> String {
-    hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".to_string())
-}
+pub use crate::process::this_host;
 
 /// Whether `pid` names a live process on this host.
 pub fn pid_alive(pid: u32) -> bool {

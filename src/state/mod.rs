@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use petgraph::graph::NodeIndex;
 
-use crate::exec::process_group::GroupId;
 use crate::graph::{Fingerprint, Partition, Task, TaskGraph, TaskId, TaskKind};
+use crate::process::GroupId;
 use crate::task::TaskOutcome;
 
 pub use memory::MemoryStore;

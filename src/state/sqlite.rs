@@ -32,8 +32,8 @@ use super::{
     fold, Def, Entry, GroupChange, Op, ProcessRecord, RunRecord, StateError, StateStore,
     TaskRecord, TaskStatus, Transition,
 };
-use crate::exec::process_group::GroupId;
 use crate::graph::{Fingerprint, TaskId};
+use crate::process::GroupId;
 use crate::task::TaskOutcome;
 
 const SCHEMA_VERSION: i64 = 2;
