@@ -147,6 +147,23 @@ fn csv_rows(root: &Path, files: &[String]) -> u64 {
         .sum()
 }
 
+/// A `[connections.out]` on `bucket` of the stack's S3, credentials by reference.
+fn s3_out_connection(bucket: &str) -> String {
+    format!(
+        r#"[connections.out]
+kind = "s3"
+bucket = "{bucket}"
+endpoint = "{endpoint}"
+region = "{region}"
+path_style = true
+access_key_id = "${{env:AWS_ACCESS_KEY_ID}}"
+secret_access_key = "${{env:AWS_SECRET_ACCESS_KEY}}"
+"#,
+        endpoint = support::s3_endpoint(),
+        region = support::aws_region(),
+    )
+}
+
 fn manifest(root: &Path, key: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(root.join(key)).unwrap()).unwrap()
 }
@@ -535,19 +552,10 @@ name = "kill-s3"
 kind = "clickhouse"
 url = "{url}"
 
-[connections.out]
-kind = "s3"
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-region = "{region}"
-path_style = true
-access_key_id = "${{env:AWS_ACCESS_KEY_ID}}"
-secret_access_key = "${{env:AWS_SECRET_ACCESS_KEY}}"
+{out}
 {table}"#,
             url = support::ch_url(),
-            bucket = bucket.name(),
-            endpoint = support::s3_endpoint(),
-            region = support::aws_region(),
+            out = s3_out_connection(bucket.name()),
             table = f.table_of("big", "mode = \"partition\"\nserver_side = \"never\"\npath = \"big/{{ partition_id }}.csv\""),
         ),
     )
@@ -804,14 +812,7 @@ name = "{name}"
 kind = "clickhouse"
 url = "{url}"
 
-[connections.out]
-kind = "s3"
-bucket = "{bucket}"
-endpoint = "{endpoint}"
-region = "{region}"
-path_style = true
-access_key_id = "${{env:AWS_ACCESS_KEY_ID}}"
-secret_access_key = "${{env:AWS_SECRET_ACCESS_KEY}}"
+{out}
 
 [[tables]]
 source = "ch"
@@ -824,9 +825,7 @@ server_side = "auto"
 mode = "partition"
 path = "{name}/{{{{ partition_id }}}}.parquet"
 "#,
-                bucket = bucket.name(),
-                endpoint = support::s3_endpoint(),
-                region = support::aws_region(),
+                out = s3_out_connection(bucket.name()),
                 db = db.name(),
             ),
         )

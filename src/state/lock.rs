@@ -619,24 +619,29 @@ mod tests {
         other.pid = 4242;
         other.host = "db2".into();
         std::fs::write(lock.path(), other.to_json()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let message = rt.block_on(async {
-            tokio::time::timeout(FENCE_CHECK * 5, lost.wait_for(Option::is_some))
-                .await
-                .expect("the fence is raised within a few checks")
-                .unwrap()
-                .clone()
-                .unwrap()
-        });
+        let message = fence_message(&mut lost);
         assert!(message.contains("pid 4242 on host db2"), "{message}");
         drop(lock);
         assert!(
             lock_path(&db).exists(),
             "the new holder's file is left alone"
         );
+    }
+
+    /// Waits a few fence checks for the fence to be raised; its message.
+    fn fence_message(lost: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(FENCE_CHECK * 5, lost.wait_for(Option::is_some))
+                .await
+                .expect("the fence is raised within a few checks")
+                .unwrap()
+                .clone()
+                .unwrap()
+        })
     }
 
     #[test]
@@ -646,18 +651,7 @@ mod tests {
         let lock = PlanLock::acquire(&db).unwrap();
         let mut lost = lock.lost();
         std::fs::remove_file(lock.path()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let message = rt.block_on(async {
-            tokio::time::timeout(FENCE_CHECK * 5, lost.wait_for(Option::is_some))
-                .await
-                .expect("the fence is raised within a few checks")
-                .unwrap()
-                .clone()
-                .unwrap()
-        });
+        let message = fence_message(&mut lost);
         assert!(message.contains("was removed"), "{message}");
     }
 }

@@ -70,6 +70,17 @@ pub enum Roles {
     Done,
 }
 
+/// What a step measured of one partition just before [`PolicyMove::reload_frozen`]
+/// (only flow writes into the quarantine and, before the swap, the new table, so the
+/// figures still hold when it runs).
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// The partition in the quarantine (empty: not frozen yet).
+    quarantined: Stats,
+    /// The partition in the new table.
+    copy: Stats,
+}
+
 /// What a step did.
 #[derive(Clone, Debug, Default)]
 pub struct StepResult {
@@ -454,25 +465,33 @@ impl PolicyMove {
         let (old, new) = self.names(&roles);
         let checksum = self.checksum(&old).await?;
         let dst = self.stats(&new, partition_id, &checksum).await?;
-        let moving = matches!(roles, Roles::Moving { .. });
         let action = format!("verify partition {partition_id}");
-        if moving {
-            let quarantine = self.q(&self.quarantine_name());
-            let q = self.stats(&quarantine, partition_id, &checksum).await?;
-            if !q.is_empty() {
-                // Frozen by an earlier attempt: the copy must equal the frozen rows.
-                let frozen = self
-                    .reload_frozen(&old, &new, partition_id, &checksum, &action, cancel)
-                    .await?;
-                return Ok(StepResult {
-                    rows: frozen.rows,
-                    checksum: Some(frozen.checksum_text()),
-                    note: format!(
-                        "target = the partition frozen in {quarantine} ({})",
-                        frozen.describe()
-                    ),
-                });
+        // Before the swap: what the quarantine holds of the partition.
+        let quarantined = match roles {
+            Roles::Moving { .. } => {
+                let quarantine = self.q(&self.quarantine_name());
+                Some(self.stats(&quarantine, partition_id, &checksum).await?)
             }
+            _ => None,
+        };
+        if let Some(q) = quarantined.filter(|q| !q.is_empty()) {
+            // Frozen by an earlier attempt: the copy must equal the frozen rows.
+            let seen = Seen {
+                quarantined: q,
+                copy: dst,
+            };
+            let frozen = self
+                .reload_frozen((&old, &new), partition_id, &checksum, &action, seen, cancel)
+                .await?;
+            return Ok(StepResult {
+                rows: frozen.rows,
+                checksum: Some(frozen.checksum_text()),
+                note: format!(
+                    "target = the partition frozen in {} ({})",
+                    self.q(&self.quarantine_name()),
+                    frozen.describe()
+                ),
+            });
         }
         let src = self.stats(&old, partition_id, &checksum).await?;
         if src == dst {
@@ -492,9 +511,13 @@ impl PolicyMove {
                 ),
             });
         }
-        if moving {
+        if let Some(quarantined) = quarantined {
+            let seen = Seen {
+                quarantined,
+                copy: dst,
+            };
             let frozen = self
-                .reload_frozen(&old, &new, partition_id, &checksum, &action, cancel)
+                .reload_frozen((&old, &new), partition_id, &checksum, &action, seen, cancel)
                 .await?;
             return Ok(StepResult {
                 rows: frozen.rows,
@@ -525,20 +548,21 @@ impl PolicyMove {
     /// flow's own stale copy. Returns what is frozen (= the new copy).
     async fn reload_frozen(
         &self,
-        old: &str,
-        new: &str,
+        (old, new): (&str, &str),
         partition_id: &str,
         checksum: &str,
         action: &str,
+        seen: Seen,
         cancel: &CancellationToken,
     ) -> Result<Stats, TaskFailure> {
-        let quarantine = self.q(&self.quarantine_name());
-        let mut frozen = self.stats(&quarantine, partition_id, checksum).await?;
+        let Seen {
+            quarantined: mut frozen,
+            copy,
+        } = seen;
         if frozen.is_empty() {
             frozen = self.freeze(old, partition_id, checksum, action).await?;
         }
-        let dst = self.stats(new, partition_id, checksum).await?;
-        if frozen == dst || frozen.is_empty() {
+        if frozen == copy || frozen.is_empty() {
             return Ok(frozen);
         }
         let staging = self.q(&format!("{}{partition_id}", self.load_prefix()));
@@ -690,8 +714,12 @@ impl PolicyMove {
         let quarantine = self.q(&self.quarantine_name());
         let copy = self.stats(new, partition_id, checksum).await?;
         let earlier = self.stats(&quarantine, partition_id, checksum).await?;
+        let seen = Seen {
+            quarantined: earlier,
+            copy,
+        };
         let frozen = self
-            .reload_frozen(old, new, partition_id, checksum, action, cancel)
+            .reload_frozen((old, new), partition_id, checksum, action, seen, cancel)
             .await?;
         if frozen.is_empty() {
             return Ok(StepResult {
