@@ -5,7 +5,11 @@
 
 pub mod clickhouse;
 pub mod exec;
+pub mod export;
 pub mod mysql;
+pub mod registry;
+pub mod rows;
+pub mod source;
 pub mod sql;
 pub mod store;
 pub mod table;
@@ -91,4 +95,19 @@ pub fn exec_command(
     });
     cmd.timeout = step.timeout;
     Ok(cmd)
+}
+
+/// `a AND b AND c` of the present parts, each parenthesized; None when empty.
+pub fn and_all<'a>(parts: impl IntoIterator<Item = Option<&'a str>>) -> Option<String> {
+    let parts: Vec<String> = parts
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| format!("({p})"))
+        .collect();
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join(" AND "))
+    }
 }

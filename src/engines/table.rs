@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::engines::clickhouse::copy::CopyJob;
-use crate::engines::clickhouse::export::{
-    self, ExportState, ExportUnit, ExportedFile, Manifest, VerifiedPartition,
-};
 use crate::engines::clickhouse::s3_policy::PolicyMove;
 use crate::engines::clickhouse::split::{self, Grouping, SplitRequest};
 use crate::engines::clickhouse::{and_all, qualified, Ch, ChClient};
+use crate::engines::export::{self, ExportUnit, ExportedFile, Manifest, VerifiedPartition};
+use crate::engines::registry::Engines;
+use crate::engines::source::{ExportSource, UnitsRequest};
 use crate::engines::store::{self, Store};
 use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
 use crate::graph::{Partition, Task, TaskKind, WorkUnit};
@@ -30,7 +30,7 @@ pub struct TableRunner {
     templates: Templates,
     clients: Mutex<HashMap<String, ChClient>>,
     stores: AsyncMutex<HashMap<String, Arc<dyn Store>>>,
-    export: Arc<ExportState>,
+    engines: Engines,
 }
 
 impl std::fmt::Debug for TableRunner {
@@ -45,11 +45,11 @@ impl TableRunner {
     /// `templates` must be the plan's (built-in plus its `templates_dir`).
     pub fn new(plan: Arc<Plan>, templates: Templates) -> Self {
         TableRunner {
-            plan,
-            templates,
             clients: Mutex::new(HashMap::new()),
             stores: AsyncMutex::new(HashMap::new()),
-            export: ExportState::new(),
+            engines: Engines::new(plan.clone(), templates.clone()),
+            plan,
+            templates,
         }
     }
 
@@ -75,8 +75,29 @@ impl TableRunner {
         table: &TableSpec,
         task: &Task,
     ) -> Result<Ch, TaskFailure> {
-        let used = table.strategy.strategy().templates(task.kind);
-        Ok(self.clickhouse(connection)?.for_task(used))
+        Ok(self
+            .clickhouse(connection)?
+            .for_task(self.templates_of(table, task)))
+    }
+
+    /// The templates `task` of `table` may render.
+    fn templates_of(&self, table: &TableSpec, task: &Task) -> Vec<&'static str> {
+        let source = self
+            .plan
+            .connections
+            .get(&table.source)
+            .map_or(crate::plan::schema::ConnectionKind::Clickhouse, |c| c.kind);
+        table.strategy.strategy().templates(source, task.kind)
+    }
+
+    /// The export source of `table`, for `task`.
+    fn export_source(
+        &self,
+        table: &TableSpec,
+        task: &Task,
+    ) -> Result<Arc<dyn ExportSource>, TaskFailure> {
+        self.engines
+            .export_source(&table.source, self.templates_of(table, task))
     }
 
     /// The store for a connection.
@@ -99,12 +120,13 @@ impl TableRunner {
     }
 }
 
-/// The `FROM` of a table entry: `db`.`table`, or `(<query>)` with the query rendered
-/// as a template (`{{ vars.X }}`, `{{ env.X }}` with real values: execution only).
+/// The `FROM` of a table entry in the source's SQL: its table, or its query rendered as
+/// a template (`{{ vars.X }}`, `{{ env.X }}` with real values: execution only).
 pub fn source_from(
     plan: &Plan,
     templates: &Templates,
     table: &TableSpec,
+    source: &dyn ExportSource,
 ) -> Result<String, TaskFailure> {
     match (&table.query, &table.table) {
         (Some(q), _) => {
@@ -117,9 +139,10 @@ pub fn source_from(
             let q = templates
                 .render_str(&format!("query of table `{}`", table.name), q, &ctx)
                 .map_err(|e| TaskFailure::permanent(e.to_string()))?;
-            Ok(format!("({})", q.trim().trim_end_matches(';').trim()))
+            let q = q.trim().trim_end_matches(';').trim();
+            Ok(source.sql_from(&table.database, None, Some(q)))
         }
-        (None, Some(t)) => Ok(qualified(&table.database, t)),
+        (None, Some(t)) => Ok(source.sql_from(&table.database, Some(t), None)),
         (None, None) => Err(TaskFailure::permanent(format!(
             "table `{}` has neither `table` nor `query`",
             table.name
@@ -207,11 +230,6 @@ impl TaskRunner for TableRunner {
 impl TableRunner {
     async fn split(&self, task: &Task, table: &TableSpec) -> Result<TaskOutcome, TaskFailure> {
         let name = table_name(table, task)?;
-        let ch = self.clickhouse_for(&table.source, table, task)?;
-        let grouping = match table.strategy {
-            StrategyKind::Export => Grouping::Expression,
-            StrategyKind::Copy | StrategyKind::S3Policy => Grouping::Physical,
-        };
         let declared = match &table.partitions {
             PartitionSource::Declared(ids) => Some(ids.clone()),
             _ => None,
@@ -219,23 +237,43 @@ impl TableRunner {
         // Copy loads the rows within bounds; a storage-policy move takes whole
         // partitions, the bounds only select which.
         let bounds = table.bounds_filter();
-        let req = SplitRequest {
-            database: table.database.clone(),
-            table: name,
-            grouping,
-            partition_expr: table.partition_expr.clone(),
-            bounds,
-            split_by: table.split_by.clone(),
-            max_rows: table.max_rows,
-            max_bytes: table.max_bytes,
-            declared,
+        let (partitions, rows, bytes, note) = match table.strategy {
+            StrategyKind::Export => {
+                let request = UnitsRequest {
+                    database: table.database.clone(),
+                    table: name,
+                    partition_expr: table.partition_expr.clone(),
+                    bounds,
+                    split_by: table.split_by.clone(),
+                    max_rows: table.max_rows,
+                    max_bytes: table.max_bytes,
+                    declared,
+                };
+                let units = self.export_source(table, task)?.split(&request).await?;
+                (units.partitions, units.rows, units.bytes, units.note)
+            }
+            StrategyKind::Copy | StrategyKind::S3Policy => {
+                let ch = self.clickhouse_for(&table.source, table, task)?;
+                let req = SplitRequest {
+                    database: table.database.clone(),
+                    table: name,
+                    grouping: Grouping::Physical,
+                    partition_expr: table.partition_expr.clone(),
+                    bounds,
+                    split_by: table.split_by.clone(),
+                    max_rows: table.max_rows,
+                    max_bytes: table.max_bytes,
+                    declared,
+                };
+                let r = split::split(&ch, &req).await?;
+                (r.partitions, r.rows, r.bytes, r.note)
+            }
         };
-        let result = split::split(&ch, &req).await?;
         Ok(TaskOutcome {
-            rows: Some(result.rows),
-            bytes: Some(result.bytes),
-            detail: serde_json::to_value(&result.partitions).expect("partitions serialize to JSON"),
-            note: Some(result.note),
+            rows: Some(rows),
+            bytes: Some(bytes),
+            detail: serde_json::to_value(&partitions).expect("partitions serialize to JSON"),
+            note: Some(note),
             ..Default::default()
         })
     }
@@ -277,12 +315,12 @@ impl TableRunner {
         table: &TableSpec,
         partition: Option<(Arc<Partition>, Option<u32>)>,
     ) -> Result<TaskOutcome, TaskFailure> {
-        let ch = self.clickhouse_for(&table.source, table, task)?;
+        let source = self.export_source(table, task)?;
         let target = table.target.as_deref().ok_or_else(|| {
             TaskFailure::permanent(format!("task `{}`: export needs `target`", task.id))
         })?;
         let store = self.store(target).await?;
-        let from = source_from(&self.plan, &self.templates, table)?;
+        let from = source_from(&self.plan, &self.templates, table, source.as_ref())?;
         match task.kind {
             TaskKind::Export => {
                 let (p, chunk) = self.partition_of(task, &partition)?;
@@ -295,14 +333,9 @@ impl TableRunner {
                     formatting: table.formatting,
                     chunk: *chunk,
                 };
-                let (file, note) = export::export_unit(
-                    &ch,
-                    store.as_ref(),
-                    &unit,
-                    &self.export.probes,
-                    &ctx.cancel,
-                )
-                .await?;
+                let (file, note) = source
+                    .export_unit(&unit, store.as_ref(), &ctx.cancel)
+                    .await?;
                 Ok(TaskOutcome {
                     rows: Some(file.rows),
                     bytes: Some(file.bytes),
@@ -339,7 +372,8 @@ impl TableRunner {
                     read_back,
                 };
                 let (verified, note) =
-                    export::verify_partition(&ch, store.as_ref(), req, &ctx.cancel).await?;
+                    export::verify_partition(source.as_ref(), store.as_ref(), req, &ctx.cancel)
+                        .await?;
                 let mut hasher = blake3::Hasher::new();
                 for f in &verified.files {
                     hasher.update(
@@ -458,7 +492,7 @@ impl TableRunner {
                 retryable: e.is_retryable(),
                 message: e.to_string(),
             })?;
-            let mut tracker = crate::engines::clickhouse::rows::StreamTracker::new(table.format);
+            let mut tracker = crate::engines::rows::StreamTracker::new(table.format);
             use futures::StreamExt;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| TaskFailure {
@@ -478,6 +512,7 @@ impl TableRunner {
                 path: export::ExportPath::Streamed,
                 chunk,
                 version: meta.version,
+                source_checksum: None,
             });
         }
         Ok(files)

@@ -16,6 +16,7 @@ use super::{
     GraphError, Partition, Placement, Task, TaskGraph, TaskId, TaskInputs, TaskKind, WorkUnit,
 };
 use crate::plan::identity::{identity, object_location};
+use crate::plan::schema::ConnectionKind;
 use crate::plan::{Mode, PartitionSource, Plan, StepKind, TableSpec};
 use crate::templates::{env_value, Templates};
 
@@ -227,6 +228,8 @@ pub struct TableBuilder<'g> {
     table: &'g TableSpec,
     common: BTreeMap<String, String>,
     template_inputs: &'g TemplateInputs,
+    /// The kind of the table's source connection (which engine's templates it renders).
+    source_kind: ConnectionKind,
     /// The shared inputs of each kind of task (common + its templates), built once.
     shared: HashMap<TaskKind, Arc<BTreeMap<String, String>>>,
     /// The table's `path` template, compiled once.
@@ -252,6 +255,10 @@ impl<'g> TableBuilder<'g> {
             table,
             common,
             template_inputs,
+            source_kind: plan
+                .connections
+                .get(&table.source)
+                .map_or(ConnectionKind::Clickhouse, |c| c.kind),
             shared: HashMap::new(),
             path_template: table
                 .path
@@ -342,10 +349,12 @@ impl<'g> TableBuilder<'g> {
             .shared
             .entry(kind)
             .or_insert_with(|| {
-                Arc::new(
-                    self.template_inputs
-                        .shared_for(self.table, kind, &self.common),
-                )
+                Arc::new(self.template_inputs.shared_for(
+                    self.table,
+                    self.source_kind,
+                    kind,
+                    &self.common,
+                ))
             })
             .clone();
         let inputs = TaskInputs::new(shared, inputs);
@@ -525,11 +534,12 @@ impl TemplateInputs {
     fn shared_for(
         &self,
         table: &TableSpec,
+        source: ConnectionKind,
         kind: TaskKind,
         common: &BTreeMap<String, String>,
     ) -> BTreeMap<String, String> {
         let mut inputs = common.clone();
-        for name in table.strategy.strategy().templates(kind) {
+        for name in table.strategy.strategy().templates(source, kind) {
             if let Some(hash) = self.hashes.get(name) {
                 inputs.insert(format!("{TEMPLATE_INPUT}{name}"), hash.clone());
             }

@@ -826,6 +826,51 @@ impl Checker {
         }
     }
 
+    /// What the source engine cannot do, checked against the table entry: its formats
+    /// and the keys it cannot honour (the facts come from the engine registry).
+    fn source_limits(
+        &mut self,
+        def: &TableDef,
+        label: &str,
+        kind: ConnectionKind,
+        strategy: StrategyKind,
+    ) {
+        let limits = strategy.strategy().source_limits(kind);
+        if let (Some(formats), Some(f)) = (limits.formats, &def.format) {
+            if let Some(format) = ExportFormat::parse(f.get_ref()) {
+                if !formats.contains(&format) {
+                    let names: Vec<String> = formats
+                        .iter()
+                        .map(|f| format!("\"{}\"", f.name()))
+                        .collect();
+                    self.error(
+                        span(f),
+                        format!(
+                            "table {label}: a {} source cannot write format \"{}\"",
+                            kind.as_str(),
+                            f.get_ref()
+                        ),
+                        "format not available from this source",
+                        format!("use format = {}", names.join(" or ")),
+                    );
+                }
+            }
+        }
+        for (key, fix) in limits.unsupported {
+            if let Some(at) = table_key_span(def, key) {
+                self.error(
+                    Some(at),
+                    format!(
+                        "table {label}: `{key}` is not available from a {} source",
+                        kind.as_str()
+                    ),
+                    "not supported by this source",
+                    *fix,
+                );
+            }
+        }
+    }
+
     fn table(
         &mut self,
         index: usize,
@@ -907,13 +952,18 @@ impl Checker {
                         format!(
                             "table {label}: strategy \"{}\" needs a {} source, \"{}\" is {}",
                             strategy.name(),
-                            kinds(req.source_kinds),
+                            kinds(&req.source_kinds),
                             def.source.get_ref(),
                             kind.as_str()
                         ),
                         "wrong kind of connection",
-                        format!("point `source` at a {} connection", kinds(req.source_kinds)),
+                        format!(
+                            "point `source` at a {} connection",
+                            kinds(&req.source_kinds)
+                        ),
                     );
+                } else {
+                    self.source_limits(def, &label, kind, strategy);
                 }
             }
             match (&def.target, target_kind) {
@@ -1725,6 +1775,20 @@ fn same_server(connections: &BTreeMap<String, Connection>, a: &str, b: &str) -> 
             .map(|u| u.raw().trim_end_matches('/').to_ascii_lowercase())
     };
     matches!((url(a), url(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// The span of a table key an engine may refuse.
+fn table_key_span(def: &TableDef, key: &str) -> Option<Range<usize>> {
+    match key {
+        "partitions" => def.partitions.as_ref().map(|s| s.span()),
+        "partition_range" => def.partition_range.as_ref().map(|s| s.span()),
+        "partition_expr" => def.partition_expr.as_ref().map(|s| s.span()),
+        "server_side" => def.server_side.as_ref().map(|s| s.span()),
+        "formatting" => def.formatting.as_ref().map(|s| s.span()),
+        "split_by" => def.split_by.as_ref().map(|s| s.span()),
+        "query" => def.query.as_ref().map(|s| s.span()),
+        _ => None,
+    }
 }
 
 fn kinds(k: &[ConnectionKind]) -> String {

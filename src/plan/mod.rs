@@ -221,6 +221,17 @@ impl ExportFormat {
         }
     }
 
+    /// The name a plan writes (`format = "…"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Tsv => "tsv",
+            ExportFormat::Native => "native",
+            ExportFormat::Parquet => "parquet",
+            ExportFormat::JsonEachRow => "jsoneachrow",
+        }
+    }
+
     /// The ClickHouse format name used to produce the file.
     pub fn clickhouse_name(self) -> &'static str {
         match self {

@@ -20,13 +20,13 @@ impl Strategy for Copy {
         "ClickHouse → ClickHouse per partition via staging + REPLACE PARTITION, verified by checksum"
     }
 
-    fn templates(&self, kind: TaskKind) -> Vec<&'static str> {
+    fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
         super::templates::used_by(super::StrategyKind::Copy, kind)
     }
 
     fn requirements(&self) -> Requirements {
         Requirements {
-            source_kinds: &[ConnectionKind::Clickhouse],
+            source_kinds: vec![ConnectionKind::Clickhouse],
             target_kinds: &[ConnectionKind::Clickhouse],
             target_required: false,
             allows_query: false,

@@ -1,4 +1,5 @@
-//! `export`: a ClickHouse table, partition or query → files or objects in a store.
+//! `export`: a table, partition or query of any export source (see
+//! [`crate::engines::registry`]) → files or objects in a store.
 //!
 //! Per unit (partition or chunk): export → verify (per partition, after all its
 //! chunks); a manifest is written last, after every verify, so a manifest's presence
@@ -7,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Requirements, Strategy};
+use super::{Requirements, SourceLimits, Strategy};
+use crate::engines::registry;
 use crate::graph::expand::TableBuilder;
 use crate::graph::{GraphError, Partition, Placement, TaskKind};
 use crate::plan::schema::ConnectionKind;
@@ -20,16 +22,28 @@ pub const DEFAULT_PATH: &str = "{{ table.name }}/{{ partition_id }}/part-{{ chun
 
 impl Strategy for Export {
     fn summary(&self) -> &'static str {
-        "ClickHouse partitions or a query → CSV/TSV/Native/Parquet files or objects, verified"
+        "ClickHouse or MySQL partitions or a query → CSV/TSV/Native/Parquet files or objects, verified"
     }
 
-    fn templates(&self, kind: TaskKind) -> Vec<&'static str> {
-        super::templates::used_by(super::StrategyKind::Export, kind)
+    fn templates(&self, source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
+        registry::export_source(source)
+            .map(|e| (e.templates)(kind))
+            .unwrap_or_default()
+    }
+
+    fn source_limits(&self, source: ConnectionKind) -> SourceLimits {
+        match registry::export_source(source) {
+            Some(e) => SourceLimits {
+                formats: Some(e.formats),
+                unsupported: e.unsupported,
+            },
+            None => SourceLimits::default(),
+        }
     }
 
     fn requirements(&self) -> Requirements {
         Requirements {
-            source_kinds: &[ConnectionKind::Clickhouse],
+            source_kinds: registry::export_source_kinds(),
             target_kinds: &[ConnectionKind::Fs, ConnectionKind::S3],
             target_required: true,
             allows_query: true,

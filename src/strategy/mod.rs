@@ -28,7 +28,7 @@ pub enum StrategyKind {
 /// What a strategy needs from a plan's table entry, checked before expansion.
 pub struct Requirements {
     /// Connection kinds allowed as the source.
-    pub source_kinds: &'static [ConnectionKind],
+    pub source_kinds: Vec<ConnectionKind>,
     /// Connection kinds allowed as the target; empty = no target.
     pub target_kinds: &'static [ConnectionKind],
     /// Whether `target` must be set.
@@ -37,6 +37,15 @@ pub struct Requirements {
     pub allows_query: bool,
     /// Whether `table = "*"` (every table of the database) is allowed.
     pub allows_whole_database: bool,
+}
+
+/// What a source engine of a strategy cannot do, checked against the table entry.
+#[derive(Default)]
+pub struct SourceLimits {
+    /// The export formats it writes; None = every format.
+    pub formats: Option<&'static [crate::plan::ExportFormat]>,
+    /// Table keys it cannot honour, each with the fix to print.
+    pub unsupported: &'static [(&'static str, &'static str)],
 }
 
 /// One strategy.
@@ -52,8 +61,13 @@ pub trait Strategy: Sync {
         partitions: Option<&[Arc<Partition>]>,
         builder: &mut TableBuilder<'_>,
     ) -> Result<(), GraphError>;
-    /// The engine templates a task of `kind` renders (its fingerprint covers them).
-    fn templates(&self, kind: TaskKind) -> Vec<&'static str>;
+    /// The engine templates a task of `kind` renders from a `source` connection (its
+    /// fingerprint covers them).
+    fn templates(&self, source: ConnectionKind, kind: TaskKind) -> Vec<&'static str>;
+    /// What a source of kind `source` cannot do for this strategy.
+    fn source_limits(&self, _source: ConnectionKind) -> SourceLimits {
+        SourceLimits::default()
+    }
 }
 
 impl StrategyKind {

@@ -23,13 +23,13 @@ impl Strategy for S3Policy {
         "move a ClickHouse table onto an S3 storage policy in place: copy, verify, drop per partition, then swap"
     }
 
-    fn templates(&self, kind: TaskKind) -> Vec<&'static str> {
+    fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
         super::templates::used_by(super::StrategyKind::S3Policy, kind)
     }
 
     fn requirements(&self) -> Requirements {
         Requirements {
-            source_kinds: &[ConnectionKind::Clickhouse],
+            source_kinds: vec![ConnectionKind::Clickhouse],
             target_kinds: &[],
             target_required: false,
             allows_query: false,

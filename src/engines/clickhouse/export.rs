@@ -26,13 +26,11 @@
 //! source still has the partition's total rows. The manifest, written last, lists
 //! every file with rows, bytes and hash.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use minijinja::context;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::blocks::{BlockDecoder, BlockError};
@@ -42,54 +40,13 @@ use super::native::{NativeError, NativeReader};
 use super::rows::StreamTracker;
 use super::text_out::{TextProfile, TextStyle, TextWriter};
 use super::{Ch, Feature};
-use crate::engines::store::{ObjectWriter, PutMode, ServerSideTarget, Store, StoreError};
+pub use crate::engines::export::{
+    write_manifest, ExportPath, ExportUnit, ExportedFile, Manifest, VerifiedPartition,
+    VerifyRequest,
+};
+use crate::engines::store::{ObjectWriter, ServerSideTarget, Store};
 use crate::exec::runner::TaskFailure;
 use crate::plan::{ExportFormat, Formatting, ServerSide};
-
-/// How a unit was written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ExportPath {
-    Streamed,
-    ServerSide,
-}
-
-/// One written file or object; stored as an export task's `detail`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportedFile {
-    pub key: String,
-    pub location: String,
-    pub rows: u64,
-    pub bytes: u64,
-    /// blake3 of the bytes (streamed exports).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blake3: Option<String>,
-    /// Row checksum of the object read back through the server (server-side exports).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub row_checksum: Option<String>,
-    pub path: ExportPath,
-    /// Chunk index when the unit is a chunk of a partition.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chunk: Option<u32>,
-    /// The store's identity of the object as committed ([`crate::engines::store::ObjectMeta::version`]):
-    /// verify finds a file that was replaced after the export wrote it, whatever its size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-}
-
-/// What one export unit needs.
-#[derive(Clone, Debug)]
-pub struct ExportUnit {
-    /// `db`.`table` or `(<query>)`.
-    pub from: String,
-    /// The unit's whole row filter (partition AND bounds AND chunk); None = all rows.
-    pub filter: Option<String>,
-    pub key: String,
-    pub format: ExportFormat,
-    pub server_side: ServerSide,
-    pub formatting: Formatting,
-    pub chunk: Option<u32>,
-}
 
 /// Remembers, per source and target, whether the server could write there.
 #[derive(Default, Debug)]
@@ -106,13 +63,6 @@ fn block_failure(
         BlockError::Exception(text) => late_exception(&text),
         // Corruption in transit: a new request gets a new stream.
         BlockError::Corrupt(why) => TaskFailure::transient(format!("{action}: {why}")),
-    }
-}
-
-fn store_failure(e: StoreError) -> TaskFailure {
-    TaskFailure {
-        retryable: e.is_retryable(),
-        message: e.to_string(),
     }
 }
 
@@ -320,7 +270,7 @@ async fn receive(
     } else {
         ch.client.stream(action, sql, format)?
     };
-    let mut writer = store.create(&unit.key).await.map_err(store_failure)?;
+    let mut writer = store.create(&unit.key).await.map_err(TaskFailure::from)?;
     let mut decoder = compressed.then(BlockDecoder::new);
     let mut tracker = StreamTracker::new(unit.format);
     let late_exception = |text: &str| -> TaskFailure {
@@ -352,7 +302,7 @@ async fn receive(
                     .map_err(ReceiveError::NotFormattable)?
                 {
                     tracker.feed(&data);
-                    writer.write(data).await.map_err(store_failure)?;
+                    writer.write(data).await.map_err(TaskFailure::from)?;
                 }
             }
         }
@@ -362,7 +312,7 @@ async fn receive(
         let (rest, formatted_rows) = transcode.finish().map_err(ReceiveError::NotFormattable)?;
         if let Some(data) = rest.filter(|d| !d.is_empty()) {
             tracker.feed(&data);
-            writer.write(data).await.map_err(store_failure)?;
+            writer.write(data).await.map_err(TaskFailure::from)?;
         }
         if formatted_rows.is_none() {
             if let Some(exception) = exception_in_tail(&tracker.tail()) {
@@ -471,7 +421,7 @@ pub async fn export_streamed(
             )));
         }
     }
-    let meta = writer.commit().await.map_err(store_failure)?;
+    let meta = writer.commit().await?;
     let source = ch
         .stats(
             &format!("count source rows for {}", unit.key),
@@ -503,6 +453,7 @@ pub async fn export_streamed(
         path: ExportPath::Streamed,
         chunk: unit.chunk,
         version: meta.version,
+        source_checksum: None,
     };
     Ok((file, how))
 }
@@ -638,7 +589,7 @@ async fn export_server_side(
     let meta = store
         .head(&unit.key)
         .await
-        .map_err(store_failure)?
+        .map_err(TaskFailure::from)?
         .ok_or_else(|| {
             ServerSideError::Failed(TaskFailure::transient(format!(
                 "{action}: the server reported success but {} is not in the bucket",
@@ -655,6 +606,7 @@ async fn export_server_side(
         path: ExportPath::ServerSide,
         chunk: unit.chunk,
         version: meta.version,
+        source_checksum: None,
     })
 }
 
@@ -725,180 +677,13 @@ async fn probe(ch: &Ch, store: &dyn Store, key: &str, cache: &ProbeCache) -> Res
     result
 }
 
-/// The outcome of a partition's verify; its `detail`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VerifiedPartition {
-    pub partition: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    pub rows: u64,
-    pub bytes: u64,
-    pub source_rows: u64,
-    pub files: Vec<ExportedFile>,
-}
-
-/// What a partition's verify checks.
-#[derive(Debug)]
-pub struct VerifyRequest<'a> {
-    pub partition: &'a crate::graph::Partition,
-    /// `db`.`table` or `(<query>)`.
-    pub from: &'a str,
-    /// The partition's row filter (partition AND bounds).
-    pub filter: Option<&'a str>,
-    pub format: ExportFormat,
-    pub files: Vec<ExportedFile>,
-    /// Re-read and re-hash every streamed file.
-    pub read_back: bool,
-}
-
-/// Re-checks a partition's files against the store and the source.
+/// [`crate::engines::export::verify_partition`] of a partition exported from `ch`.
 pub async fn verify_partition(
     ch: &Ch,
     store: &dyn Store,
     req: VerifyRequest<'_>,
     cancel: &CancellationToken,
 ) -> Result<(VerifiedPartition, String), TaskFailure> {
-    let VerifyRequest {
-        partition,
-        from,
-        filter,
-        format,
-        files,
-        read_back,
-    } = req;
-    let mut problems = Vec::new();
-    let mut reread = 0;
-    for f in &files {
-        match store.head(&f.key).await.map_err(store_failure)? {
-            None => problems.push(format!("{} is missing", f.location)),
-            Some(meta) if meta.size != f.bytes => problems.push(format!(
-                "{} has {} bytes, the export wrote {}",
-                f.location, meta.size, f.bytes
-            )),
-            Some(meta) if f.version.is_some() && meta.version != f.version => {
-                problems.push(format!(
-                    "{} is not the object the export wrote (it was replaced since: by another \
-                     writer of the same key, or by hand)",
-                    f.location
-                ))
-            }
-            Some(_) => {}
-        }
-        if read_back && problems.is_empty() {
-            if let Some(expected) = &f.blake3 {
-                let mut stream = store.open(&f.key).await.map_err(store_failure)?;
-                let mut tracker = StreamTracker::new(format);
-                while let Some(chunk) = stream.next().await {
-                    if cancel.is_cancelled() {
-                        return Err(TaskFailure::transient("verify cancelled"));
-                    }
-                    let chunk: Bytes = chunk.map_err(store_failure)?;
-                    tracker.feed(&chunk);
-                }
-                let summary = tracker.finish();
-                if &summary.blake3 != expected {
-                    problems.push(format!(
-                        "{} does not hash to what the export wrote (blake3 {} ≠ {})",
-                        f.location,
-                        &summary.blake3[..16],
-                        &expected[..16.min(expected.len())]
-                    ));
-                } else if summary.rows.is_some_and(|r| r != f.rows) {
-                    problems.push(format!(
-                        "{} holds {} rows, the export recorded {}",
-                        f.location,
-                        summary.rows.unwrap_or(0),
-                        f.rows
-                    ));
-                }
-                reread += 1;
-            }
-        }
-    }
-    let rows: u64 = files.iter().map(|f| f.rows).sum();
-    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let source = ch
-        .stats(
-            &format!("count source rows of partition {}", partition.id),
-            from,
-            filter,
-            None,
-        )
-        .await?;
-    if source.rows != rows {
-        problems.push(format!(
-            "the source has {} rows for partition {} but its files hold {rows} (rows changed \
-             since the export? bound the table with `upper`)",
-            source.rows, partition.id
-        ));
-    }
-    if !problems.is_empty() {
-        return Err(TaskFailure::permanent(format!(
-            "verify partition {}: {}; re-run the partition's export tasks (flow apply --resume \
-             after fixing the cause)",
-            partition.id,
-            problems.join("; ")
-        )));
-    }
-    let note = format!(
-        "{} file(s), {rows} rows = source; {}",
-        files.len(),
-        if reread > 0 {
-            format!("{reread} re-read and re-hashed")
-        } else {
-            "sizes checked".into()
-        }
-    );
-    Ok((
-        VerifiedPartition {
-            partition: partition.id.clone(),
-            value: partition.value.clone(),
-            rows,
-            bytes,
-            source_rows: source.rows,
-            files,
-        },
-        note,
-    ))
-}
-
-/// The manifest written after every partition is verified.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Manifest {
-    pub plan: String,
-    pub table: String,
-    pub source: BTreeMap<String, String>,
-    pub format: String,
-    pub created_at: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub files: usize,
-    pub partitions: Vec<VerifiedPartition>,
-}
-
-/// Writes the manifest (replacing one from an earlier run).
-pub async fn write_manifest(
-    store: &dyn Store,
-    key: &str,
-    manifest: &Manifest,
-) -> Result<String, TaskFailure> {
-    let json = serde_json::to_vec_pretty(manifest)
-        .map_err(|e| TaskFailure::permanent(format!("manifest: {e}")))?;
-    store
-        .put(key, Bytes::from(json), PutMode::Overwrite)
-        .await
-        .map_err(store_failure)?;
-    Ok(store.location(key))
-}
-
-/// Shared state of export tasks in one run.
-#[derive(Default, Debug)]
-pub struct ExportState {
-    pub probes: ProbeCache,
-}
-
-impl ExportState {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
+    let source = super::source::ClickhouseSource::new(ch.clone());
+    crate::engines::export::verify_partition(&source, store, req, cancel).await
 }

@@ -20,8 +20,9 @@ pub mod ddl;
 pub mod errors;
 pub mod export;
 pub mod native;
-pub mod rows;
+pub use crate::engines::rows;
 pub mod s3_policy;
+pub mod source;
 pub mod split;
 pub mod text_out;
 pub mod values;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use minijinja::Value;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::engines::and_all;
 pub use caps::{Caps, Feature, Version};
 pub use checksum::Column;
 pub use client::{json_str, json_u64, ChClient, ChParams, JsonRow};
@@ -339,19 +341,4 @@ pub fn partition_id_filter(partition_id: &str) -> String {
         "_partition_id = {}",
         crate::templates::quote_sql_string(partition_id)
     )
-}
-
-/// `a AND b AND c` of the present parts, each parenthesized; None when empty.
-pub fn and_all<'a>(parts: impl IntoIterator<Item = Option<&'a str>>) -> Option<String> {
-    let parts: Vec<String> = parts
-        .into_iter()
-        .flatten()
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| format!("({p})"))
-        .collect();
-    if parts.is_empty() {
-        None
-    } else {
-        Some(parts.join(" AND "))
-    }
 }

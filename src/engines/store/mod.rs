@@ -93,6 +93,15 @@ impl StoreError {
     }
 }
 
+impl From<StoreError> for crate::task::TaskFailure {
+    fn from(e: StoreError) -> Self {
+        crate::task::TaskFailure {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Where an S3 store puts an object, for a server that writes it itself
 /// (ClickHouse `INSERT INTO FUNCTION s3`). Holds credentials: never log it.
 #[derive(Clone)]

@@ -1,5 +1,5 @@
 //! MySQL-protocol connections (MySQL, MariaDB, StarRocks) on `mysql_async`, for `sql`
-//! steps.
+//! steps and as an export source ([`export`]).
 //!
 //! One connection per step: steps are few and long, a pool would only hold sockets
 //! open between them. Retries are decided from the server's error code (deadlock,
@@ -10,6 +10,9 @@
 //! A cancelled step does not leave its statement running: flow kills the step's
 //! connection from a second one (`KILL CONNECTION <id>`, which also stops a statement
 //! whose request is still on its way, where `KILL QUERY` would miss it).
+
+pub mod export;
+mod text;
 
 use std::time::Duration;
 
@@ -115,7 +118,14 @@ impl MysqlClient {
         &self.name
     }
 
-    fn err(&self, action: &str, e: mysql_async::Error) -> MysqlError {
+    /// A new connection.
+    pub(crate) async fn connect(&self) -> Result<mysql_async::Conn, MysqlError> {
+        mysql_async::Conn::new(self.opts.clone())
+            .await
+            .map_err(|e| self.err("connect", e))
+    }
+
+    pub(crate) fn err(&self, action: &str, e: mysql_async::Error) -> MysqlError {
         let (code, retryable) = match &e {
             mysql_async::Error::Server(s) => (
                 Some(s.code),
@@ -173,7 +183,7 @@ impl MysqlClient {
     }
 
     /// Kills connection `id` from a new connection; the error says how that went.
-    async fn kill(&self, action: &str, id: u32) -> MysqlError {
+    pub(crate) async fn kill(&self, action: &str, id: u32) -> MysqlError {
         tracing::warn!(connection = %self.name, action, id, "killing a cancelled statement");
         let kill = async {
             let mut conn = mysql_async::Conn::new(self.opts.clone()).await?;

@@ -1,0 +1,133 @@
+//! ClickHouse as an export source: the split by partition expression, the streamed and
+//! server-side export paths, and `count()` for verify, behind
+//! [`crate::engines::source::ExportSource`].
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::export::{self, ProbeCache};
+use super::split::{self, Grouping, SplitRequest};
+use super::{qualified, Ch, ChClient};
+use crate::engines::export::{ExportUnit, ExportedFile};
+use crate::engines::source::{ExportSource, ExportSourceEntry, Signature, Units, UnitsRequest};
+use crate::engines::store::Store;
+use crate::graph::TaskKind;
+use crate::plan::schema::ConnectionKind;
+use crate::plan::{Connection, ExportFormat};
+use crate::task::TaskFailure;
+use crate::templates::Templates;
+
+/// The ClickHouse export source of one connection.
+pub struct ClickhouseSource {
+    ch: Ch,
+    /// Whether the server could write to a store itself, learned once per store.
+    probes: Arc<ProbeCache>,
+}
+
+impl ClickhouseSource {
+    /// The export source of a client.
+    pub fn new(ch: Ch) -> Self {
+        ClickhouseSource {
+            ch,
+            probes: Arc::default(),
+        }
+    }
+
+    /// The registry's constructor.
+    pub fn open(
+        connection: &Connection,
+        templates: &Templates,
+    ) -> Result<Arc<dyn ExportSource>, TaskFailure> {
+        let client = ChClient::from_connection(connection)?;
+        Ok(Arc::new(ClickhouseSource::new(Ch::new(
+            client,
+            templates.clone(),
+        ))))
+    }
+}
+
+#[async_trait::async_trait]
+impl ExportSource for ClickhouseSource {
+    fn for_task(&self, templates: Vec<&'static str>) -> Arc<dyn ExportSource> {
+        Arc::new(ClickhouseSource {
+            ch: self.ch.clone().for_task(templates),
+            probes: self.probes.clone(),
+        })
+    }
+
+    fn sql_from(&self, database: &str, table: Option<&str>, query: Option<&str>) -> String {
+        match (query, table) {
+            (Some(q), _) => format!("({q})"),
+            (None, Some(t)) => qualified(database, t),
+            (None, None) => String::new(),
+        }
+    }
+
+    async fn split(&self, r: &UnitsRequest) -> Result<Units, TaskFailure> {
+        let req = SplitRequest {
+            database: r.database.clone(),
+            table: r.table.clone(),
+            grouping: Grouping::Expression,
+            partition_expr: r.partition_expr.clone(),
+            bounds: r.bounds.clone(),
+            split_by: r.split_by.clone(),
+            max_rows: r.max_rows,
+            max_bytes: r.max_bytes,
+            declared: r.declared.clone(),
+        };
+        let result = split::split(&self.ch, &req).await?;
+        Ok(Units {
+            partitions: result.partitions,
+            rows: result.rows,
+            bytes: result.bytes,
+            note: result.note,
+        })
+    }
+
+    async fn export_unit(
+        &self,
+        unit: &ExportUnit,
+        store: &dyn Store,
+        cancel: &CancellationToken,
+    ) -> Result<(ExportedFile, String), TaskFailure> {
+        export::export_unit(&self.ch, store, unit, &self.probes, cancel).await
+    }
+
+    async fn signature(
+        &self,
+        action: &str,
+        from: &str,
+        filter: Option<&str>,
+        _checksum: bool,
+    ) -> Result<Signature, TaskFailure> {
+        // An export from ClickHouse records no source checksum: verify compares counts
+        // (the streamed file's blake3 and the server-side read-back checksum are
+        // checked at export).
+        let stats = self.ch.stats(action, from, filter, None).await?;
+        Ok(Signature {
+            rows: stats.rows,
+            checksum: None,
+        })
+    }
+}
+
+/// The registry's line for this engine.
+pub const EXPORT_SOURCE: ExportSourceEntry = ExportSourceEntry {
+    kind: ConnectionKind::Clickhouse,
+    formats: &[
+        ExportFormat::Csv,
+        ExportFormat::Tsv,
+        ExportFormat::Native,
+        ExportFormat::Parquet,
+        ExportFormat::JsonEachRow,
+    ],
+    unsupported: &[],
+    templates: export_templates,
+    open: ClickhouseSource::open,
+};
+
+/// The templates an export task of `kind` renders from ClickHouse.
+fn export_templates(kind: TaskKind) -> Vec<&'static str> {
+    crate::strategy::templates::used_by(crate::strategy::StrategyKind::Export, kind)
+}
