@@ -5,6 +5,8 @@
 //! resumable scheduler ([`exec`]) that records every task in durable [`state`]; the
 //! [`engines`] do the work against ClickHouse, object stores, MySQL and commands.
 
+#![warn(unreachable_pub)]
+
 pub mod cli;
 pub mod engines;
 pub mod exec;

@@ -508,14 +508,57 @@ pub const SUPERSEDED_TEMPLATES_INPUT: &str = "templates";
 /// Prefix of a task's template inputs.
 pub const TEMPLATE_INPUT: &str = "template.";
 
+/// The built-in templates the superseded `templates` input hashed: every template flow
+/// shipped while that rule was in effect. Fixed here so that a template added since
+/// (another engine's, a new statement) leaves that hash — and so the tasks recorded
+/// with it — as they were.
+const SUPERSEDED_TEMPLATE_SET: &[&str] = &[
+    ".keep",
+    "clickhouse/attach_partition.sql.j2",
+    "clickhouse/chunk_rows.sql.j2",
+    "clickhouse/columns.sql.j2",
+    "clickhouse/count.sql.j2",
+    "clickhouse/count_by_partition.sql.j2",
+    "clickhouse/count_not_in.sql.j2",
+    "clickhouse/count_s3.sql.j2",
+    "clickhouse/create_database.sql.j2",
+    "clickhouse/create_like.sql.j2",
+    "clickhouse/create_marker.sql.j2",
+    "clickhouse/create_table.sql.j2",
+    "clickhouse/database_engine.sql.j2",
+    "clickhouse/drop_partition.sql.j2",
+    "clickhouse/drop_table.sql.j2",
+    "clickhouse/exchange_tables.sql.j2",
+    "clickhouse/export_s3.sql.j2",
+    "clickhouse/insert_select.sql.j2",
+    "clickhouse/insert_stream.sql.j2",
+    "clickhouse/list_tables.sql.j2",
+    "clickhouse/marker_info.sql.j2",
+    "clickhouse/move_partition.sql.j2",
+    "clickhouse/part_disks.sql.j2",
+    "clickhouse/partition_id_rows.sql.j2",
+    "clickhouse/partition_values.sql.j2",
+    "clickhouse/parts.sql.j2",
+    "clickhouse/policy_candidates.sql.j2",
+    "clickhouse/quantiles.sql.j2",
+    "clickhouse/rename_swap.sql.j2",
+    "clickhouse/replace_partition.sql.j2",
+    "clickhouse/select.sql.j2",
+    "clickhouse/storage_policy.sql.j2",
+    "clickhouse/table_info.sql.j2",
+    "clickhouse/version.sql.j2",
+];
+
 impl TemplateInputs {
     fn new(templates: &Templates) -> Self {
         let mut hashes = BTreeMap::new();
         let mut all = blake3::Hasher::new();
         for name in crate::templates::builtin_template_names() {
             if let Some(src) = templates.source(&name) {
-                all.update(name.as_bytes());
-                all.update(src.as_bytes());
+                if SUPERSEDED_TEMPLATE_SET.contains(&name.as_str()) {
+                    all.update(name.as_bytes());
+                    all.update(src.as_bytes());
+                }
                 let hash = blake3::hash(src.as_bytes()).to_hex()[..16].to_string();
                 hashes.insert(name, hash);
             }

@@ -687,7 +687,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::graph::{Placement, TaskKind, WorkUnit};
 
-    pub fn def(id: &str, input: &str) -> TaskRef {
+    pub(crate) fn def(id: &str, input: &str) -> TaskRef {
         let mut inputs = BTreeMap::new();
         inputs.insert("upper".to_string(), input.to_string());
         TaskRef::single(Task::new(
@@ -701,7 +701,7 @@ pub(crate) mod tests {
     }
 
     /// The same sequence against any store: registration, a full run, a reset.
-    pub fn exercise(store: &mut dyn StateStore) {
+    pub(crate) fn exercise(store: &mut dyn StateStore) {
         let a = def("t/a", "1");
         let b = def("t/b", "1");
         let now = Utc::now();

@@ -25,7 +25,7 @@ use super::{GroupChange, ProcessRecord, SharedStore, StateError, StateStore, Tra
 use crate::graph::TaskId;
 
 /// The most transitions in one transaction; bounds the latency of a commit.
-pub const MAX_BATCH: usize = 16_384;
+pub(crate) const MAX_BATCH: usize = 16_384;
 
 enum Msg {
     Write(u64, Transition),
