@@ -113,6 +113,23 @@ impl Templates {
         Ok(Templates { env: Arc::new(env) })
     }
 
+    /// [`Self::render`] inside a task that may render only `allowed` (the templates its
+    /// fingerprint covers; None outside a task). A debug build refuses any other, so a
+    /// test that runs the task finds a template missing from its list.
+    pub fn render_in_task(
+        &self,
+        name: &str,
+        ctx: &Value,
+        allowed: Option<&[&'static str]>,
+    ) -> Result<String, TemplateError> {
+        debug_assert!(
+            allowed.is_none_or(|allowed| allowed.contains(&name)),
+            "{name} is rendered by a task whose fingerprint does not cover it: add it to \
+             the templates its strategy or engine lists for that kind of task"
+        );
+        self.render(name, ctx)
+    }
+
     /// Renders a named template (`clickhouse/export.sql.j2`).
     pub fn render(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
         let template = self.env.get_template(name).map_err(|_| {

@@ -237,34 +237,24 @@ impl TableRunner {
         // Copy loads the rows within bounds; a storage-policy move takes whole
         // partitions, the bounds only select which.
         let bounds = table.bounds_filter();
+        let request = UnitsRequest {
+            database: table.database.clone(),
+            table: name,
+            partition_expr: table.partition_expr.clone(),
+            bounds,
+            split_by: table.split_by.clone(),
+            max_rows: table.max_rows,
+            max_bytes: table.max_bytes,
+            declared,
+        };
         let (partitions, rows, bytes, note) = match table.strategy {
             StrategyKind::Export => {
-                let request = UnitsRequest {
-                    database: table.database.clone(),
-                    table: name,
-                    partition_expr: table.partition_expr.clone(),
-                    bounds,
-                    split_by: table.split_by.clone(),
-                    max_rows: table.max_rows,
-                    max_bytes: table.max_bytes,
-                    declared,
-                };
                 let units = self.export_source(table, task)?.split(&request).await?;
                 (units.partitions, units.rows, units.bytes, units.note)
             }
             StrategyKind::Copy | StrategyKind::S3Policy => {
                 let ch = self.clickhouse_for(&table.source, table, task)?;
-                let req = SplitRequest {
-                    database: table.database.clone(),
-                    table: name,
-                    grouping: Grouping::Physical,
-                    partition_expr: table.partition_expr.clone(),
-                    bounds,
-                    split_by: table.split_by.clone(),
-                    max_rows: table.max_rows,
-                    max_bytes: table.max_bytes,
-                    declared,
-                };
+                let req = SplitRequest::of_units(&request, Grouping::Physical);
                 let r = split::split(&ch, &req).await?;
                 (r.partitions, r.rows, r.bytes, r.note)
             }

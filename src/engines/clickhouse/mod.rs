@@ -121,15 +121,8 @@ impl Ch {
     /// Renders `templates/clickhouse/<name>.sql.j2`.
     pub fn sql(&self, name: &str, ctx: Value) -> Result<String, ChError> {
         let full = format!("clickhouse/{name}.sql.j2");
-        debug_assert!(
-            self.task_templates
-                .as_ref()
-                .is_none_or(|allowed| allowed.contains(&full.as_str())),
-            "{full} is rendered by a task whose fingerprint does not cover it: add it to \
-             strategy::templates"
-        );
         self.templates
-            .render(&full, &ctx)
+            .render_in_task(&full, &ctx, self.task_templates.as_deref())
             .map_err(|e| ChError::flow(self.name(), format!("render {full}"), e.to_string()))
     }
 

@@ -65,17 +65,7 @@ impl ExportSource for ClickhouseSource {
     }
 
     async fn split(&self, r: &UnitsRequest) -> Result<Units, TaskFailure> {
-        let req = SplitRequest {
-            database: r.database.clone(),
-            table: r.table.clone(),
-            grouping: Grouping::Expression,
-            partition_expr: r.partition_expr.clone(),
-            bounds: r.bounds.clone(),
-            split_by: r.split_by.clone(),
-            max_rows: r.max_rows,
-            max_bytes: r.max_bytes,
-            declared: r.declared.clone(),
-        };
+        let req = SplitRequest::of_units(r, Grouping::Expression);
         let result = split::split(&self.ch, &req).await?;
         Ok(Units {
             partitions: result.partitions,

@@ -33,6 +33,7 @@ use minijinja::context;
 
 use super::values::{equals_filter, id_from_literal, parse_values};
 use super::{and_all, json_str, json_u64, partition_id_filter, Ch, ChError};
+use crate::engines::source::UnitsRequest;
 use crate::graph::{Chunk, Partition};
 
 /// Most chunks one partition is cut into.
@@ -60,6 +61,23 @@ pub struct SplitRequest {
     pub max_bytes: Option<u64>,
     /// Only these partition ids (declared offline).
     pub declared: Option<Vec<String>>,
+}
+
+impl SplitRequest {
+    /// The split of an export source's request (or a copy's, a move's) by `grouping`.
+    pub fn of_units(r: &UnitsRequest, grouping: Grouping) -> Self {
+        SplitRequest {
+            database: r.database.clone(),
+            table: r.table.clone(),
+            grouping,
+            partition_expr: r.partition_expr.clone(),
+            bounds: r.bounds.clone(),
+            split_by: r.split_by.clone(),
+            max_rows: r.max_rows,
+            max_bytes: r.max_bytes,
+            declared: r.declared.clone(),
+        }
+    }
 }
 
 /// One line of the size report (rows and bytes of one partition).

@@ -138,15 +138,8 @@ impl MysqlSource {
     /// Renders `templates/mysql/<name>.sql.j2`.
     fn sql(&self, name: &str, ctx: Ctx) -> Result<String, TaskFailure> {
         let full = format!("mysql/{name}.sql.j2");
-        debug_assert!(
-            self.task_templates
-                .as_ref()
-                .is_none_or(|allowed| allowed.contains(&full.as_str())),
-            "{full} is rendered by a task whose fingerprint does not cover it: add it to \
-             engines::mysql::export"
-        );
         self.templates
-            .render(&full, &ctx)
+            .render_in_task(&full, &ctx, self.task_templates.as_deref())
             .map_err(|e| self.fail(&format!("render {full}"), e))
     }
 
