@@ -273,6 +273,14 @@ lower = "created >= '2024-03-01'"
 strategy = "export"
 target = "out"
 format = "tsv"
+
+[[tables]]
+name = "query"
+source = "shop"
+database = "DB"
+query = "SELECT id, name, `note` FROM orders WHERE amount > 1000 OR amount IS NULL;"
+strategy = "export"
+target = "out"
 "#
             .replace("DB", db.name())
             .as_str(),
@@ -321,6 +329,24 @@ format = "tsv"
             "{} rows exported, {} expected",
             months.len(),
             expected.len()
+        );
+
+        // A query is one unit: a derived table, verified by its own checksum.
+        let q = files_under(&dir.path().join("out/query"), "csv");
+        assert_eq!(q.len(), 1, "{q:?}");
+        let (names, mut rows) = parse_csv(&std::fs::read(&q[0]).unwrap());
+        assert_eq!(names, ["id", "name", "note"]);
+        rows.sort();
+        let expected_q = source_rows(
+            db.pool(),
+            "SELECT id, name, note FROM orders WHERE amount > 1000 OR amount IS NULL",
+        )
+        .await;
+        assert!(
+            rows == expected_q,
+            "{} rows, {} expected",
+            rows.len(),
+            expected_q.len()
         );
 
         // The manifests count what the source holds, and verify compared checksums.
