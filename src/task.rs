@@ -1,8 +1,90 @@
-//! What a task ends with: its outcome, or why it failed and whether trying again may
-//! help. A leaf: the scheduler (`exec`) produces these, `state` stores them, engines
-//! return them, and it depends on none of them.
+//! What a task is and ends with: its id and kind, its outcome (with the typed artifact
+//! it hands to its dependents), or why it failed and whether trying again may help. A
+//! leaf: the scheduler (`exec`) produces these, `state` stores them, engines return
+//! them, and it depends on none of them.
 
+use std::fmt;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// Stable, readable task id. Ordering is lexicographic so listings are predictable.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub String);
+
+impl TaskId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a task does. The kind decides the idempotency rule (ARCHITECTURE.md) and whether
+/// the task is destructive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// List partitions within bounds and sub-split big ones; read-only.
+    Split,
+    /// Prepare a target: create a table / backup table / check a policy; idempotent.
+    Prepare,
+    /// Write one partition or chunk to files or objects.
+    Export,
+    /// Copy one partition into a target table (staging + replace, or insert-select).
+    Load,
+    /// Compare source and target; read-only.
+    Verify,
+    /// Write the export manifest, last.
+    Manifest,
+    /// Move rows that arrived in the source after their partition was copied.
+    CatchUp,
+    /// Drop a source partition; destructive.
+    Drop,
+    /// Cut over (EXCHANGE / RENAME); destructive.
+    Swap,
+    /// Drop a table left over after a swap; destructive.
+    Cleanup,
+    /// User SQL step.
+    Sql,
+    /// User command step.
+    Exec,
+}
+
+impl TaskKind {
+    /// Kinds that remove or replace data and so must run only after a passed verify.
+    pub fn is_destructive(self) -> bool {
+        matches!(self, TaskKind::Drop | TaskKind::Swap | TaskKind::Cleanup)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Split => "split",
+            TaskKind::Prepare => "prepare",
+            TaskKind::Export => "export",
+            TaskKind::Load => "load",
+            TaskKind::Verify => "verify",
+            TaskKind::Manifest => "manifest",
+            TaskKind::CatchUp => "catch-up",
+            TaskKind::Drop => "drop",
+            TaskKind::Swap => "swap",
+            TaskKind::Cleanup => "cleanup",
+            TaskKind::Sql => "sql",
+            TaskKind::Exec => "exec",
+        }
+    }
+}
+
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What a finished task reports; stored in state and in the final report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,5 +128,108 @@ impl TaskFailure {
             message: message.into(),
             retryable: true,
         }
+    }
+}
+
+/// What a task hands to the tasks that depend on it (the files an export wrote, a
+/// verified partition, a split's units), stored as its outcome's `detail`.
+pub trait Artifact: Serialize + DeserializeOwned {
+    /// What it is, for messages ("exported file").
+    const NAME: &'static str;
+}
+
+impl TaskOutcome {
+    /// This outcome carrying `artifact` as its detail.
+    pub fn with_artifact<A: Artifact>(mut self, artifact: &A) -> Self {
+        self.detail = serde_json::to_value(artifact).expect("an artifact serializes to JSON");
+        self
+    }
+}
+
+/// A done dependency of a running task: its id, its kind and its outcome.
+#[derive(Clone, Debug)]
+pub struct Dependency {
+    pub id: TaskId,
+    pub kind: TaskKind,
+    pub outcome: TaskOutcome,
+}
+
+/// The artifacts of the dependencies of `kind`, decoded. A dependency whose outcome is
+/// not such an artifact fails the task: its state comes from another flow or was
+/// changed by hand, and going on without it would verify or list less than was written.
+pub fn artifacts<A: Artifact>(
+    dependencies: &[Dependency],
+    kind: TaskKind,
+) -> Result<Vec<A>, TaskFailure> {
+    dependencies
+        .iter()
+        .filter(|d| d.kind == kind && !d.outcome.detail.is_null())
+        .map(|d| {
+            serde_json::from_value(d.outcome.detail.clone()).map_err(|e| {
+                TaskFailure::permanent(format!(
+                    "the outcome of `{}` is not a {}: {e}; run it again: `flow state reset <plan> \
+                     '{}'`, then `flow apply --resume`",
+                    d.id,
+                    A::NAME,
+                    d.id
+                ))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct File {
+        key: String,
+    }
+    impl Artifact for File {
+        const NAME: &'static str = "file";
+    }
+
+    fn dep(id: &str, kind: TaskKind, detail: serde_json::Value) -> Dependency {
+        Dependency {
+            id: TaskId(id.into()),
+            kind,
+            outcome: TaskOutcome {
+                detail,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn artifacts_are_chosen_by_kind_and_a_bad_one_fails_loudly() {
+        let deps = vec![
+            dep(
+                "t/1/export",
+                TaskKind::Export,
+                serde_json::json!({"key": "a"}),
+            ),
+            // Named like an export, but a step: not chosen.
+            dep(
+                "x/export",
+                TaskKind::Exec,
+                serde_json::json!({"exit_code": 0}),
+            ),
+            dep("t/2/export", TaskKind::Export, serde_json::Value::Null),
+        ];
+        let files: Vec<File> = artifacts(&deps, TaskKind::Export).unwrap();
+        assert_eq!(files, vec![File { key: "a".into() }]);
+        let bad = vec![dep(
+            "t/3/export",
+            TaskKind::Export,
+            serde_json::json!({"rows": 1}),
+        )];
+        let err = artifacts::<File>(&bad, TaskKind::Export).unwrap_err();
+        assert!(
+            err.message.contains("`t/3/export` is not a file"),
+            "{}",
+            err.message
+        );
+        assert!(!err.retryable);
     }
 }

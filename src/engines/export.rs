@@ -19,7 +19,7 @@ use crate::engines::rows::StreamTracker;
 use crate::engines::source::ExportSource;
 use crate::engines::store::{PutMode, Store};
 use crate::plan::{ExportFormat, Formatting, ServerSide};
-use crate::task::TaskFailure;
+use crate::task::{Artifact, TaskFailure};
 
 /// How a unit was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,14 @@ pub struct ExportedFile {
     /// a partition's is the sum of its chunks'). Verify compares it with the source now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_checksum: Option<String>,
+}
+
+impl Artifact for ExportedFile {
+    const NAME: &'static str = "exported file";
+}
+
+impl Artifact for VerifiedPartition {
+    const NAME: &'static str = "verified partition";
 }
 
 /// What one export unit needs.

@@ -192,15 +192,6 @@ fn table_name(table: &TableSpec, task: &Task) -> Result<String, TaskFailure> {
     }
 }
 
-/// Decodes the dependency outcomes' details of type `T`.
-fn details<T: serde::de::DeserializeOwned>(ctx: &TaskContext, kind: &str) -> Vec<T> {
-    ctx.dependencies
-        .iter()
-        .filter(|(id, _)| id.as_str().ends_with(kind))
-        .filter_map(|(_, o)| serde_json::from_value(o.detail.clone()).ok())
-        .collect()
-}
-
 #[async_trait::async_trait]
 impl TaskRunner for TableRunner {
     async fn run(&self, task: &Task, ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
@@ -262,10 +253,10 @@ impl TableRunner {
         Ok(TaskOutcome {
             rows: Some(rows),
             bytes: Some(bytes),
-            detail: serde_json::to_value(&partitions).expect("partitions serialize to JSON"),
             note: Some(note),
             ..Default::default()
-        })
+        }
+        .with_artifact(&partitions))
     }
 
     fn partition_of<'a>(
@@ -331,13 +322,14 @@ impl TableRunner {
                     bytes: Some(file.bytes),
                     checksum: file.blake3.clone().or(file.row_checksum.clone()),
                     outputs: vec![file.location.clone()],
-                    detail: serde_json::to_value(&file).expect("files serialize"),
                     note: Some(note),
-                })
+                    ..Default::default()
+                }
+                .with_artifact(&file))
             }
             TaskKind::Verify => {
                 let (p, _) = self.partition_of(task, &partition)?;
-                let mut files: Vec<ExportedFile> = details(ctx, "/export");
+                let mut files: Vec<ExportedFile> = ctx.artifacts(TaskKind::Export)?;
                 if files.is_empty() {
                     files = self
                         .files_from_store(task, table, p, store.as_ref())
@@ -379,12 +371,13 @@ impl TableRunner {
                     bytes: Some(verified.bytes),
                     checksum: Some(hasher.finalize().to_hex()[..32].to_string()),
                     outputs: verified.files.iter().map(|f| f.location.clone()).collect(),
-                    detail: serde_json::to_value(&verified).expect("verify detail serializes"),
                     note: Some(note),
-                })
+                    ..Default::default()
+                }
+                .with_artifact(&verified))
             }
             TaskKind::Manifest => {
-                let mut partitions: Vec<VerifiedPartition> = details(ctx, "/verify");
+                let mut partitions: Vec<VerifiedPartition> = ctx.artifacts(TaskKind::Verify)?;
                 partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
                 let keys: Vec<&str> = partitions
                     .iter()

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::graph::{Task, TaskId};
+use crate::graph::{Task, TaskKind};
 use crate::state::ProcessLog;
-pub use crate::task::{TaskFailure, TaskOutcome};
+use crate::task::Artifact;
+pub use crate::task::{Dependency, TaskFailure, TaskOutcome};
 
 /// What the scheduler hands a runner for one attempt.
 #[derive(Clone, Debug)]
@@ -22,10 +23,17 @@ pub struct TaskContext {
     pub attempt: u32,
     /// A directory the task may write logs into (exec stdout/stderr), under the state folder.
     pub log_dir: PathBuf,
-    /// Outcomes of the task's direct dependencies, all done.
-    pub dependencies: Vec<(TaskId, TaskOutcome)>,
+    /// The task's direct dependencies that are done, with their outcomes.
+    pub dependencies: Vec<Dependency>,
     /// Where a runner that starts OS processes records their group (exec steps).
     pub processes: ProcessLog,
+}
+
+impl TaskContext {
+    /// The artifacts of the dependencies of `kind`, decoded ([`crate::task::artifacts`]).
+    pub fn artifacts<A: Artifact>(&self, kind: TaskKind) -> Result<Vec<A>, TaskFailure> {
+        crate::task::artifacts(&self.dependencies, kind)
+    }
 }
 
 /// Does the work of tasks. One runner serves a whole run; it dispatches on the task kind

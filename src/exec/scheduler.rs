@@ -53,7 +53,7 @@ use tracing::Instrument;
 
 use super::limits::{Blocked, ConnectionLimit, Limits, Permits};
 use super::retry::RetryPolicy;
-use super::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
+use super::runner::{Dependency, TaskContext, TaskFailure, TaskOutcome, TaskRunner};
 use super::{Event, Observer};
 use crate::graph::{TaskGraph, TaskId};
 use crate::state::{StateError, StateWriter, TaskRef, Transition, WriterStatus};
@@ -691,7 +691,12 @@ impl<'s, 'w> Run<'s, 'w> {
                 dep.unstarted_dependents = dep.unstarted_dependents.saturating_sub(1);
             }
             if let Some(o) = &dep.outcome {
-                dependencies.push((self.s.graph.task(d).id.clone(), (**o).clone()));
+                let task = self.s.graph.task(d);
+                dependencies.push(Dependency {
+                    id: task.id.clone(),
+                    kind: task.kind,
+                    outcome: (**o).clone(),
+                });
             }
             if dep.unstarted_dependents == 0 {
                 dep.outcome = None;
@@ -1083,7 +1088,7 @@ mod tests {
                         other.map(|r| r.status)
                     )),
                 }
-                for (dep, _) in &ctx.dependencies {
+                for dep in ctx.dependencies.iter().map(|d| &d.id) {
                     if by_id.get(dep).map(|r| r.status) != Some(TaskStatus::Done) {
                         v.push(format!("{} started before {dep} was durably done", task.id));
                     }

@@ -13,83 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Stable, readable task id. Ordering is lexicographic so listings are predictable.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TaskId(pub String);
-
-impl TaskId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What a task does. The kind decides the idempotency rule (ARCHITECTURE.md) and whether
-/// the task is destructive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskKind {
-    /// List partitions within bounds and sub-split big ones; read-only.
-    Split,
-    /// Prepare a target: create a table / backup table / check a policy; idempotent.
-    Prepare,
-    /// Write one partition or chunk to files or objects.
-    Export,
-    /// Copy one partition into a target table (staging + replace, or insert-select).
-    Load,
-    /// Compare source and target; read-only.
-    Verify,
-    /// Write the export manifest, last.
-    Manifest,
-    /// Move rows that arrived in the source after their partition was copied.
-    CatchUp,
-    /// Drop a source partition; destructive.
-    Drop,
-    /// Cut over (EXCHANGE / RENAME); destructive.
-    Swap,
-    /// Drop a table left over after a swap; destructive.
-    Cleanup,
-    /// User SQL step.
-    Sql,
-    /// User command step.
-    Exec,
-}
-
-impl TaskKind {
-    /// Kinds that remove or replace data and so must run only after a passed verify.
-    pub fn is_destructive(self) -> bool {
-        matches!(self, TaskKind::Drop | TaskKind::Swap | TaskKind::Cleanup)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::Split => "split",
-            TaskKind::Prepare => "prepare",
-            TaskKind::Export => "export",
-            TaskKind::Load => "load",
-            TaskKind::Verify => "verify",
-            TaskKind::Manifest => "manifest",
-            TaskKind::CatchUp => "catch-up",
-            TaskKind::Drop => "drop",
-            TaskKind::Swap => "swap",
-            TaskKind::Cleanup => "cleanup",
-            TaskKind::Sql => "sql",
-            TaskKind::Exec => "exec",
-        }
-    }
-}
-
-impl fmt::Display for TaskKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::task::{TaskId, TaskKind};
 
 /// Where the work of a task happens; `flow plan` shows it so users know what path
 /// the data takes.
@@ -123,6 +47,11 @@ pub struct Partition {
     pub bytes: Option<u64>,
     /// Sub-split chunks of an oversized partition; empty means one piece.
     pub chunks: Vec<Chunk>,
+}
+
+/// A split's outcome: the units it listed.
+impl crate::task::Artifact for Vec<Partition> {
+    const NAME: &'static str = "list of partitions";
 }
 
 /// A row-bounded piece of an oversized partition, selected by a range of `split_by`.
