@@ -16,6 +16,7 @@ pub mod plan;
 pub mod process;
 pub mod redact;
 pub mod report;
+pub mod run;
 pub mod state;
 pub mod strategy;
 pub mod task;

@@ -57,6 +57,11 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
+    /// Kinds that list what a plan covers; their outcomes re-expand the graph.
+    pub fn is_discovery(self) -> bool {
+        matches!(self, TaskKind::Split)
+    }
+
     /// Kinds that remove or replace data and so must run only after a passed verify.
     pub fn is_destructive(self) -> bool {
         matches!(self, TaskKind::Drop | TaskKind::Swap | TaskKind::Cleanup)

@@ -8,11 +8,11 @@
 //!    choose which. Then stop what a killed earlier run left running: the process
 //!    groups of exec steps still on record (a step must not run beside its own
 //!    earlier attempt).
-//! 3. Split phase: the graph expanded without partitions holds the split tasks; run
-//!    them (and anything they depend on). Their outcomes — the partition lists — are
-//!    stored, so a resumed run expands the same partitions.
-//! 4. Run phase: expand with the listed partitions, decide per task (skip done, re-run
-//!    interrupted, say why a task is dirty), run.
+//! 3. Under the lock, list the tables of whole-database entries; then the library's
+//!    [`crate::run::Run`]: discovery rounds (the split tasks, whose outcomes — the
+//!    partition lists — are stored, so a resumed run expands the same partitions),
+//!    then the run phase, each deciding per task (skip done, re-run interrupted, say
+//!    why a task is dirty).
 //! 5. Whatever happened: flush and compact the state, write the report and metrics,
 //!    print the summary and, when it stopped early, how to resume.
 //!
@@ -21,14 +21,13 @@
 //! A run whose lock is broken or taken while it runs stops the same way as after a
 //! second Ctrl-C, and exits 3 naming the new holder.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::Utc;
-use petgraph::graph::NodeIndex;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -37,20 +36,15 @@ use super::{
 use crate::engines::exec::KILL_GRACE;
 use crate::exec::process_group::{self, GroupError};
 use crate::exec::runner::TaskRunner;
-use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary, Scheduler, Start, StopReason};
+use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary};
 use crate::exec::{ConnectionLimit, Progress, ProgressMode, RetryPolicy};
-use crate::graph::expand::{expand, PartitionMap};
-use crate::graph::expand::{SUPERSEDED_TEMPLATES_INPUT, TEMPLATE_INPUT};
-use crate::graph::{TaskGraph, TaskId, TaskKind};
+use crate::graph::TaskId;
 use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::report::{self, ReportContext};
+use crate::run::{list_whole_databases, Run};
 use crate::state::lock::{LockError, PlanLock};
-use crate::state::{
-    self, decide, Action, RunReason, SqliteStore, StateStore, StateWriter, TaskDecision,
-    TaskRecord, TaskRef, Transition,
-};
-use crate::templates::Templates;
+use crate::state::{self, SqliteStore, StateStore, StateWriter};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
@@ -107,59 +101,12 @@ fn resume_command(args: &ApplyArgs) -> String {
     cmd
 }
 
-/// Replaces each whole-database entry (`table = "*"`) by the tables it covers now:
-/// MergeTree tables not yet on the target policy. A table moved by an earlier run is on
-/// the policy already and drops out, so a resumed run lists what is left to do.
-async fn list_whole_databases(plan: Plan, templates: &Templates) -> anyhow::Result<Plan> {
-    let wildcards = plan.wildcard_tables();
-    if wildcards.is_empty() {
-        return Ok(plan);
-    }
-    let shared = Arc::new(plan.clone());
-    let engines = crate::engines::table::TableRunner::new(shared, templates.clone());
-    let mut listed = std::collections::BTreeMap::new();
-    for index in wildcards {
-        let table = &plan.tables[index];
-        let ch = engines
-            .clickhouse(&table.source)
-            .map_err(|e| anyhow::anyhow!("table {}: {}", table.name, e.message))?;
-        let names = crate::engines::clickhouse::s3_policy::tables_to_move(
-            &ch,
-            &table.database,
-            &table.storage_policy,
-        )
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "table {}: listing the tables of {}: {e}",
-                table.name,
-                table.database
-            )
-        })?;
-        crate::errln!(
-            "{}: {} table(s) to move: {}",
-            table.name,
-            names.len(),
-            names.join(", ")
-        );
-        listed.insert(index, names);
-    }
-    Ok(plan.with_listed_tables(&listed))
-}
-
 pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
     let (plan, templates) = match load_plan(&args.plan, &args.vars) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
     let db = plan.state_db_path();
-    let plan = match list_whole_databases(plan, &templates).await {
-        Ok(plan) => Arc::new(plan),
-        Err(e) => {
-            crate::errln!("error: {e}");
-            return Ok(EXIT_FAILED);
-        }
-    };
 
     let lock = match PlanLock::acquire(&db) {
         Ok(lock) => lock,
@@ -189,6 +136,24 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
             previous.started_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
     }
+
+    // Listed under the lock: what a run covers is decided by the run that holds it.
+    let plan = match list_whole_databases(plan, &templates).await {
+        Ok((plan, listed)) => {
+            for (entry, tables) in listed {
+                crate::errln!(
+                    "{entry}: {} table(s) to move: {}",
+                    tables.len(),
+                    tables.join(", ")
+                );
+            }
+            Arc::new(plan)
+        }
+        Err(e) => {
+            crate::errln!("error: {e}");
+            return Ok(EXIT_FAILED);
+        }
+    };
 
     let mut store = match SqliteStore::open(&db) {
         Ok(store) => store,
@@ -265,7 +230,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         templates.clone(),
     ));
     let options = run_options(&plan, args.keep_going);
-    let ctx = Ctx {
+    let run = Run {
         plan: &plan,
         templates: &templates,
         writer: &writer,
@@ -278,7 +243,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
         resuming: args.resume,
         upgrade_said: Default::default(),
     };
-    let outcome = ctx.apply().await;
+    let outcome = run.run().await;
 
     // Whatever happened: state, report, metrics, summary.
     let ended_at = Utc::now();
@@ -485,251 +450,6 @@ fn run_options(plan: &Plan, keep_going: bool) -> RunOptions {
     }
 }
 
-struct Ctx<'a> {
-    plan: &'a Arc<Plan>,
-    templates: &'a Templates,
-    writer: &'a StateWriter,
-    runner: Arc<dyn TaskRunner>,
-    options: RunOptions,
-    progress: Arc<Progress>,
-    metrics: Arc<Metrics>,
-    interrupts: Interrupts,
-    /// Raised by the plan's lock when it is broken or taken (fencing).
-    lost: tokio::sync::watch::Receiver<Option<String>>,
-    resuming: bool,
-    /// The upgrade note was printed.
-    upgrade_said: std::sync::atomic::AtomicBool,
-}
-
-impl Ctx<'_> {
-    fn records(&self) -> anyhow::Result<HashMap<TaskId, TaskRecord>> {
-        Ok(state::by_id(self.writer.with_store(|s| s.records())?))
-    }
-
-    /// Both phases; returns the last graph and the phases' summaries.
-    async fn apply(&self) -> anyhow::Result<(Arc<TaskGraph>, Vec<RunSummary>)> {
-        let mut summaries = Vec::new();
-        let first = expand(self.plan, self.templates, &PartitionMap::new())
-            .context("expanding the plan into tasks")?;
-        let first = Arc::new(first);
-        let splits: Vec<NodeIndex> = first
-            .indices()
-            .filter(|&i| first.task(i).kind == TaskKind::Split)
-            .collect();
-        let mut ran = HashSet::new();
-        // Splits (and what they depend on) that failed or were skipped in this run.
-        let mut failed_before = HashSet::new();
-        if !splits.is_empty() {
-            let selected = with_dependencies(&first, &splits);
-            let records = self.records()?;
-            let decisions = decide(&first, &records, &HashSet::new());
-            self.rerecord(&first, &decisions, Some(&selected));
-            self.announce(&decisions, &records, Some(&selected), &HashSet::new());
-            let starts = starts(&decisions, &records, Some(&selected));
-            let summary = self.schedule(first.clone(), "split", starts).await;
-            ran.clone_from(&summary.ran);
-            // A failed split stops only its own table: the run phase skips that
-            // table's tasks (and, without --keep-going, starts nothing, counting what
-            // did not start). An interrupt or a state error ends the run here.
-            let stop = summary.interrupted
-                || summary.state_error.is_some()
-                || matches!(
-                    summary.stopped,
-                    Some(StopReason::State(_) | StopReason::Interrupted)
-                );
-            failed_before.extend(summary.failed.iter().map(|(id, _)| id.clone()));
-            failed_before.extend(summary.skipped.iter().map(|(id, _)| id.clone()));
-            summaries.push(summary);
-            if stop {
-                return Ok((first, summaries));
-            }
-        }
-        let records = self.records()?;
-        let partitions = state::listed_partitions(&first, &records, &self.plan.state_db_path())?;
-        let graph = expand(self.plan, self.templates, &partitions)
-            .map_err(|e| anyhow::anyhow!("{e}\n  help: {}", e.help()))
-            .context("expanding the plan with the listed partitions; nothing was exported")?;
-        let graph = Arc::new(graph);
-        let decisions = decide(&graph, &records, &ran);
-        self.rerecord(&graph, &decisions, None);
-        self.announce(&decisions, &records, None, &ran);
-        let mut starts = starts(&decisions, &records, None);
-        for (start, d) in starts.iter_mut().zip(&decisions) {
-            if failed_before.contains(&d.id) {
-                *start = Start::FailedBefore;
-            }
-        }
-        let summary = self.schedule(graph.clone(), "run", starts).await;
-        summaries.push(summary);
-        Ok((graph, summaries))
-    }
-
-    async fn schedule(&self, graph: Arc<TaskGraph>, phase: &str, starts: Vec<Start>) -> RunSummary {
-        Scheduler::new(
-            graph,
-            self.runner.clone(),
-            self.writer,
-            self.options.clone(),
-        )
-        .phase(phase)
-        .fence(self.lost.clone())
-        .observe(self.progress.clone())
-        .observe(self.metrics.clone())
-        .run(starts, self.interrupts.clone())
-        .await
-    }
-
-    /// Records again the done tasks an earlier flow recorded without the inputs this
-    /// flow adds; they stay done. Said once per run.
-    fn rerecord(
-        &self,
-        graph: &Arc<TaskGraph>,
-        decisions: &[TaskDecision],
-        selected: Option<&HashSet<NodeIndex>>,
-    ) {
-        let mut names = std::collections::BTreeSet::new();
-        let mut count = 0;
-        for d in decisions.iter().filter(|d| !d.upgraded.is_empty()) {
-            if selected.is_some_and(|s| !s.contains(&d.index)) {
-                continue;
-            }
-            self.writer
-                .send(Transition::Rerecord(TaskRef::new(graph.clone(), d.index)));
-            names.extend(d.upgraded.iter().map(|n| {
-                if n.starts_with(TEMPLATE_INPUT) || n == SUPERSEDED_TEMPLATES_INPUT {
-                    // One name for the family, not one per template.
-                    format!("`{TEMPLATE_INPUT}*` (each template the task uses)")
-                } else {
-                    format!("`{n}`")
-                }
-            }));
-            count += 1;
-        }
-        if count > 0
-            && !self
-                .upgrade_said
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            let names: Vec<String> = names.into_iter().collect();
-            self.progress.println(&format!(
-                "upgrade: {count} done task(s) were recorded by an earlier flow without input(s) {}; their other inputs are unchanged, so they stay done and these inputs are recorded from now on",
-                names.join(", ")
-            ));
-        }
-    }
-
-    /// Says what a resumed run will do differently: re-runs, dirty and kept tasks.
-    fn announce(
-        &self,
-        decisions: &[TaskDecision],
-        records: &HashMap<TaskId, TaskRecord>,
-        selected: Option<&HashSet<NodeIndex>>,
-        already: &HashSet<TaskId>,
-    ) {
-        if records.is_empty() {
-            if self.resuming {
-                self.progress
-                    .println("resume: no earlier state; starting from the beginning");
-            }
-            return;
-        }
-        let relevant: Vec<&TaskDecision> = decisions
-            .iter()
-            .filter(|d| selected.is_none_or(|s| s.contains(&d.index)))
-            .filter(|d| !already.contains(&d.id))
-            .collect();
-        let count = |f: &dyn Fn(&Action) -> bool| relevant.iter().filter(|d| f(&d.action)).count();
-        let done = count(&|a| matches!(a, Action::Skip));
-        let kept = count(&|a| matches!(a, Action::Keep(_)));
-        let rerun = count(&|a| matches!(a, Action::Run(RunReason::Interrupted)));
-        let dirty = count(&|a| matches!(a, Action::Run(RunReason::Dirty(_))));
-        let again = count(&|a| {
-            matches!(
-                a,
-                Action::Run(RunReason::Failed(_) | RunReason::SkippedBefore)
-            )
-        });
-        let fresh = count(&|a| matches!(a, Action::Run(RunReason::New | RunReason::Pending)));
-        self.progress.println(&format!(
-            "resume: {done} done (skipped), {rerun} interrupted (re-run), {again} failed or skipped before (run again), {dirty} dirty, {kept} kept (once), {fresh} not run yet"
-        ));
-        const SHOWN: usize = 20;
-        let mut shown_dirty = 0;
-        let mut shown_again = 0;
-        for d in &relevant {
-            let line = match &d.action {
-                Action::Run(RunReason::Interrupted) => {
-                    format!("re-run {}: was running when the previous run stopped", d.id)
-                }
-                Action::Keep(_) => format!("kept {}: {}", d.id, d.reason().unwrap_or_default()),
-                Action::Run(RunReason::Dirty(reason)) => {
-                    shown_dirty += 1;
-                    if shown_dirty > SHOWN {
-                        continue;
-                    }
-                    format!("dirty {}: {reason}", d.id)
-                }
-                Action::Run(reason @ (RunReason::Failed(_) | RunReason::SkippedBefore)) => {
-                    shown_again += 1;
-                    if shown_again > SHOWN {
-                        continue;
-                    }
-                    format!("again {}: {reason}", d.id)
-                }
-                _ => continue,
-            };
-            self.progress.println(&line);
-        }
-        for (n, what) in [
-            (shown_dirty, "dirty"),
-            (shown_again, "failed or skipped before"),
-        ] {
-            if n > SHOWN {
-                self.progress.println(&format!(
-                    "… and {} more {what} tasks (`flow plan` lists them all)",
-                    n - SHOWN
-                ));
-            }
-        }
-    }
-}
-
-/// `seeds` and everything they depend on.
-fn with_dependencies(graph: &TaskGraph, seeds: &[NodeIndex]) -> HashSet<NodeIndex> {
-    let mut out = HashSet::new();
-    let mut stack: Vec<NodeIndex> = seeds.to_vec();
-    while let Some(i) = stack.pop() {
-        if out.insert(i) {
-            stack.extend(graph.dependencies(i));
-        }
-    }
-    out
-}
-
-fn starts(
-    decisions: &[TaskDecision],
-    records: &HashMap<TaskId, TaskRecord>,
-    selected: Option<&HashSet<NodeIndex>>,
-) -> Vec<Start> {
-    decisions
-        .iter()
-        .map(|d| {
-            if selected.is_some_and(|s| !s.contains(&d.index)) {
-                return Start::Excluded;
-            }
-            match &d.action {
-                Action::Skip | Action::Keep(_) => Start::Done(
-                    records
-                        .get(&d.id)
-                        .map(TaskRecord::outcome)
-                        .unwrap_or_default(),
-                ),
-                Action::Run(_) => Start::Run,
-            }
-        })
-        .collect()
-}
-
 fn summary_text(
     plan: &Plan,
     summaries: &[RunSummary],
@@ -737,11 +457,12 @@ fn summary_text(
     ended: chrono::DateTime<Utc>,
 ) -> String {
     let done: usize = summaries.iter().map(|s| s.done).sum();
-    // Splits done in the split phase count as done before in the run phase.
-    let before = match summaries {
-        [split, run] => run.already_done.saturating_sub(split.done),
-        [only] => only.already_done,
-        _ => 0,
+    // Splits done in a discovery phase count as done before in the run phase.
+    let before = match summaries.split_last() {
+        Some((run, discovery)) => run
+            .already_done
+            .saturating_sub(discovery.iter().map(|s| s.done).sum()),
+        None => 0,
     };
     let failed: Vec<&(TaskId, String)> = summaries.iter().flat_map(|s| &s.failed).collect();
     let skipped: Vec<&(TaskId, TaskId)> = summaries.iter().flat_map(|s| &s.skipped).collect();
