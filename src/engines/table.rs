@@ -340,10 +340,8 @@ impl TableRunner {
                 // with options.verify_read_back = "true". By default verify checks that
                 // every file is there with the size the export wrote and that the
                 // source still has the rows the export counted.
-                let read_back = table
-                    .options
-                    .get("verify_read_back")
-                    .is_some_and(|v| v == "true");
+                let read_back =
+                    crate::strategy::bool_setting(table, crate::strategy::export::VERIFY_READ_BACK);
                 let filter = unit_filter(table, p, None);
                 let req = export::VerifyRequest {
                     partition: p,
@@ -518,7 +516,7 @@ impl TableRunner {
             .unwrap_or_else(|| src_table.clone());
         let swap_with = table
             .options
-            .get("swap_with")
+            .get(crate::strategy::copy::SWAP_WITH)
             .cloned()
             .unwrap_or_else(|| src_table.clone());
         Ok(CopyJob {
@@ -568,7 +566,7 @@ impl TableRunner {
         let name = table_name(table, task)?;
         let new_table = table
             .options
-            .get("new_table")
+            .get(crate::strategy::s3_policy::NEW_TABLE)
             .cloned()
             .unwrap_or_else(|| PolicyMove::default_new_table(&name));
         let mv = PolicyMove {

@@ -826,6 +826,45 @@ impl Checker {
         }
     }
 
+    /// The strategy settings among a table's `options`: each strategy declares its own
+    /// (name, kind); a value of the wrong kind, or another strategy's setting, is an error
+    /// at its line — it would be ignored otherwise.
+    fn settings(&mut self, def: &TableDef, label: &str, strategy: StrategyKind) {
+        for owner in StrategyKind::ALL {
+            for setting in owner.strategy().settings() {
+                let Some(value) = def.options.get(setting.key) else {
+                    continue;
+                };
+                if *owner != strategy {
+                    self.error(
+                        span(value),
+                        format!(
+                            "table {label}: `options.{}` is a setting of strategy \"{}\", not of \"{}\"",
+                            setting.key,
+                            owner.name(),
+                            strategy.name()
+                        ),
+                        "not used by this strategy",
+                        "remove it (or rename it, if it is a template variable of yours)",
+                    );
+                    continue;
+                }
+                if let Err(problem) = setting.kind.check(value.get_ref()) {
+                    self.error(
+                        span(value),
+                        format!(
+                            "table {label}: `options.{}` = \"{}\": {problem}",
+                            setting.key,
+                            value.get_ref()
+                        ),
+                        "invalid setting",
+                        setting.help,
+                    );
+                }
+            }
+        }
+    }
+
     /// What the source engine cannot do, checked against the table entry: its formats
     /// and the keys it cannot honour (the facts come from the engine registry).
     fn source_limits(
@@ -944,6 +983,7 @@ impl Checker {
         }
 
         if let Some(strategy) = strategy {
+            self.settings(def, &label, strategy);
             let req = strategy.strategy().requirements();
             if let Some(kind) = source_kind {
                 if !req.source_kinds.contains(&kind) {
@@ -1346,7 +1386,11 @@ impl Checker {
             keep_old: def.keep_old.unwrap_or(true),
             server_side,
             formatting,
-            options: def.options.clone(),
+            options: def
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                .collect(),
             span: table_span,
         })
     }

@@ -249,9 +249,11 @@ pub struct TableDef {
     /// blocks, when it can reproduce the server's text exactly) or "server".
     #[schemars(with = "Option<String>")]
     pub formatting: Option<Spanned<String>>,
-    /// Free options passed to templates as `{{ options.NAME }}`.
+    /// Options passed to templates as `{{ options.NAME }}`; the names a strategy
+    /// declares as its settings (`verify_read_back`, `swap_with`, …) are checked.
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub options: BTreeMap<String, Spanned<String>>,
 }
 
 /// Kinds of generic steps.

@@ -7,11 +7,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Requirements, Strategy};
+use super::{Requirements, Setting, SettingKind, Strategy};
 use crate::graph::expand::TableBuilder;
 use crate::graph::{GraphError, Partition, Placement, TaskKind};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Plan, TableSpec};
+
+/// `options.swap_with`.
+pub const SWAP_WITH: &str = "swap_with";
 
 pub struct Copy;
 
@@ -22,6 +25,14 @@ impl Strategy for Copy {
 
     fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
         super::templates::used_by(super::StrategyKind::Copy, kind)
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        &[Setting {
+            key: SWAP_WITH,
+            kind: SettingKind::TableName,
+            help: "the name of the table the copy is exchanged with, in the target database",
+        }]
     }
 
     fn requirements(&self) -> Requirements {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Requirements, SourceLimits, Strategy};
+use super::{Requirements, Setting, SettingKind, SourceLimits, Strategy};
 use crate::engines::registry;
 use crate::graph::expand::TableBuilder;
 use crate::graph::{GraphError, Partition, Placement, TaskKind};
@@ -16,6 +16,11 @@ use crate::plan::schema::ConnectionKind;
 use crate::plan::{Plan, ServerSide, TableSpec};
 
 pub struct Export;
+
+/// `options.verify_read_back = "true"`: verify re-reads and re-hashes every file.
+pub const VERIFY_READ_BACK: &str = "verify_read_back";
+/// `options.manifest`: the manifest's object key.
+pub const MANIFEST: &str = "manifest";
 
 /// Object key used when a table has no `path`.
 pub const DEFAULT_PATH: &str = "{{ table.name }}/{{ partition_id }}/part-{{ chunk }}.{{ ext }}";
@@ -29,6 +34,21 @@ impl Strategy for Export {
         registry::export_source(source)
             .map(|e| (e.templates)(kind))
             .unwrap_or_default()
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        &[
+            Setting {
+                key: VERIFY_READ_BACK,
+                kind: SettingKind::Bool,
+                help: "set it to \"true\" (verify re-reads every file) or \"false\"",
+            },
+            Setting {
+                key: MANIFEST,
+                kind: SettingKind::ObjectKey,
+                help: "a relative object key in the target, e.g. \"trips/_manifest.json\"",
+            },
+        ]
     }
 
     fn source_limits(&self, source: ConnectionKind) -> SourceLimits {
@@ -113,7 +133,7 @@ impl Strategy for Export {
             }
             verifies.push(verify);
         }
-        let manifest_path = match table.options.get("manifest") {
+        let manifest_path = match table.options.get(MANIFEST) {
             Some(key) => key.clone(),
             None => manifest_key(&table.name, &keys),
         };

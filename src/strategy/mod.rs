@@ -48,6 +48,51 @@ pub struct SourceLimits {
     pub unsupported: &'static [(&'static str, &'static str)],
 }
 
+/// A setting a strategy reads from a table's `options` (`options.verify_read_back`).
+pub struct Setting {
+    pub key: &'static str,
+    pub kind: SettingKind,
+    /// The fix to print for a bad value.
+    pub help: &'static str,
+}
+
+/// What a setting's value must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingKind {
+    /// `"true"` or `"false"`.
+    Bool,
+    /// A table name (flow quotes it).
+    TableName,
+    /// An object key in the target store.
+    ObjectKey,
+}
+
+impl SettingKind {
+    /// Why `value` is not one; Ok when it is.
+    pub fn check(self, value: &str) -> Result<(), String> {
+        match self {
+            SettingKind::Bool if value == "true" || value == "false" => Ok(()),
+            SettingKind::Bool => Err("expected \"true\" or \"false\"".into()),
+            SettingKind::TableName | SettingKind::ObjectKey if value.trim().is_empty() => {
+                Err("empty".into())
+            }
+            SettingKind::TableName if value.contains('\0') || value.len() > 200 => {
+                Err("not a table name (at most 200 characters, no NUL)".into())
+            }
+            SettingKind::TableName => Ok(()),
+            SettingKind::ObjectKey => {
+                crate::engines::store::check_key(value).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// The value of a boolean setting of `table` (false when not set; the check made sure
+/// a set one is `true` or `false`).
+pub fn bool_setting(table: &TableSpec, key: &str) -> bool {
+    table.options.get(key).is_some_and(|v| v == "true")
+}
+
 /// One strategy.
 pub trait Strategy: Sync {
     /// What the strategy is for, one line (`flow plan`, `flow schema`).
@@ -64,6 +109,10 @@ pub trait Strategy: Sync {
     /// The engine templates a task of `kind` renders from a `source` connection (its
     /// fingerprint covers them).
     fn templates(&self, source: ConnectionKind, kind: TaskKind) -> Vec<&'static str>;
+    /// The settings it reads from a table's `options`, checked at validate.
+    fn settings(&self) -> &'static [Setting] {
+        &[]
+    }
     /// What a source of kind `source` cannot do for this strategy.
     fn source_limits(&self, _source: ConnectionKind) -> SourceLimits {
         SourceLimits::default()

@@ -10,11 +10,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Requirements, Strategy};
+use super::{Requirements, Setting, SettingKind, Strategy};
 use crate::graph::expand::TableBuilder;
 use crate::graph::{GraphError, Partition, Placement, TaskKind};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Plan, TableSpec};
+
+/// `options.new_table`.
+pub const NEW_TABLE: &str = "new_table";
 
 pub struct S3Policy;
 
@@ -25,6 +28,14 @@ impl Strategy for S3Policy {
 
     fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
         super::templates::used_by(super::StrategyKind::S3Policy, kind)
+    }
+
+    fn settings(&self) -> &'static [Setting] {
+        &[Setting {
+            key: NEW_TABLE,
+            kind: SettingKind::TableName,
+            help: "the name of the table created on the new policy (default `<table>__flow_new`)",
+        }]
     }
 
     fn requirements(&self) -> Requirements {
