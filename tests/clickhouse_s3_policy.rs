@@ -437,3 +437,114 @@ async fn an_unfinished_move_stays_on_the_whole_database_list() {
         .unwrap();
     assert!(listed.is_empty(), "{listed:?}");
 }
+
+/// `flow plan` of a whole-database entry shows what `apply` would run: each table it
+/// lists now, with its own chain up to the swap, not one `*/split` that hides them.
+#[test]
+fn flow_plan_of_a_whole_database_shows_each_table_and_its_swap() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "planwhole");
+    let d = db.name();
+    for t in ["events", "totals"] {
+        db.exec(&format!(
+            "CREATE TABLE {d}.{t} (id UInt64, d Date) ENGINE = MergeTree \
+             PARTITION BY toYYYYMM(d) ORDER BY id"
+        ));
+        db.exec(&format!(
+            "INSERT INTO {d}.{t} SELECT number, toDate('2015-01-01') + number % 60 FROM numbers(100)"
+        ));
+    }
+    // Not a MergeTree: never listed.
+    db.exec(&format!(
+        "CREATE TABLE {d}.lookup (k String) ENGINE = Memory"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("whole.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"[plan]
+name = "plan-whole"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+
+[[tables]]
+source = "ch"
+database = "{d}"
+table = "*"
+strategy = "s3-policy"
+storage_policy = "s3"
+"#
+        ),
+    )
+    .unwrap();
+    let plan_json = |offline: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flow"));
+        cmd.args(["plan", "--format", "json"]).arg(&plan);
+        if offline {
+            cmd.arg("--offline");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ids: Vec<String> = json["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
+        // Per table entry: its name and the kinds of its chain.
+        let chains: Vec<(String, Vec<String>)> = json["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let kinds = t["chain"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["kind"].as_str().unwrap().to_string())
+                    .collect();
+                (t["name"].as_str().unwrap().to_string(), kinds)
+            })
+            .collect();
+        (
+            ids,
+            chains,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ids, chains, said) = plan_json(false);
+    assert!(
+        said.contains("2 table(s) to move now: events, totals"),
+        "{said}"
+    );
+    let names: Vec<&str> = chains.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [format!("{d}.events"), format!("{d}.totals")],
+        "{chains:?}"
+    );
+    for (name, kinds) in &chains {
+        for kind in ["load", "verify", "drop", "catch-up", "swap"] {
+            assert!(
+                kinds.iter().any(|k| k == kind),
+                "{name}: no {kind} in {kinds:?}"
+            );
+        }
+        assert!(ids.contains(&format!("{name}/split")), "{ids:?}");
+    }
+    assert!(
+        !ids.iter().any(|i| i.contains('*') || i.contains("lookup")),
+        "{ids:?}"
+    );
+    // Offline nothing is asked: the entry stays one, listed at apply time.
+    let (offline, _, _) = plan_json(true);
+    assert!(offline.iter().any(|i| i.contains('*')), "{offline:?}");
+}

@@ -195,7 +195,7 @@ pub fn emit(text: &str) {
 fn run(cli: Cli) -> u8 {
     let result = match cli.command {
         Command::Validate(args) => Ok(validate::run(&args)),
-        Command::Plan(args) => plan::run(&args),
+        Command::Plan(args) => block_on(plan::run(&args)),
         Command::Graph(args) => Ok(graph::run(&args)),
         Command::Schema => Ok(schema::run()),
         Command::Apply(args) => block_on(apply::run(&args)),

@@ -3,7 +3,9 @@
 //!
 //! `--offline` never reaches a database: partitions come from the plan (explicit list
 //! or range) or are shown as "listed at apply time". Without it, partitions listed by
-//! an earlier run's splits are read from the state, with each task's status.
+//! an earlier run's splits are read from the state, with each task's status, and the
+//! tables of a whole-database entry (`table = "*"`) are listed on the server as `apply`
+//! lists them (a read-only query), so the plan shows each table's chain.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -275,10 +277,35 @@ pub fn render_text(model: &PlanJson) -> String {
     out
 }
 
-pub fn run(args: &PlanArgs) -> anyhow::Result<u8> {
+pub async fn run(args: &PlanArgs) -> anyhow::Result<u8> {
     let (plan, templates) = match load_plan(&args.plan, &args.vars) {
         Ok(p) => p,
         Err(code) => return Ok(code),
+    };
+    // Whole-database entries become the tables `apply` would list now (read-only), so
+    // the plan shows their chains; offline, or when the server cannot be asked, the
+    // entry is shown as it is, with its split.
+    let plan = if args.offline || plan.wildcard_tables().is_empty() {
+        plan
+    } else {
+        match crate::run::list_whole_databases(plan.clone(), &templates).await {
+            Ok((listed, said)) => {
+                for (entry, tables) in said {
+                    crate::errln!(
+                        "{entry}: {} table(s) to move now: {}",
+                        tables.len(),
+                        tables.join(", ")
+                    );
+                }
+                listed
+            }
+            Err(e) => {
+                crate::errln!(
+                    "warning: {e:#}; showing whole-database entries unlisted (apply lists them when it runs)"
+                );
+                plan
+            }
+        }
     };
     let listed = if args.offline {
         PartitionMap::new()
