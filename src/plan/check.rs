@@ -1273,46 +1273,24 @@ impl Checker {
                 Formatting::Auto
             }
         };
-        // copy and s3-policy move the table's own partitions whole.
-        let export_only = [
-            (
-                "partition_expr",
-                def.partition_expr.as_ref().map(|s| s.span()),
-            ),
-            ("format", def.format.as_ref().map(|s| s.span())),
-            ("path", def.path.as_ref().map(|s| s.span())),
-            ("server_side", def.server_side.as_ref().map(|s| s.span())),
-            ("formatting", def.formatting.as_ref().map(|s| s.span())),
-        ];
-        let policy_only = [(
-            "storage_policy",
-            def.storage_policy.as_ref().map(|s| s.span()),
-        )];
-        let copy_only = [
-            (
-                "target_database",
-                def.target_database.as_ref().map(|s| s.span()),
-            ),
-            ("target_table", def.target_table.as_ref().map(|s| s.span())),
-        ];
-        for (keys, owner) in [
-            (&export_only[..], StrategyKind::Export),
-            (&policy_only[..], StrategyKind::S3Policy),
-            (&copy_only[..], StrategyKind::Copy),
-        ] {
-            if strategy.is_some_and(|s| s != owner) {
-                for (key, s) in keys {
-                    if let Some(s) = s {
-                        self.error(
-                            Some(s.clone()),
-                            format!(
-                                "table {label}: `{key}` is used by strategy \"{}\" only",
-                                owner.name()
-                            ),
-                            "not used by this strategy",
-                            "remove it",
-                        );
-                    }
+        // Keys only one strategy uses (copy and s3-policy move the table's own
+        // partitions whole, so the export's keys mean nothing to them): each strategy
+        // declares its own.
+        for owner in StrategyKind::ALL {
+            if strategy.is_none_or(|s| s == *owner) {
+                continue;
+            }
+            for key in owner.strategy().own_keys() {
+                if let Some(s) = table_key_span(def, key) {
+                    self.error(
+                        Some(s),
+                        format!(
+                            "table {label}: `{key}` is used by strategy \"{}\" only",
+                            owner.name()
+                        ),
+                        "not used by this strategy",
+                        "remove it",
+                    );
                 }
             }
         }
@@ -1821,7 +1799,8 @@ fn same_server(connections: &BTreeMap<String, Connection>, a: &str, b: &str) -> 
     matches!((url(a), url(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// The span of a table key an engine may refuse.
+/// The span of a table key a strategy or an engine may refuse; None when it is not set
+/// (or not one of these keys).
 fn table_key_span(def: &TableDef, key: &str) -> Option<Range<usize>> {
     match key {
         "partitions" => def.partitions.as_ref().map(|s| s.span()),
@@ -1831,6 +1810,11 @@ fn table_key_span(def: &TableDef, key: &str) -> Option<Range<usize>> {
         "formatting" => def.formatting.as_ref().map(|s| s.span()),
         "split_by" => def.split_by.as_ref().map(|s| s.span()),
         "query" => def.query.as_ref().map(|s| s.span()),
+        "format" => def.format.as_ref().map(|s| s.span()),
+        "path" => def.path.as_ref().map(|s| s.span()),
+        "storage_policy" => def.storage_policy.as_ref().map(|s| s.span()),
+        "target_database" => def.target_database.as_ref().map(|s| s.span()),
+        "target_table" => def.target_table.as_ref().map(|s| s.span()),
         _ => None,
     }
 }

@@ -27,6 +27,10 @@ impl Strategy for Copy {
         super::templates::used_by(super::StrategyKind::Copy, kind)
     }
 
+    fn own_keys(&self) -> &'static [&'static str] {
+        &["target_database", "target_table"]
+    }
+
     fn settings(&self) -> &'static [Setting] {
         &[Setting {
             key: SWAP_WITH,

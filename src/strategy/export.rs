@@ -36,6 +36,16 @@ impl Strategy for Export {
             .unwrap_or_default()
     }
 
+    fn own_keys(&self) -> &'static [&'static str] {
+        &[
+            "partition_expr",
+            "format",
+            "path",
+            "server_side",
+            "formatting",
+        ]
+    }
+
     fn settings(&self) -> &'static [Setting] {
         &[
             Setting {

@@ -109,6 +109,11 @@ pub trait Strategy: Sync {
     /// The engine templates a task of `kind` renders from a `source` connection (its
     /// fingerprint covers them).
     fn templates(&self, source: ConnectionKind, kind: TaskKind) -> Vec<&'static str>;
+    /// Table keys no other strategy uses (set on a table of another strategy, they are
+    /// an error: they would be ignored).
+    fn own_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// The settings it reads from a table's `options`, checked at validate.
     fn settings(&self) -> &'static [Setting] {
         &[]

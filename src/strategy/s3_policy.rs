@@ -30,6 +30,10 @@ impl Strategy for S3Policy {
         super::templates::used_by(super::StrategyKind::S3Policy, kind)
     }
 
+    fn own_keys(&self) -> &'static [&'static str] {
+        &["storage_policy"]
+    }
+
     fn settings(&self) -> &'static [Setting] {
         &[Setting {
             key: NEW_TABLE,
