@@ -59,6 +59,20 @@ async fn fill(pool: &mysql_async::Pool) -> u64 {
     )
     .await
     .unwrap();
+    // A string key with quotes, backslashes, spaces and non-ASCII: its chunk bounds are
+    // literals flow writes back into SQL.
+    conn.query_drop(
+        "CREATE TABLE codes (code VARCHAR(40) CHARACTER SET utf8mb4 PRIMARY KEY, n INT) ENGINE = InnoDB",
+    )
+    .await
+    .unwrap();
+    conn.query_drop(
+        r#"INSERT INTO codes
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         SELECT CONCAT(ELT(1 + i % 5, 'a''b', 'c\d', 'e f', 'ж', 'Z'), LPAD(i, 4, '0')), i FROM n"#,
+    )
+    .await
+    .unwrap();
     let n: u64 = conn
         .query_first("SELECT COUNT(*) FROM orders")
         .await
@@ -275,6 +289,17 @@ target = "out"
 format = "tsv"
 
 [[tables]]
+name = "codes"
+source = "shop"
+database = "DB"
+table = "codes"
+mode = "partition"
+split_by = "code"
+max_rows = 60
+strategy = "export"
+target = "out"
+
+[[tables]]
 name = "query"
 source = "shop"
 database = "DB"
@@ -329,6 +354,22 @@ target = "out"
             "{} rows exported, {} expected",
             months.len(),
             expected.len()
+        );
+
+        // String key ranges: every row once, however the bounds had to be quoted.
+        let codes = files_under(&dir.path().join("out/codes"), "csv");
+        assert!(codes.len() >= 8, "{codes:?}");
+        let mut rows = Vec::new();
+        for f in &codes {
+            rows.extend(parse_csv(&std::fs::read(f).unwrap()).1);
+        }
+        rows.sort();
+        let expected_codes = source_rows(db.pool(), "SELECT * FROM codes").await;
+        assert_eq!(expected_codes.len(), 500);
+        assert!(
+            rows == expected_codes,
+            "{} rows exported, 500 expected",
+            rows.len()
         );
 
         // A query is one unit: a derived table, verified by its own checksum.
