@@ -263,3 +263,67 @@ async fn s3_server_side_urls() {
         "debug output hides keys"
     );
 }
+
+/// Four writers streaming at once into one store hold no more part buffers than the
+/// store's `parts_in_flight` (2 here), all finish (a writer waiting for a buffer gets
+/// one when an upload ends), and every object holds exactly its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_writers_of_one_store_share_its_part_budget() {
+    let bucket = support::S3Bucket::new("budget").await;
+    let store = Arc::new(s3_store(bucket.name(), "", 5 << 20).await);
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (store, peak, sampling) = (store.clone(), peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(
+                    store.part_buffers_in_use(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..4u8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let key = format!("budget/{w}.bin");
+            let mut hasher = blake3::Hasher::new();
+            let mut writer = store.create(&key).await.unwrap();
+            // 13 MiB: two full parts and a short one, in 64 KiB writes.
+            for i in 0..208u32 {
+                let chunk = Bytes::from(vec![(i as u8) ^ w; 64 << 10]);
+                hasher.update(&chunk);
+                writer.write(chunk).await.unwrap();
+            }
+            writer.commit().await.unwrap();
+            (key, hasher.finalize())
+        }));
+    }
+    let done = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        let mut out = Vec::new();
+        for w in writers {
+            out.push(w.await.unwrap());
+        }
+        out
+    })
+    .await
+    .expect("every writer finishes: no writer starves waiting for a part buffer");
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.await.unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(peak >= 1, "the sampler saw the buffers in use");
+    assert!(peak <= 2, "{peak} part buffers at once; the store allows 2");
+    assert_eq!(
+        store.part_buffers_in_use(),
+        0,
+        "every buffer was given back"
+    );
+    for (key, hash) in done {
+        let data = read_all(store.as_ref(), &key).await;
+        assert_eq!(data.len(), 13 << 20, "{key}");
+        assert_eq!(blake3::hash(&data), hash, "{key}");
+    }
+}

@@ -7,8 +7,8 @@
 //! leaves an incomplete upload, never a half object). Keys are deterministic, so a
 //! re-run writes the same key again and replaces what a crashed run may have left.
 //!
-//! Memory is bounded per writer: `fs` keeps one write buffer, `s3` at most
-//! `part_size × (parts_in_flight + 1)` bytes.
+//! Memory is bounded: `fs` keeps one write buffer per writer; `s3` at most
+//! `part_size × parts_in_flight` bytes of parts per store, over all its writers.
 
 pub mod fs;
 pub mod s3;

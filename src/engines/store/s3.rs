@@ -5,9 +5,13 @@
 //! is the default (what S3-compatible stores expect).
 //!
 //! Writes stream: bytes collect into a part buffer; a full part is uploaded while the
-//! next one fills, with at most `parts_in_flight` uploads running, so a writer holds at
-//! most `part_size × (parts_in_flight + 1)` bytes whatever the object size. An object
-//! smaller than one part is a single PutObject. Nothing is visible before
+//! next one fills. Every part buffer — filling or uploading — holds one of the store's
+//! `parts_in_flight` permits, shared by all its writers, so the store holds at most
+//! `part_size × parts_in_flight` bytes of parts however many streams write at once and
+//! whatever the objects' sizes (a writer waits for a permit when all are taken; an
+//! upload always ends and gives its permit back, so every writer gets one). A buffer is
+//! allocated at its part's size and handed to the upload whole, never shared with the
+//! next part's bytes. An object smaller than one part is a single PutObject. Nothing is visible before
 //! CompleteMultipartUpload; an aborted or crashed writer leaves no object (a crash
 //! leaves an incomplete upload that a bucket lifecycle rule should expire). Part sizes
 //! grow after every 2500 parts so objects far beyond 80 GB stay under the 10 000-part
@@ -18,7 +22,10 @@ use std::fmt;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{
@@ -28,8 +35,8 @@ use crate::plan::Secret;
 
 /// First part size (S3's minimum is 5 MiB).
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
-/// Uploads running at once per writer.
-pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
+/// Part buffers (filling or uploading) of one store at once, over all its writers.
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 6;
 const MIN_PART_SIZE: usize = 5 << 20;
 
 /// Resolved settings of an s3 connection.
@@ -65,6 +72,8 @@ pub struct S3Store {
     client: aws_sdk_s3::Client,
     config: S3Config,
     region: String,
+    /// One permit per part buffer, shared by every writer of the store.
+    parts: Arc<Semaphore>,
 }
 
 impl fmt::Debug for S3Store {
@@ -122,9 +131,16 @@ impl S3Store {
         config.parts_in_flight = config.parts_in_flight.max(1);
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(s3_config),
+            parts: Arc::new(Semaphore::new(config.parts_in_flight)),
             config,
             region,
         })
+    }
+
+    /// Part buffers of this store's writers now (filling or uploading); never more
+    /// than `parts_in_flight`.
+    pub fn part_buffers_in_use(&self) -> usize {
+        self.config.parts_in_flight - self.parts.available_permits()
     }
 
     /// The underlying client (tests list buckets with it).
@@ -269,7 +285,8 @@ impl Store for S3Store {
             store: self.clone(),
             key: key.to_string(),
             full_key,
-            buffer: BytesMut::new(),
+            buffer: Vec::new(),
+            permit: None,
             upload_id: None,
             parts: Vec::new(),
             in_flight: JoinSet::new(),
@@ -458,7 +475,10 @@ struct S3Writer {
     store: S3Store,
     key: String,
     full_key: String,
-    buffer: BytesMut,
+    /// The part being filled, allocated at its part's size.
+    buffer: Vec<u8>,
+    /// The store's permit for `buffer`; it goes with the part to its upload.
+    permit: Option<OwnedSemaphorePermit>,
     upload_id: Option<String>,
     parts: Vec<CompletedPart>,
     in_flight: JoinSet<Result<CompletedPart, StoreError>>,
@@ -550,11 +570,38 @@ impl S3Writer {
         Ok(())
     }
 
-    async fn upload(&mut self, data: Bytes) -> Result<(), StoreError> {
-        let upload_id = self.start_upload().await?;
-        while self.in_flight.len() >= self.store.config.parts_in_flight {
-            self.wait_one().await?;
+    /// Collects the uploads that have ended, failing on the first failed one.
+    fn reap(&mut self) -> Result<(), StoreError> {
+        while let Some(result) = self.in_flight.try_join_next() {
+            let part = result.expect("part upload task does not panic")?;
+            self.parts.push(part);
         }
+        Ok(())
+    }
+
+    /// A part buffer and its permit, waiting for the permit when the store's are all
+    /// taken.
+    async fn fresh_buffer(&mut self) -> Result<(), StoreError> {
+        self.reap()?;
+        let permit = self
+            .store
+            .parts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the part budget is never closed");
+        self.buffer = Vec::with_capacity(self.part_size());
+        self.permit = Some(permit);
+        Ok(())
+    }
+
+    async fn upload(
+        &mut self,
+        data: Bytes,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), StoreError> {
+        let upload_id = self.start_upload().await?;
+        self.reap()?;
         let number = self.next_part;
         self.next_part += 1;
         let client = self.store.client.clone();
@@ -562,6 +609,8 @@ impl S3Writer {
         let full_key = self.full_key.clone();
         let location = self.store.location(&self.key);
         self.in_flight.spawn(async move {
+            // Released when the part is uploaded (or the upload fails).
+            let _permit = permit;
             let output = client
                 .upload_part()
                 .bucket(bucket)
@@ -626,17 +675,27 @@ impl Drop for S3Writer {
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
         self.size += data.len() as u64;
-        self.buffer.extend_from_slice(&data);
-        loop {
-            let part_size = self.part_size();
-            if self.buffer.len() < part_size {
-                break;
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            if self.permit.is_none() {
+                if let Err(e) = self.fresh_buffer().await {
+                    self.abort_upload().await;
+                    self.finished = true;
+                    return Err(e);
+                }
             }
-            let part = self.buffer.split_to(part_size).freeze();
-            if let Err(e) = self.upload(part).await {
-                self.abort_upload().await;
-                self.finished = true;
-                return Err(e);
+            let room = self.part_size() - self.buffer.len();
+            let take = room.min(rest.len());
+            self.buffer.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buffer.len() >= self.part_size() {
+                let part = Bytes::from(std::mem::take(&mut self.buffer));
+                let permit = self.permit.take();
+                if let Err(e) = self.upload(part, permit).await {
+                    self.abort_upload().await;
+                    self.finished = true;
+                    return Err(e);
+                }
             }
         }
         Ok(())
@@ -647,7 +706,9 @@ impl ObjectWriter for S3Writer {
             if self.upload_id.is_none() {
                 // Small object: one PutObject.
                 self.abort_earlier_uploads().await;
-                let data = std::mem::take(&mut self.buffer).freeze();
+                let data = Bytes::from(std::mem::take(&mut self.buffer));
+                // Held until the object is written: its bytes are the part's.
+                let _permit = self.permit.take();
                 let output = self
                     .store
                     .client
@@ -661,9 +722,11 @@ impl ObjectWriter for S3Writer {
                 return Ok(output.e_tag().map(str::to_string));
             }
             if !self.buffer.is_empty() {
-                let last = std::mem::take(&mut self.buffer).freeze();
-                self.upload(last).await?;
+                let last = Bytes::from(std::mem::take(&mut self.buffer));
+                let permit = self.permit.take();
+                self.upload(last, permit).await?;
             }
+            self.permit = None;
             while !self.in_flight.is_empty() {
                 self.wait_one().await?;
             }
