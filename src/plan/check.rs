@@ -230,6 +230,7 @@ fn keys_for(kind: ConnectionKind) -> &'static [&'static str] {
             "path_style",
             "access_key_id",
             "secret_access_key",
+            "settings",
             "max_concurrency",
             "pause_between",
         ],
@@ -676,6 +677,9 @@ impl Checker {
                     );
                 }
             }
+            if kind == ConnectionKind::S3 {
+                self.s3_settings(&name_str, def);
+            }
             self.clear_secrets(&name_str, def);
             let what = |k: &str| format!("connection \"{name_str}\" {k}");
             let url = self.interpolated(def.url.as_ref(), &what("url"));
@@ -822,6 +826,45 @@ impl Checker {
                     help,
                 );
                 None
+            }
+        }
+    }
+
+    /// The settings of an s3 connection: the part size of its multipart uploads and the
+    /// part buffers its writers share (the store's memory bound is their product).
+    fn s3_settings(&mut self, name: &str, def: &ConnectionDef) {
+        use crate::engines::store::s3::{MAX_PARTS_IN_FLIGHT, MAX_PART_SIZE, MIN_PART_SIZE};
+        for (key, value) in &def.settings {
+            let text = value.get_ref().replace('_', "");
+            let (range, fix) = match key.as_str() {
+                "part_size" => (
+                    MIN_PART_SIZE as u64..=MAX_PART_SIZE as u64,
+                    "bytes per part, from 5242880 (5 MiB, S3's minimum) to 5368709120 (5 GiB)",
+                ),
+                "parts_in_flight" => (
+                    1..=MAX_PARTS_IN_FLIGHT as u64,
+                    "part buffers the store's writers share, 1 to 256 (memory: part_size × this)",
+                ),
+                _ => {
+                    self.error(
+                        span(value),
+                        format!("connection \"{name}\": setting `{key}` is not known for an s3 connection"),
+                        "unknown setting",
+                        "an s3 connection takes settings = { part_size = \"…\", parts_in_flight = \"…\" }",
+                    );
+                    continue;
+                }
+            };
+            if !text.parse::<u64>().is_ok_and(|n| range.contains(&n)) {
+                self.error(
+                    span(value),
+                    format!(
+                        "connection \"{name}\": setting `{key}` = \"{}\" is out of range",
+                        value.get_ref()
+                    ),
+                    "invalid setting",
+                    fix,
+                );
             }
         }
     }

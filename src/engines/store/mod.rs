@@ -218,15 +218,16 @@ pub async fn open(conn: &Connection, base_dir: &Path) -> Result<Arc<dyn Store>, 
                 path_style: conn.path_style,
                 access_key_id: resolve(&conn.access_key_id, "access_key_id")?,
                 secret_access_key: resolve(&conn.secret_access_key, "secret_access_key")?,
+                // Checked at validate (numbers within S3's limits).
                 part_size: conn
                     .settings
                     .get("part_size")
-                    .and_then(|v| v.parse().ok())
+                    .and_then(|v| v.replace('_', "").parse().ok())
                     .unwrap_or(s3::DEFAULT_PART_SIZE),
                 parts_in_flight: conn
                     .settings
                     .get("parts_in_flight")
-                    .and_then(|v| v.parse().ok())
+                    .and_then(|v| v.replace('_', "").parse().ok())
                     .unwrap_or(s3::DEFAULT_PARTS_IN_FLIGHT),
             };
             Ok(Arc::new(s3::S3Store::connect(config).await?))

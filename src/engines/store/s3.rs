@@ -36,8 +36,13 @@ use crate::plan::Secret;
 /// First part size (S3's minimum is 5 MiB).
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
 /// Part buffers (filling or uploading) of one store at once, over all its writers.
-pub const DEFAULT_PARTS_IN_FLIGHT: usize = 6;
-const MIN_PART_SIZE: usize = 5 << 20;
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: usize = 5 << 20;
+/// S3's largest part.
+pub const MAX_PART_SIZE: usize = 5 << 30;
+/// Most part buffers a store may be given.
+pub const MAX_PARTS_IN_FLIGHT: usize = 256;
 
 /// Resolved settings of an s3 connection.
 #[derive(Clone)]
@@ -127,8 +132,8 @@ impl S3Store {
             .force_path_style(path_style)
             .build();
         let mut config = config;
-        config.part_size = config.part_size.max(MIN_PART_SIZE);
-        config.parts_in_flight = config.parts_in_flight.max(1);
+        config.part_size = config.part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
+        config.parts_in_flight = config.parts_in_flight.clamp(1, MAX_PARTS_IN_FLIGHT);
         Ok(S3Store {
             client: aws_sdk_s3::Client::from_conf(s3_config),
             parts: Arc::new(Semaphore::new(config.parts_in_flight)),
