@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use flow::engines::export::{verify_partition, ExportUnit, VerifyRequest};
 use flow::engines::registry::{self, Engines};
+use flow::engines::source::SourceRef;
 use flow::engines::store::fs::FsStore;
 use flow::graph::TaskKind;
 use flow::plan::check::{load, LoadOptions};
@@ -447,7 +448,10 @@ target = "out"
             .export_source("shop", (entry.templates)(TaskKind::Export))
             .unwrap();
         let store = FsStore::new(dir.path().join("out"));
-        let from = source.sql_from(db.name(), Some("orders"), None);
+        let from = source.sql_from(SourceRef::Table {
+            database: db.name(),
+            table: "orders",
+        });
         let unit = ExportUnit {
             from: from.clone(),
             filter: None,

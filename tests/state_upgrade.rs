@@ -31,6 +31,17 @@ fn flow(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The first resume of a fixture's state: it succeeds, runs none of the 7 done tasks
+/// and says the upgrade once; its output.
+fn first_resume_runs_nothing(resume: &dyn Fn() -> Output) -> String {
+    let first = resume();
+    let all = text(&first);
+    assert!(first.status.success(), "{all}");
+    assert!(all.contains("0 done in this run, 7 done before"), "{all}");
+    assert_eq!(all.matches("upgrade:").count(), 1, "said once: {all}");
+    all
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\n{}{}",
@@ -46,11 +57,7 @@ fn an_earlier_flows_state_resumes_without_rerunning_and_then_tracks_the_new_inpu
     let plan_arg = plan.to_str().unwrap();
     let resume = || flow(&["apply", plan_arg, "--resume", "--progress", "plain"]);
 
-    let first = resume();
-    let all = text(&first);
-    assert!(first.status.success(), "{all}");
-    assert!(all.contains("0 done in this run, 7 done before"), "{all}");
-    assert_eq!(all.matches("upgrade:").count(), 1, "said once: {all}");
+    let all = first_resume_runs_nothing(&resume);
     assert!(
         all.contains("`connection.ch`") && all.contains("`connection.out`"),
         "{all}"
@@ -124,11 +131,7 @@ fn a_state_from_before_per_template_fingerprints_resumes_and_then_follows_each_t
     let plan_arg = plan.to_str().unwrap();
     let resume = || flow(&["apply", plan_arg, "--resume", "--progress", "plain"]);
 
-    let first = resume();
-    let all = text(&first);
-    assert!(first.status.success(), "{all}");
-    assert!(all.contains("0 done in this run, 7 done before"), "{all}");
-    assert_eq!(all.matches("upgrade:").count(), 1, "said once: {all}");
+    let all = first_resume_runs_nothing(&resume);
     assert!(all.contains("`template.*`"), "{all}");
     let second = resume();
     let all = text(&second);

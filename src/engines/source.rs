@@ -37,6 +37,13 @@ pub struct UnitsRequest {
     pub declared: Option<Vec<String>>,
 }
 
+/// What a table entry reads: a table of a database, or the rows of a query.
+#[derive(Clone, Copy, Debug)]
+pub enum SourceRef<'a> {
+    Table { database: &'a str, table: &'a str },
+    Query(&'a str),
+}
+
 /// The units found, with their total size and a line for humans.
 #[derive(Clone, Debug, Default)]
 pub struct Units {
@@ -62,7 +69,7 @@ pub trait ExportSource: Send + Sync {
     fn for_task(&self, templates: Vec<&'static str>) -> Arc<dyn ExportSource>;
     /// The `FROM` text of a table entry: its table, quoted, or its query (rendered) as a
     /// derived table.
-    fn sql_from(&self, database: &str, table: Option<&str>, query: Option<&str>) -> String;
+    fn sql_from(&self, from: SourceRef<'_>) -> String;
     /// The units of a table within its bounds, with their sizes.
     async fn split(&self, request: &UnitsRequest) -> Result<Units, TaskFailure>;
     /// Writes one unit into `store`; returns the file and a note on how.

@@ -16,7 +16,7 @@ use crate::engines::clickhouse::split::{self, Grouping, SplitRequest};
 use crate::engines::clickhouse::{and_all, qualified, Ch, ChClient};
 use crate::engines::export::{self, ExportUnit, ExportedFile, Manifest, VerifiedPartition};
 use crate::engines::registry::Engines;
-use crate::engines::source::{ExportSource, UnitsRequest};
+use crate::engines::source::{ExportSource, SourceRef, UnitsRequest};
 use crate::engines::store::{self, Store};
 use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
 use crate::graph::{Partition, Task, TaskKind, WorkUnit};
@@ -82,11 +82,7 @@ impl TableRunner {
 
     /// The templates `task` of `table` may render.
     fn templates_of(&self, table: &TableSpec, task: &Task) -> Vec<&'static str> {
-        let source = self
-            .plan
-            .connections
-            .get(&table.source)
-            .map_or(crate::plan::schema::ConnectionKind::Clickhouse, |c| c.kind);
+        let source = self.plan.connection(&table.source).kind;
         table.strategy.strategy().templates(source, task.kind)
     }
 
@@ -140,9 +136,12 @@ pub fn source_from(
                 .render_str(&format!("query of table `{}`", table.name), q, &ctx)
                 .map_err(|e| TaskFailure::permanent(e.to_string()))?;
             let q = q.trim().trim_end_matches(';').trim();
-            Ok(source.sql_from(&table.database, None, Some(q)))
+            Ok(source.sql_from(SourceRef::Query(q)))
         }
-        (None, Some(t)) => Ok(source.sql_from(&table.database, Some(t), None)),
+        (None, Some(t)) => Ok(source.sql_from(SourceRef::Table {
+            database: &table.database,
+            table: t,
+        })),
         (None, None) => Err(TaskFailure::permanent(format!(
             "table `{}` has neither `table` nor `query`",
             table.name

@@ -255,10 +255,7 @@ impl<'g> TableBuilder<'g> {
             table,
             common,
             template_inputs,
-            source_kind: plan
-                .connections
-                .get(&table.source)
-                .map_or(ConnectionKind::Clickhouse, |c| c.kind),
+            source_kind: plan.connection(&table.source).kind,
             shared: HashMap::new(),
             path_template: table
                 .path

@@ -833,16 +833,17 @@ impl Checker {
     /// The settings of an s3 connection: the part size of its multipart uploads and the
     /// part buffers its writers share (the store's memory bound is their product).
     fn s3_settings(&mut self, name: &str, def: &ConnectionDef) {
-        use crate::engines::store::s3::{MAX_PARTS_IN_FLIGHT, MAX_PART_SIZE, MIN_PART_SIZE};
+        use crate::engines::store::s3::{
+            setting_number, MAX_PARTS_IN_FLIGHT, MAX_PART_SIZE, MIN_PART_SIZE,
+        };
         for (key, value) in &def.settings {
-            let text = value.get_ref().replace('_', "");
             let (range, fix) = match key.as_str() {
                 "part_size" => (
-                    MIN_PART_SIZE as u64..=MAX_PART_SIZE as u64,
+                    MIN_PART_SIZE..=MAX_PART_SIZE,
                     "bytes per part, from 5242880 (5 MiB, S3's minimum) to 5368709120 (5 GiB)",
                 ),
                 "parts_in_flight" => (
-                    1..=MAX_PARTS_IN_FLIGHT as u64,
+                    1..=MAX_PARTS_IN_FLIGHT,
                     "part buffers the store's writers share, 1 to 256 (memory: part_size × this)",
                 ),
                 _ => {
@@ -855,7 +856,7 @@ impl Checker {
                     continue;
                 }
             };
-            if !text.parse::<u64>().is_ok_and(|n| range.contains(&n)) {
+            if !setting_number(value.get_ref()).is_some_and(|n| range.contains(&n)) {
                 self.error(
                     span(value),
                     format!(

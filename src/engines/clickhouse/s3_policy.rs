@@ -89,6 +89,17 @@ pub struct StepResult {
     pub note: String,
 }
 
+impl StepResult {
+    /// A step that ends with the rows and checksum of `stats`.
+    fn of(stats: Stats, note: impl Into<String>) -> Self {
+        StepResult {
+            rows: stats.rows,
+            checksum: Some(stats.checksum_text()),
+            note: note.into(),
+        }
+    }
+}
+
 fn fail(msg: String) -> TaskFailure {
     TaskFailure::permanent(msg)
 }
@@ -387,11 +398,10 @@ impl PolicyMove {
             });
         }
         if src == dst {
-            return Ok(StepResult {
-                rows: dst.rows,
-                checksum: Some(dst.checksum_text()),
-                note: format!("already loaded: target = source ({})", dst.describe()),
-            });
+            return Ok(StepResult::of(
+                dst,
+                format!("already loaded: target = source ({})", dst.describe()),
+            ));
         }
         if !dst.is_empty() {
             return Err(fail(format!(
@@ -441,14 +451,13 @@ impl PolicyMove {
         self.ch
             .run(&action, "drop_table", context! { table => &staging })
             .await?;
-        Ok(StepResult {
-            rows: staged.rows,
-            checksum: Some(staged.checksum_text()),
-            note: format!(
+        Ok(StepResult::of(
+            staged,
+            format!(
                 "INSERT … SELECT into staging, REPLACE PARTITION ID '{partition_id}' ({})",
                 staged.describe()
             ),
-        })
+        ))
     }
 
     /// Compares the partition in both tables. Before the swap, a partition that took
@@ -483,33 +492,30 @@ impl PolicyMove {
             let frozen = self
                 .reload_frozen((&old, &new), partition_id, &checksum, &action, seen, cancel)
                 .await?;
-            return Ok(StepResult {
-                rows: frozen.rows,
-                checksum: Some(frozen.checksum_text()),
-                note: format!(
+            return Ok(StepResult::of(
+                frozen,
+                format!(
                     "target = the partition frozen in {} ({})",
                     self.q(&self.quarantine_name()),
                     frozen.describe()
                 ),
-            });
+            ));
         }
         let src = self.stats(&old, partition_id, &checksum).await?;
         if src == dst {
-            return Ok(StepResult {
-                rows: dst.rows,
-                checksum: Some(dst.checksum_text()),
-                note: format!("target = source ({})", dst.describe()),
-            });
+            return Ok(StepResult::of(
+                dst,
+                format!("target = source ({})", dst.describe()),
+            ));
         }
         if src.is_empty() {
-            return Ok(StepResult {
-                rows: dst.rows,
-                checksum: Some(dst.checksum_text()),
-                note: format!(
+            return Ok(StepResult::of(
+                dst,
+                format!(
                     "source partition already dropped after a passed check; target holds {}",
                     dst.describe()
                 ),
-            });
+            ));
         }
         if let Some(quarantined) = quarantined {
             let seen = Seen {
@@ -519,16 +525,15 @@ impl PolicyMove {
             let frozen = self
                 .reload_frozen((&old, &new), partition_id, &checksum, &action, seen, cancel)
                 .await?;
-            return Ok(StepResult {
-                rows: frozen.rows,
-                checksum: Some(frozen.checksum_text()),
-                note: format!(
+            return Ok(StepResult::of(
+                frozen,
+                format!(
                     "rows arrived after the load (copy {}): the partition was frozen in \
                      quarantine and re-loaded from it ({}); later rows are the catch-up's",
                     dst.describe(),
                     frozen.describe()
                 ),
-            });
+            ));
         }
         Err(fail(format!(
             "verify partition {partition_id}: source {} but {new} {}; after the swap flow does \
@@ -635,26 +640,24 @@ impl PolicyMove {
         }
         let src = self.stats(&old, partition_id, &checksum).await?;
         if src.is_empty() {
-            return Ok(StepResult {
-                rows: dst.rows,
-                checksum: Some(dst.checksum_text()),
-                note: if dropped_before {
+            return Ok(StepResult::of(
+                dst,
+                if dropped_before {
                     format!("dropped after a re-check ({})", dst.describe())
                 } else {
                     "source partition already dropped".into()
                 },
-            });
+            ));
         }
         if dropped_before {
             // What is left arrived after the verified rows were moved: catch-up's job.
-            return Ok(StepResult {
-                rows: dst.rows,
-                checksum: Some(dst.checksum_text()),
-                note: format!(
+            return Ok(StepResult::of(
+                dst,
+                format!(
                     "dropped the verified rows; {} rows arrived since and are left for the catch-up",
                     src.rows
                 ),
-            });
+            ));
         }
         if src != dst {
             return Err(fail(format!(
@@ -683,11 +686,7 @@ impl PolicyMove {
                     left.rows
                 ));
             }
-            return Ok(StepResult {
-                rows: dst.rows,
-                checksum: Some(dst.checksum_text()),
-                note,
-            });
+            return Ok(StepResult::of(dst, note));
         }
         self.move_back(&quarantine, &old, partition_id, &action)
             .await?;
@@ -722,11 +721,7 @@ impl PolicyMove {
             .reload_frozen((old, new), partition_id, checksum, action, seen, cancel)
             .await?;
         if frozen.is_empty() {
-            return Ok(StepResult {
-                rows: copy.rows,
-                checksum: Some(copy.checksum_text()),
-                note: "source partition already dropped".into(),
-            });
+            return Ok(StepResult::of(copy, "source partition already dropped"));
         }
         // reload_frozen returned only once the copy equals the frozen rows.
         self.drop_quarantined(&quarantine, partition_id, action)
@@ -751,11 +746,7 @@ impl PolicyMove {
                 left.rows
             ));
         }
-        Ok(StepResult {
-            rows: frozen.rows,
-            checksum: Some(frozen.checksum_text()),
-            note,
-        })
+        Ok(StepResult::of(frozen, note))
     }
 
     /// Moves the old table's partition whole into quarantine (atomic: rows that arrive
@@ -1049,11 +1040,7 @@ impl PolicyMove {
         if !left.is_empty() {
             note.push_str(" (arrived after the catch-up; the swap moves them)");
         }
-        Ok(StepResult {
-            rows: moved.rows,
-            checksum: Some(moved.checksum_text()),
-            note,
-        })
+        Ok(StepResult::of(moved, note))
     }
 
     /// Creates `staging` like the new table (default policy) and copies one partition

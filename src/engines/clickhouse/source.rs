@@ -10,7 +10,9 @@ use super::export::{self, ProbeCache};
 use super::split::{self, Grouping, SplitRequest};
 use super::{qualified, Ch, ChClient};
 use crate::engines::export::{ExportUnit, ExportedFile};
-use crate::engines::source::{ExportSource, ExportSourceEntry, Signature, Units, UnitsRequest};
+use crate::engines::source::{
+    ExportSource, ExportSourceEntry, Signature, SourceRef, Units, UnitsRequest,
+};
 use crate::engines::store::Store;
 use crate::graph::TaskKind;
 use crate::plan::schema::ConnectionKind;
@@ -56,11 +58,10 @@ impl ExportSource for ClickhouseSource {
         })
     }
 
-    fn sql_from(&self, database: &str, table: Option<&str>, query: Option<&str>) -> String {
-        match (query, table) {
-            (Some(q), _) => format!("({q})"),
-            (None, Some(t)) => qualified(database, t),
-            (None, None) => String::new(),
+    fn sql_from(&self, from: SourceRef<'_>) -> String {
+        match from {
+            SourceRef::Table { database, table } => qualified(database, table),
+            SourceRef::Query(q) => format!("({q})"),
         }
     }
 

@@ -37,7 +37,9 @@ use super::text::{is_numeric, TextFormat};
 use super::MysqlClient;
 use crate::engines::export::{ExportPath, ExportUnit, ExportedFile};
 use crate::engines::rows::StreamTracker;
-use crate::engines::source::{ExportSource, ExportSourceEntry, Signature, Units, UnitsRequest};
+use crate::engines::source::{
+    ExportSource, ExportSourceEntry, Signature, SourceRef, Units, UnitsRequest,
+};
 use crate::engines::store::Store;
 use crate::graph::{Chunk, Partition, TaskKind};
 use crate::plan::schema::ConnectionKind;
@@ -307,17 +309,21 @@ impl ExportSource for MysqlSource {
         })
     }
 
-    fn sql_from(&self, database: &str, table: Option<&str>, query: Option<&str>) -> String {
-        match (query, table) {
+    fn sql_from(&self, from: SourceRef<'_>) -> String {
+        match from {
+            SourceRef::Table { database, table } => {
+                format!("{}.{}", quote_identifier(database), quote_identifier(table))
+            }
             // A derived table needs a name in MySQL.
-            (Some(q), _) => format!("({q}) AS `flow_query`"),
-            (None, Some(t)) => format!("{}.{}", quote_identifier(database), quote_identifier(t)),
-            (None, None) => String::new(),
+            SourceRef::Query(q) => format!("({q}) AS `flow_query`"),
         }
     }
 
     async fn split(&self, r: &UnitsRequest) -> Result<Units, TaskFailure> {
-        let from = self.sql_from(&r.database, Some(&r.table), None);
+        let from = self.sql_from(SourceRef::Table {
+            database: &r.database,
+            table: &r.table,
+        });
         let mut conn = self.client.connect().await?;
         let per_row = self.bytes_per_row(&mut conn, &r.database, &r.table).await?;
         let mut partitions = Vec::new();
@@ -562,12 +568,7 @@ impl MysqlSource {
                 None => return Err(TaskFailure::transient(format!("{action}: cancelled"))),
             };
             let Some(row) = next else { break };
-            let values: Vec<Value> = row
-                .unwrap_raw()
-                .into_iter()
-                .map(|v| v.ok_or_else(|| self.fail(action, "a row value was missing")))
-                .collect::<Result<_, _>>()?;
-            text.row(&values, &mut buf)
+            text.row((0..row.len()).map(|i| row.as_ref(i)), &mut buf)
                 .map_err(|e| self.fail(action, e))?;
             rows += 1;
             if buf.len() >= WRITE_SIZE {

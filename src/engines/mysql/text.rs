@@ -59,22 +59,27 @@ impl TextFormat {
         out.push(b'\n');
     }
 
-    /// One row.
-    pub(crate) fn row(&self, values: &[Value], out: &mut Vec<u8>) -> Result<(), String> {
-        for (i, value) in values.iter().enumerate() {
+    /// One row; `None` is a value the result did not hold (never, for a whole row).
+    pub(crate) fn row<'v>(
+        &self,
+        values: impl IntoIterator<Item = Option<&'v Value>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        for (i, value) in values.into_iter().enumerate() {
             self.separator(i, out);
             match value {
-                Value::NULL => out.extend_from_slice(b"\\N"),
-                Value::Bytes(bytes) => match self.format {
+                Some(Value::NULL) => out.extend_from_slice(b"\\N"),
+                Some(Value::Bytes(bytes)) => match self.format {
                     ExportFormat::Csv if self.bare.get(i).copied().unwrap_or(false) => {
                         out.extend_from_slice(bytes)
                     }
                     ExportFormat::Csv => csv_quoted(bytes, out),
                     _ => tsv_escaped(bytes, out),
                 },
+                None => return Err(format!("column {}: the row holds no value", i + 1)),
                 // The text protocol sends only text and NULL; anything else means a
                 // prepared statement slipped in, whose values would print otherwise.
-                other => {
+                Some(other) => {
                     return Err(format!(
                         "column {}: unexpected binary value {other:?}",
                         i + 1
@@ -141,9 +146,10 @@ mod tests {
         .unwrap();
         let mut out = Vec::new();
         f.header(&["id".into(), "na\"me".into()], &mut out);
-        f.row(&[text("-7"), text("a \"b\"\nc,d")], &mut out)
+        f.row([&text("-7"), &text("a \"b\"\nc,d")].map(Some), &mut out)
             .unwrap();
-        f.row(&[Value::NULL, text("\\N")], &mut out).unwrap();
+        f.row([&Value::NULL, &text("\\N")].map(Some), &mut out)
+            .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "\"id\",\"na\"\"me\"\n-7,\"a \"\"b\"\"\nc,d\"\n\\N,\"\\N\"\n"
@@ -154,9 +160,9 @@ mod tests {
     fn tsv_escapes_what_would_break_a_line() {
         let f = TextFormat::new(ExportFormat::Tsv, &[ColumnType::MYSQL_TYPE_BLOB]).unwrap();
         let mut out = Vec::new();
-        f.row(&[Value::Bytes(b"a\tb\nc\\d\re\0".to_vec())], &mut out)
+        f.row([Some(&Value::Bytes(b"a\tb\nc\\d\re\0".to_vec()))], &mut out)
             .unwrap();
-        f.row(&[Value::NULL], &mut out).unwrap();
+        f.row([Some(&Value::NULL)], &mut out).unwrap();
         assert_eq!(out, b"a\\tb\\nc\\\\d\\re\\0\n\\N\n");
     }
 

@@ -222,12 +222,12 @@ pub async fn open(conn: &Connection, base_dir: &Path) -> Result<Arc<dyn Store>, 
                 part_size: conn
                     .settings
                     .get("part_size")
-                    .and_then(|v| v.replace('_', "").parse().ok())
+                    .and_then(|v| s3::setting_number(v))
                     .unwrap_or(s3::DEFAULT_PART_SIZE),
                 parts_in_flight: conn
                     .settings
                     .get("parts_in_flight")
-                    .and_then(|v| v.replace('_', "").parse().ok())
+                    .and_then(|v| s3::setting_number(v))
                     .unwrap_or(s3::DEFAULT_PARTS_IN_FLIGHT),
             };
             Ok(Arc::new(s3::S3Store::connect(config).await?))

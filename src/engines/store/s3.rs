@@ -44,6 +44,11 @@ pub const MAX_PART_SIZE: usize = 5 << 30;
 /// Most part buffers a store may be given.
 pub const MAX_PARTS_IN_FLIGHT: usize = 256;
 
+/// The number in a connection setting (`"8388608"`, `"8_388_608"`).
+pub fn setting_number(text: &str) -> Option<usize> {
+    text.replace('_', "").parse().ok()
+}
+
 /// Resolved settings of an s3 connection.
 #[derive(Clone)]
 pub struct S3Config {
