@@ -12,14 +12,14 @@ use flow::engines::clickhouse::{Ch, Stats};
 use tokio_util::sync::CancellationToken;
 
 fn mover(ch: &Ch, db: &str, holder: &str) -> PolicyMove {
-    PolicyMove {
-        ch: ch.clone(),
-        database: db.into(),
-        table: "events".into(),
-        new_table: PolicyMove::default_new_table("events"),
-        policy: "s3".into(),
-        holder: holder.into(),
-    }
+    PolicyMove::new(
+        ch.clone(),
+        db,
+        "events",
+        PolicyMove::default_new_table("events"),
+        "s3",
+        holder,
+    )
 }
 
 fn create_events(db: &support::ChDatabase) {
@@ -124,20 +124,40 @@ async fn the_whole_move_puts_every_part_on_s3_and_keeps_every_row() {
     let ids = partition_ids(&ch, db.name(), None).await;
     assert_eq!(ids, vec!["201506", "201507", "201508", "201509"]);
     for id in &ids {
-        m.load(id, &CancellationToken::new()).await.unwrap();
+        let loaded = m.load(id, &CancellationToken::new()).await.unwrap();
         let again = m.load(id, &CancellationToken::new()).await.unwrap();
         assert!(again.note.contains("already loaded"), "{}", again.note);
-        m.verify(id, &CancellationToken::new()).await.unwrap();
-        m.drop_partition(id, &CancellationToken::new())
+        // Verified from the figures of the load, its parts unchanged, like the runner
+        // hands them on; and by reading both sides when nothing was recorded.
+        let verified = m
+            .verify(id, loaded.signatures.as_ref(), &CancellationToken::new())
             .await
             .unwrap();
+        assert!(
+            verified
+                .note
+                .contains("the source and the copy not read again"),
+            "{}",
+            verified.note
+        );
+        let read = m.verify(id, None, &CancellationToken::new()).await.unwrap();
+        assert_eq!(read.checksum, verified.checksum);
+        let dropped = m
+            .drop_partition(id, verified.signatures.as_ref(), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(
+            dropped.note.contains("moved byte for byte"),
+            "{}",
+            dropped.note
+        );
         let again = m
-            .drop_partition(id, &CancellationToken::new())
+            .drop_partition(id, None, &CancellationToken::new())
             .await
             .unwrap();
         assert!(again.note.contains("already dropped"), "{}", again.note);
         // The verify still passes after the drop (a resumed run may repeat it).
-        m.verify(id, &CancellationToken::new()).await.unwrap();
+        m.verify(id, None, &CancellationToken::new()).await.unwrap();
     }
     m.catch_up(&CancellationToken::new()).await.unwrap();
     m.full_verify().await.unwrap();
@@ -206,7 +226,9 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
         ids[0]
     ));
     m.load(&ids[0], &CancellationToken::new()).await.unwrap();
-    m.verify(&ids[0], &CancellationToken::new()).await.unwrap();
+    m.verify(&ids[0], None, &CancellationToken::new())
+        .await
+        .unwrap();
 
     // 2. Killed after the drop's move into quarantine, before the quarantined rows were
     //    dropped: the drop finishes the job.
@@ -215,7 +237,7 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
         ids[0]
     ));
     let r = m
-        .drop_partition(&ids[0], &CancellationToken::new())
+        .drop_partition(&ids[0], None, &CancellationToken::new())
         .await
         .unwrap();
     assert!(r.note.contains("dropped"), "{}", r.note);
@@ -247,24 +269,31 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
     //    (b) Between the load and the verify: the verify freezes the partition in
     //    quarantine and re-loads the copy from it; a repeat finds it frozen.
     one_more(&ids[1]);
-    let r = m.verify(&ids[1], &cancel).await.unwrap();
+    let r = m.verify(&ids[1], None, &cancel).await.unwrap();
     assert!(
         r.note.contains("frozen in quarantine and re-loaded"),
         "{}",
         r.note
     );
-    let r = m.verify(&ids[1], &cancel).await.unwrap();
+    let r = m.verify(&ids[1], None, &cancel).await.unwrap();
     assert!(r.note.contains("frozen in"), "{}", r.note);
     //    (c) After the freeze: the drop drops only the frozen rows; the new one waits
     //    in the old table for the catch-up.
     one_more(&ids[1]);
-    let r = m.drop_partition(&ids[1], &cancel).await.unwrap();
+    let r = m.drop_partition(&ids[1], None, &cancel).await.unwrap();
     assert!(r.note.contains("left for the catch-up"), "{}", r.note);
-    //    (d) Between the verify and the drop: the drop re-loads, re-checks, drops.
-    m.load(&ids[2], &cancel).await.unwrap();
-    m.verify(&ids[2], &cancel).await.unwrap();
+    //    (d) Between the verify and the drop: the drop re-loads, re-checks, drops
+    //    (the verify's figures no longer describe the frozen parts: they are read).
+    let loaded = m.load(&ids[2], &cancel).await.unwrap();
+    let verified = m
+        .verify(&ids[2], loaded.signatures.as_ref(), &cancel)
+        .await
+        .unwrap();
     one_more(&ids[2]);
-    let r = m.drop_partition(&ids[2], &cancel).await.unwrap();
+    let r = m
+        .drop_partition(&ids[2], verified.signatures.as_ref(), &cancel)
+        .await
+        .unwrap();
     assert!(
         r.note.contains("re-loaded from the frozen partition"),
         "{}",
@@ -272,8 +301,8 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
     );
     for id in &ids[3..] {
         m.load(id, &cancel).await.unwrap();
-        m.verify(id, &cancel).await.unwrap();
-        m.drop_partition(id, &cancel).await.unwrap();
+        m.verify(id, None, &cancel).await.unwrap();
+        m.drop_partition(id, None, &cancel).await.unwrap();
     }
 
     // 4. Rows arrive after their partition was moved (it reappears) and in a new one.
@@ -387,8 +416,10 @@ async fn keeping_the_old_table_and_listing_a_whole_database() {
     m.prepare().await.unwrap();
     for id in partition_ids(&ch, db.name(), None).await {
         m.load(&id, &CancellationToken::new()).await.unwrap();
-        m.verify(&id, &CancellationToken::new()).await.unwrap();
-        m.drop_partition(&id, &CancellationToken::new())
+        m.verify(&id, None, &CancellationToken::new())
+            .await
+            .unwrap();
+        m.drop_partition(&id, None, &CancellationToken::new())
             .await
             .unwrap();
     }
@@ -418,8 +449,10 @@ async fn an_unfinished_move_stays_on_the_whole_database_list() {
     m.prepare().await.unwrap();
     for id in partition_ids(&ch, db.name(), None).await {
         m.load(&id, &CancellationToken::new()).await.unwrap();
-        m.verify(&id, &CancellationToken::new()).await.unwrap();
-        m.drop_partition(&id, &CancellationToken::new())
+        m.verify(&id, None, &CancellationToken::new())
+            .await
+            .unwrap();
+        m.drop_partition(&id, None, &CancellationToken::new())
             .await
             .unwrap();
     }

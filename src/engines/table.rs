@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::engines::clickhouse::copy::CopyJob;
-use crate::engines::clickhouse::s3_policy::PolicyMove;
+use crate::engines::clickhouse::s3_policy::{PartitionSignatures, PolicyMove};
 use crate::engines::clickhouse::split::{self, Grouping, SplitRequest};
 use crate::engines::clickhouse::{and_all, qualified, Ch, ChClient};
 use crate::engines::export::{self, ExportUnit, ExportedFile, Manifest, VerifiedPartition};
@@ -568,14 +568,14 @@ impl TableRunner {
             .get(crate::strategy::s3_policy::NEW_TABLE)
             .cloned()
             .unwrap_or_else(|| PolicyMove::default_new_table(&name));
-        let mv = PolicyMove {
-            ch: self.clickhouse_for(&table.source, table, task)?,
-            database: table.database.clone(),
-            table: name,
+        let mv = PolicyMove::new(
+            self.clickhouse_for(&table.source, table, task)?,
+            &table.database,
+            name,
             new_table,
-            policy: table.storage_policy.clone(),
-            holder: self.plan.name.clone(),
-        };
+            &table.storage_policy,
+            &self.plan.name,
+        );
         let pid = partition.as_ref().map(|(p, _)| p.id.clone());
         let need_pid = || {
             pid.clone().ok_or_else(|| {
@@ -585,7 +585,11 @@ impl TableRunner {
         let r = match task.kind {
             TaskKind::Prepare => mv.prepare().await?,
             TaskKind::Load => mv.load(&need_pid()?, &ctx.cancel).await?,
-            TaskKind::Verify if pid.is_some() => mv.verify(&need_pid()?, &ctx.cancel).await?,
+            TaskKind::Verify if pid.is_some() => {
+                let loaded = recorded(ctx, TaskKind::Load)?;
+                mv.verify(&need_pid()?, loaded.as_ref(), &ctx.cancel)
+                    .await?
+            }
             TaskKind::Verify => {
                 let r = mv.full_verify().await?;
                 if !table.swap {
@@ -593,13 +597,17 @@ impl TableRunner {
                 }
                 r
             }
-            TaskKind::Drop => mv.drop_partition(&need_pid()?, &ctx.cancel).await?,
+            TaskKind::Drop => {
+                let verified = recorded(ctx, TaskKind::Verify)?;
+                mv.drop_partition(&need_pid()?, verified.as_ref(), &ctx.cancel)
+                    .await?
+            }
             TaskKind::CatchUp => mv.catch_up(&ctx.cancel).await?,
             TaskKind::Swap => mv.swap(table.keep_old, &ctx.cancel).await?,
             TaskKind::Cleanup => mv.cleanup(&ctx.cancel).await?,
             _ => return Err(wrong_kind(task, table.strategy)),
         };
-        Ok(outcome(
+        let done = outcome(
             r.rows,
             r.checksum,
             r.note,
@@ -607,6 +615,19 @@ impl TableRunner {
                 &table.database,
                 table.table.as_deref().unwrap_or_default(),
             )],
-        ))
+        );
+        Ok(match &r.signatures {
+            Some(signatures) => done.with_artifact(signatures),
+            None => done,
+        })
     }
+}
+
+/// What the partition's `kind` dependency (load or verify) recorded of it, if anything
+/// (a state written before signatures were recorded has none: then every figure is read).
+fn recorded(ctx: &TaskContext, kind: TaskKind) -> Result<Option<PartitionSignatures>, TaskFailure> {
+    Ok(ctx
+        .artifacts::<PartitionSignatures>(kind)?
+        .into_iter()
+        .next())
 }

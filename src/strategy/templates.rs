@@ -67,6 +67,7 @@ const S3_POLICY: &[&str] = &[
     "clickhouse/marker_info.sql.j2",
     "clickhouse/move_partition.sql.j2",
     "clickhouse/part_disks.sql.j2",
+    "clickhouse/partition_parts.sql.j2",
     "clickhouse/parts.sql.j2",
     "clickhouse/policy_candidates.sql.j2",
     "clickhouse/rename_swap.sql.j2",

@@ -27,14 +27,32 @@ pub struct Column {
     pub data_type: String,
 }
 
-/// The checksum expression over `columns` (an UInt64, wrapping sum).
+/// Which servers the checksums of one comparison are computed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compared {
+    /// Possibly different versions (a copy from 18.16 to a current release): every
+    /// value is hashed in a form all versions agree on.
+    AcrossServers,
+    /// Both sides on one server (a policy move): Decimals and UUIDs are hashed as they
+    /// are, about three times faster than as canonical text.
+    OnOneServer,
+}
+
+/// The checksum expression over `columns` (an UInt64, wrapping sum), comparable
+/// across server versions.
 pub fn checksum_expr(columns: &[Column]) -> String {
+    checksum_expr_for(columns, Compared::AcrossServers)
+}
+
+/// The checksum expression over `columns` for checksums compared as `compared`.
+pub fn checksum_expr_for(columns: &[Column], compared: Compared) -> String {
     let mut args = Vec::new();
     for c in columns {
         args.extend(hash_args(
             &crate::templates::quote_identifier(&c.name),
             &c.data_type,
             0,
+            compared,
         ));
     }
     if args.is_empty() {
@@ -87,10 +105,10 @@ fn is_decimal(ty: &str) -> bool {
 }
 
 /// Arguments of cityHash64 for one value of type `ty`.
-fn hash_args(expr: &str, ty: &str, depth: usize) -> Vec<String> {
+fn hash_args(expr: &str, ty: &str, depth: usize, compared: Compared) -> Vec<String> {
     let ty = ty.trim();
     if let Some(inner) = unwrap(ty, "LowCardinality") {
-        return hash_args(expr, inner, depth);
+        return hash_args(expr, inner, depth, compared);
     }
     if let Some(inner) = unwrap(ty, "Nullable") {
         let value = format!("assumeNotNull({expr})");
@@ -99,13 +117,16 @@ fn hash_args(expr: &str, ty: &str, depth: usize) -> Vec<String> {
             &format!("if(isNull({expr}), defaultValueOfArgumentType({value}), {value})"),
             inner,
             depth,
+            compared,
         ));
         return args;
     }
     if is_float(ty) {
         return vec![canonical_nan(expr)];
     }
-    if is_natively_hashable(ty) {
+    let native_on_one_server =
+        |t: &str| compared == Compared::OnOneServer && (is_decimal(t) || t == "UUID");
+    if is_natively_hashable(ty) || native_on_one_server(ty) {
         return vec![expr.to_string()];
     }
     if is_decimal(ty) || ty == "UUID" {
@@ -119,7 +140,7 @@ fn hash_args(expr: &str, ty: &str, depth: usize) -> Vec<String> {
                 canonical_nan(&var)
             )];
         }
-        if is_natively_hashable(inner) {
+        if is_natively_hashable(inner) || native_on_one_server(inner.trim()) {
             return vec![expr.to_string()];
         }
         let var = format!("x{depth}");
@@ -256,5 +277,23 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("toString(`tf`)"), "{e}");
+    }
+
+    #[test]
+    fn on_one_server_decimals_and_uuids_hash_as_they_are() {
+        let cols = [
+            col("x", "Decimal(18, 4)"),
+            col("nx", "Nullable(Decimal(9, 2))"),
+            col("ad", "Array(Decimal(9, 2))"),
+            col("u", "UUID"),
+            col("f", "Float64"),
+        ];
+        let e = checksum_expr_for(&cols, Compared::OnOneServer);
+        assert!(!e.contains("replaceRegexpOne"), "{e}");
+        assert!(!e.contains("toString"), "{e}");
+        assert!(e.starts_with("sum(cityHash64(`x`, isNull(`nx`)"), "{e}");
+        assert!(e.contains(", `ad`, `u`, if(isNaN(`f`), nan, `f`)))"), "{e}");
+        // Across servers the same columns still hash as canonical text.
+        assert!(checksum_expr(&cols).contains("replaceRegexpOne(toString(`x`)"));
     }
 }

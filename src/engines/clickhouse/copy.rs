@@ -418,7 +418,7 @@ impl CopyJob {
             }
             let uuid_a = tables.get(&a).and_then(|t| t.uuid.clone());
             let recorded = match tables.get(&marker) {
-                Some(_) => Some(marker_comment(ch, &self.dst_db, &marker).await?),
+                Some(_) => marker_comment(ch, &self.dst_db, &marker).await?,
                 None => None,
             };
             let copy_uuid = match recorded {
@@ -512,8 +512,12 @@ pub async fn database_engine(ch: &Ch, database: &str) -> Result<String, ChError>
         .unwrap_or_default())
 }
 
-/// The comment of a marker table.
-pub async fn marker_comment(ch: &Ch, database: &str, name: &str) -> Result<String, ChError> {
+/// The comment of a marker table; None when there is no such table.
+pub async fn marker_comment(
+    ch: &Ch,
+    database: &str,
+    name: &str,
+) -> Result<Option<String>, ChError> {
     let rows = ch
         .rows(
             &format!("read marker {database}.{name}"),
@@ -523,6 +527,5 @@ pub async fn marker_comment(ch: &Ch, database: &str, name: &str) -> Result<Strin
         .await?;
     Ok(rows
         .first()
-        .and_then(|r| super::json_str(r, "comment"))
-        .unwrap_or_default())
+        .map(|r| super::json_str(r, "comment").unwrap_or_default()))
 }

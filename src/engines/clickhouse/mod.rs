@@ -20,6 +20,7 @@ pub mod ddl;
 pub mod errors;
 pub mod export;
 pub mod native;
+pub mod part_sets;
 pub use crate::engines::rows;
 pub mod s3_policy;
 pub mod source;

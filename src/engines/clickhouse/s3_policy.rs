@@ -16,16 +16,23 @@
 //! Which table is old and which new is read from their storage policies every time, so
 //! a task that runs again after the swap sees the right roles.
 //!
-//! Per partition (rows compared as count + the checksum of [`super::checksum`]):
-//! - load: source empty → done; target equals source → done (killed after the insert);
-//!   target empty → `INSERT … SELECT` into a fresh staging table, then `REPLACE
-//!   PARTITION` into the new table (a kill mid-insert — flow's own, when the task is
-//!   cancelled — leaves only a staging table);
-//!   both non-empty and different → permanent failure, the target is never cleared.
+//! Per partition (rows compared as count + the checksum of [`super::checksum`], each
+//! reading tied to the part set it was read from, see [`super::part_sets`]):
+//! - load: source empty → done; target non-empty → done if it equals the source (killed
+//!   after the insert), else a permanent failure (the target is never cleared); target
+//!   empty → `INSERT … SELECT` into a fresh staging table, compared with the source
+//!   (the one decisive comparison of the load), then `REPLACE PARTITION` into the new
+//!   table. When the source's parts changed during the copy (rows arriving), the
+//!   partition is frozen in quarantine and copied from there instead; a copy that
+//!   differs from an unchanged source (a broken template, a server fault) fails the
+//!   run with the partition where it was. A kill mid-insert leaves only a staging table.
 //! - verify: target equals source (or the source is gone and the target has rows: the
-//!   drop ran after a passed verify and re-checked).
-//! - drop: move the source partition into quarantine, compare it with the copy, drop
-//!   it there if equal, move it back and fail if not.
+//!   drop ran after a passed verify and re-checked). Figures the load recorded are
+//!   reused while the parts they were read from are unchanged: a partition nobody
+//!   touched since its load is verified from `system.parts` alone.
+//! - drop: move the source partition into quarantine, compare it with the copy (by its
+//!   parts when they are the verified ones, moved byte for byte; by reading otherwise),
+//!   drop it there if equal, re-load the copy from it if rows arrived since the verify.
 //!
 //! Catch-up, and rows that arrive during the swap, use one additive procedure per
 //! partition: move the old partition into quarantine; copy it into an append staging
@@ -34,15 +41,23 @@
 //! `MOVE PARTITION` the staging rows into the new table (atomic, so "already moved" is
 //! simply "staging is empty"); drop the staging table. Every step can be repeated
 //! after a kill and decides from what the tables hold.
+//!
+//! The whole-table check before the swap reads no rows: every row in the new table
+//! came through one of the comparisons above; it checks that nothing waits in
+//! quarantine or staging and that every part is on the policy's disks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use minijinja::context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::checksum::checksum_expr;
+use super::checksum::{checksum_expr_for, Compared};
+use super::part_sets::{part_sets, PartSet, Signed};
 use super::{partition_id_filter, qualified, Ch, ChError, Feature, Stats};
 use crate::exec::runner::TaskFailure;
+use crate::task::Artifact;
 
 /// Passes of the catch-up before it reports what is still arriving.
 const CATCH_UP_PASSES: usize = 3;
@@ -57,6 +72,8 @@ pub struct PolicyMove {
     pub policy: String,
     /// Who holds the lock (the plan name).
     pub holder: String,
+    /// The checksum expression of the table's columns, asked once per step.
+    checksum: OnceCell<String>,
 }
 
 /// Which physical table plays which role right now.
@@ -70,15 +87,31 @@ pub enum Roles {
     Done,
 }
 
-/// What a step measured of one partition just before [`PolicyMove::reload_frozen`]
-/// (only flow writes into the quarantine and, before the swap, the new table, so the
+/// What load and verify hand on of a partition (the outcome of their task): the
+/// source rows and the copy, each with the part set it was read from, so that the
+/// next step reads neither again while their parts are unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSignatures {
+    /// The source partition: in the old table, or frozen in the quarantine (the same
+    /// parts, moved byte for byte).
+    pub source: Signed,
+    /// The copy in the new table.
+    pub copy: Signed,
+}
+
+impl Artifact for PartitionSignatures {
+    const NAME: &'static str = "s3-policy partition signature";
+}
+
+/// What a step knows of one partition just before [`PolicyMove::reload_frozen`] (only
+/// flow writes into the quarantine and, before the swap, the new table, so the
 /// figures still hold when it runs).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Seen {
     /// The partition in the quarantine (empty: not frozen yet).
-    quarantined: Stats,
+    quarantined: Signed,
     /// The partition in the new table.
-    copy: Stats,
+    copy: Signed,
 }
 
 /// What a step did.
@@ -87,6 +120,8 @@ pub struct StepResult {
     pub rows: u64,
     pub checksum: Option<String>,
     pub note: String,
+    /// What a load or a verify found of its partition, for the steps after it.
+    pub signatures: Option<PartitionSignatures>,
 }
 
 impl StepResult {
@@ -96,6 +131,15 @@ impl StepResult {
             rows: stats.rows,
             checksum: Some(stats.checksum_text()),
             note: note.into(),
+            signatures: None,
+        }
+    }
+
+    /// A step that ends with a partition's copy equal to its source.
+    fn signed(signatures: PartitionSignatures, note: impl Into<String>) -> Self {
+        StepResult {
+            signatures: Some(signatures.clone()),
+            ..Self::of(signatures.copy.stats, note)
         }
     }
 }
@@ -104,7 +148,39 @@ fn fail(msg: String) -> TaskFailure {
     TaskFailure::permanent(msg)
 }
 
+/// " (… unchanged since …)" when figures were known from their parts, not read.
+fn reuse_note(what: &[(&str, bool)]) -> String {
+    let known: Vec<&str> = what.iter().filter(|(_, k)| *k).map(|(n, _)| *n).collect();
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} not read again: same parts as when last checked",
+            known.join(" and ")
+        )
+    }
+}
+
 impl PolicyMove {
+    pub fn new(
+        ch: Ch,
+        database: impl Into<String>,
+        table: impl Into<String>,
+        new_table: impl Into<String>,
+        policy: impl Into<String>,
+        holder: impl Into<String>,
+    ) -> Self {
+        PolicyMove {
+            ch,
+            database: database.into(),
+            table: table.into(),
+            new_table: new_table.into(),
+            policy: policy.into(),
+            holder: holder.into(),
+            checksum: OnceCell::new(),
+        }
+    }
+
     pub fn default_new_table(table: &str) -> String {
         format!("{table}__flow_new")
     }
@@ -135,9 +211,15 @@ impl PolicyMove {
 
     /// (old, new) qualified names for the current roles.
     fn names(&self, roles: &Roles) -> (String, String) {
+        let (old, new) = self.bare_names(roles);
+        (self.q(old), self.q(new))
+    }
+
+    /// (old, new) names inside the database for the current roles.
+    fn bare_names(&self, roles: &Roles) -> (&str, &str) {
         match roles {
-            Roles::Swapped => (self.q(&self.new_table), self.s()),
-            _ => (self.s(), self.q(&self.new_table)),
+            Roles::Swapped => (&self.new_table, &self.table),
+            _ => (&self.table, &self.new_table),
         }
     }
 
@@ -205,7 +287,9 @@ impl PolicyMove {
         match created {
             Ok(()) => Ok(()),
             Err(e) if e.code == Some(57) => {
-                let holder = super::copy::marker_comment(&self.ch, &self.database, &name).await?;
+                let holder = super::copy::marker_comment(&self.ch, &self.database, &name)
+                    .await?
+                    .unwrap_or_default();
                 if holder == comment {
                     Ok(())
                 } else {
@@ -224,10 +308,10 @@ impl PolicyMove {
     /// prepare takes the lock, so a task repeated after cleanup leaves no marker).
     pub async fn check_lock(&self) -> Result<(), TaskFailure> {
         let name = self.lock_name();
-        if !self.exists(&name).await? {
+        let Some(holder) = super::copy::marker_comment(&self.ch, &self.database, &name).await?
+        else {
             return Ok(());
-        }
-        let holder = super::copy::marker_comment(&self.ch, &self.database, &name).await?;
+        };
         if holder == format!("flow plan {}", self.holder) {
             Ok(())
         } else {
@@ -251,16 +335,19 @@ impl PolicyMove {
             .map_err(Into::into)
     }
 
-    async fn checksum(&self, table: &str) -> Result<String, ChError> {
-        Ok(checksum_expr(&self.ch.columns(table).await?))
+    /// The checksum expression of the table's rows (both sides are on one server).
+    async fn checksum(&self) -> Result<&str, ChError> {
+        self.checksum
+            .get_or_try_init(|| async {
+                let columns = self.ch.columns(&self.s()).await?;
+                Ok(checksum_expr_for(&columns, Compared::OnOneServer))
+            })
+            .await
+            .map(String::as_str)
     }
 
-    async fn stats(
-        &self,
-        table: &str,
-        partition_id: &str,
-        checksum: &str,
-    ) -> Result<Stats, ChError> {
+    async fn stats(&self, table: &str, partition_id: &str) -> Result<Stats, ChError> {
+        let checksum = self.checksum().await?;
         self.ch
             .stats(
                 &format!("checksum partition {partition_id} of {table}"),
@@ -269,6 +356,76 @@ impl PolicyMove {
                 Some(checksum),
             )
             .await
+    }
+
+    /// The part sets of one partition in some tables of the database, by name.
+    async fn parts(
+        &self,
+        tables: &[&str],
+        partition_id: &str,
+    ) -> Result<BTreeMap<String, PartSet>, ChError> {
+        part_sets(&self.ch, &self.database, tables, partition_id).await
+    }
+
+    async fn parts_of(&self, table: &str, partition_id: &str) -> Result<PartSet, ChError> {
+        Ok(self
+            .parts(&[table], partition_id)
+            .await?
+            .remove(table)
+            .unwrap_or_default())
+    }
+
+    /// Reads the rows and checksum of `table`'s partition, signed with its parts when
+    /// they were the same before and after the reading.
+    async fn read_signed(&self, table: &str, partition_id: &str) -> Result<Signed, ChError> {
+        let before = self.parts_of(table, partition_id).await?;
+        if before.is_empty() {
+            return Ok(Signed::empty());
+        }
+        let stats = self.stats(&self.q(table), partition_id).await?;
+        let after = self.parts_of(table, partition_id).await?;
+        Ok(Signed {
+            stats,
+            parts: (after == before).then_some(after),
+        })
+    }
+
+    /// The figures of `table`'s partition, whose parts are `now`: nothing to read when
+    /// it is empty or its parts are those `recorded` was read from; read otherwise.
+    async fn signed(
+        &self,
+        table: &str,
+        partition_id: &str,
+        now: &PartSet,
+        recorded: Option<&Signed>,
+    ) -> Result<Signed, ChError> {
+        if now.is_empty() {
+            return Ok(Signed::empty());
+        }
+        if let Some(stats) = recorded.and_then(|r| r.if_of(now)) {
+            return Ok(Signed {
+                stats,
+                parts: Some(now.clone()),
+            });
+        }
+        self.read_signed(table, partition_id).await
+    }
+
+    /// The new table's copy right after `REPLACE PARTITION` from a staging table whose
+    /// rows were `staged`: the same figures, proven when the new parts are the staged
+    /// ones (a replace links the files; a merge in the staging table in between would
+    /// show as other parts, and then the copy is read again when it is next needed).
+    async fn copy_after_replace(
+        &self,
+        new: &str,
+        partition_id: &str,
+        staged: &Signed,
+    ) -> Result<Signed, ChError> {
+        let now = self.parts_of(new, partition_id).await?;
+        Ok(Signed {
+            stats: staged.stats,
+            parts: (staged.parts.as_ref() == Some(&now)).then_some(now),
+        })
     }
 
     async fn exists(&self, name: &str) -> Result<bool, ChError> {
@@ -383,60 +540,133 @@ impl PolicyMove {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
         };
-        let (old, new) = self.names(&roles);
-        let checksum = self.checksum(&old).await?;
-        let src = self.stats(&old, partition_id, &checksum).await?;
-        let dst = self.stats(&new, partition_id, &checksum).await?;
-        if src.is_empty() {
+        let (old, new) = self.bare_names(&roles);
+        let mut parts = self.parts(&[old, new], partition_id).await?;
+        let src_parts = parts.remove(old).unwrap_or_default();
+        let dst_parts = parts.remove(new).unwrap_or_default();
+        let (old_q, new_q) = (self.q(old), self.q(new));
+        if src_parts.is_empty() {
             return Ok(StepResult {
-                rows: dst.rows,
+                rows: dst_parts.rows(),
                 note: format!(
                     "source partition {partition_id} is empty (already moved); target holds {} rows",
-                    dst.rows
+                    dst_parts.rows()
                 ),
                 ..Default::default()
             });
         }
-        if src == dst {
-            return Ok(StepResult::of(
-                dst,
-                format!("already loaded: target = source ({})", dst.describe()),
-            ));
-        }
-        if !dst.is_empty() {
+        if !dst_parts.is_empty() {
+            let source = self.read_signed(old, partition_id).await?;
+            let copy = self.read_signed(new, partition_id).await?;
+            if source.stats == copy.stats {
+                let note = format!(
+                    "already loaded: target = source ({})",
+                    copy.stats.describe()
+                );
+                return Ok(StepResult::signed(
+                    PartitionSignatures { source, copy },
+                    note,
+                ));
+            }
             return Err(fail(format!(
-                "load partition {partition_id} into {new}: the target partition holds {} but the \
+                "load partition {partition_id} into {new_q}: the target partition holds {} but the \
                  source {}. Rows may still be arriving in this partition (bound the table with \
                  `upper` so that hot partitions are moved by the catch-up), or something else \
-                 wrote into {new}. flow never clears a target partition: inspect it, drop it by \
-                 hand (ALTER TABLE {new} DROP PARTITION ID '{partition_id}') and resume",
-                dst.describe(),
-                src.describe()
+                 wrote into {new_q}. flow never clears a target partition: inspect it, drop it by \
+                 hand (ALTER TABLE {new_q} DROP PARTITION ID '{partition_id}') and resume",
+                copy.stats.describe(),
+                source.stats.describe()
             )));
         }
-        let staging = self.q(&format!("{}{partition_id}", self.load_prefix()));
-        let action = format!("load partition {partition_id} into {new}");
+        let staging_name = format!("{}{partition_id}", self.load_prefix());
+        let staging = self.q(&staging_name);
+        let action = format!("load partition {partition_id} into {new_q}");
         self.ch
             .run(&action, "drop_table", context! { table => &staging })
             .await?;
-        let staged = self
-            .stage(
-                &action,
-                Staging {
-                    staging: &staging,
-                    like: &new,
-                    columns_of: &old,
-                    from: &old,
+        let from_source = Staging {
+            staging: &staging,
+            like: &new_q,
+            columns_of: &old_q,
+            from: &old_q,
+            partition_id,
+        };
+        self.stage(&action, from_source, cancel).await?;
+        let staged = self.read_signed(&staging_name, partition_id).await?;
+        let source = self.read_signed(old, partition_id).await?;
+        // The INSERT began after `src_parts` was listed and the source still has exactly
+        // those parts: the copy and the reading of the source saw the same rows.
+        let source_still = source.parts.as_ref() == Some(&src_parts);
+        if source_still && staged.stats != source.stats {
+            self.ch
+                .run(&action, "drop_table", context! { table => &staging })
+                .await?;
+            return Err(fail(format!(
+                "{action}: the copy holds {} but the source partition, unchanged during the \
+                 copy, {}: the INSERT … SELECT does not copy every row (check a `templates_dir` \
+                 override of insert_select.sql.j2) or the server lost rows; nothing was \
+                 replaced or dropped, the source is untouched",
+                staged.stats.describe(),
+                source.stats.describe()
+            )));
+        }
+        let (source, staged, note) = if source_still {
+            let note = format!(
+                "INSERT … SELECT into staging = source ({}), REPLACE PARTITION ID '{partition_id}'",
+                staged.stats.describe()
+            );
+            (source, staged, note)
+        } else {
+            // Rows arrived (or parts merged) during the copy: freeze the partition and
+            // copy what is frozen, which nothing else can change.
+            self.ch
+                .run(&action, "drop_table", context! { table => &staging })
+                .await?;
+            let frozen = self.freeze(old, partition_id, &action, None).await?;
+            if frozen.stats.is_empty() {
+                return Ok(StepResult {
+                    note: format!("source partition {partition_id} was emptied during the load"),
+                    ..Default::default()
+                });
+            }
+            let staged = match self
+                .stage_quarantined(
+                    &action,
+                    &staging_name,
+                    (&old_q, &new_q),
                     partition_id,
-                    checksum: &checksum,
-                },
-                cancel,
-            )
-            .await?;
-        if staged.is_empty() {
+                    &frozen,
+                    cancel,
+                )
+                .await
+            {
+                Ok(staged) => staged,
+                Err(e) => {
+                    // Put the partition back where readers of the table see it.
+                    let quarantine = self.q(&self.quarantine_name());
+                    self.move_back(&quarantine, &old_q, partition_id, &action)
+                        .await?;
+                    return Err(TaskFailure {
+                        message: format!(
+                            "{}; the partition is back in {old_q}, nothing was dropped",
+                            e.message
+                        ),
+                        retryable: e.retryable,
+                    });
+                }
+            };
+            let note = format!(
+                "rows arrived during the copy: frozen in {} and loaded from there = frozen \
+                 rows ({}), REPLACE PARTITION ID '{partition_id}'",
+                self.q(&self.quarantine_name()),
+                staged.stats.describe()
+            );
+            (frozen, staged, note)
+        };
+        if staged.stats.is_empty() {
             return Err(TaskFailure::transient(format!(
                 "{action}: the staging copy is empty although the source had {} rows",
-                src.rows
+                source.stats.rows
             )));
         }
         // The target partition was empty a moment ago and only flow writes into the new
@@ -445,102 +675,115 @@ impl PolicyMove {
             .run(
                 &action,
                 "replace_partition",
-                context! { target => &new, source => &staging, partition_id => partition_id },
+                context! { target => &new_q, source => &staging, partition_id => partition_id },
             )
             .await?;
         self.ch
             .run(&action, "drop_table", context! { table => &staging })
             .await?;
-        Ok(StepResult::of(
-            staged,
-            format!(
-                "INSERT … SELECT into staging, REPLACE PARTITION ID '{partition_id}' ({})",
-                staged.describe()
-            ),
+        let copy = self.copy_after_replace(new, partition_id, &staged).await?;
+        Ok(StepResult::signed(
+            PartitionSignatures { source, copy },
+            note,
         ))
     }
 
-    /// Compares the partition in both tables. Before the swap, a partition that took
-    /// rows after its load is frozen and re-loaded ([`Self::reload_frozen`]) instead of
-    /// failing on every resume.
+    /// Compares the partition in both tables, reusing the figures `recorded` (by the
+    /// load) where the parts are still those they were read from. Before the swap, a
+    /// partition that took rows after its load is frozen and re-loaded
+    /// ([`Self::reload_frozen`]) instead of failing on every resume.
     pub async fn verify(
         &self,
         partition_id: &str,
+        recorded: Option<&PartitionSignatures>,
         cancel: &CancellationToken,
     ) -> Result<StepResult, TaskFailure> {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
         };
-        let (old, new) = self.names(&roles);
-        let checksum = self.checksum(&old).await?;
-        let dst = self.stats(&new, partition_id, &checksum).await?;
-        let action = format!("verify partition {partition_id}");
-        // Before the swap: what the quarantine holds of the partition.
-        let quarantined = match roles {
-            Roles::Moving { .. } => {
-                let quarantine = self.q(&self.quarantine_name());
-                Some(self.stats(&quarantine, partition_id, &checksum).await?)
-            }
-            _ => None,
+        let (old, new) = self.bare_names(&roles);
+        let quarantine = self.quarantine_name();
+        let moving = matches!(roles, Roles::Moving { .. });
+        let mut tables = vec![old, new];
+        if moving {
+            tables.push(&quarantine);
+        }
+        let mut parts = self.parts(&tables, partition_id).await?;
+        let mut take = |t: &str| parts.remove(t).unwrap_or_default();
+        let (src_parts, dst_parts, q_parts) = (take(old), take(new), take(&quarantine));
+        let rec_source = recorded.map(|r| &r.source);
+        let rec_copy = recorded.map(|r| &r.copy);
+        let known = |rec: Option<&Signed>, now: &PartSet| {
+            !now.is_empty() && rec.and_then(|r| r.if_of(now)).is_some()
         };
-        if let Some(q) = quarantined.filter(|q| !q.is_empty()) {
+        let copy = self.signed(new, partition_id, &dst_parts, rec_copy).await?;
+        let action = format!("verify partition {partition_id}");
+        if moving && !q_parts.is_empty() {
             // Frozen by an earlier attempt: the copy must equal the frozen rows.
-            let seen = Seen {
-                quarantined: q,
-                copy: dst,
-            };
-            let frozen = self
-                .reload_frozen((&old, &new), partition_id, &checksum, &action, seen, cancel)
+            let reused = reuse_note(&[
+                ("the frozen rows", known(rec_source, &q_parts)),
+                ("the copy", known(rec_copy, &dst_parts)),
+            ]);
+            let quarantined = self
+                .signed(&quarantine, partition_id, &q_parts, rec_source)
                 .await?;
-            return Ok(StepResult::of(
-                frozen,
-                format!(
-                    "target = the partition frozen in {} ({})",
-                    self.q(&self.quarantine_name()),
-                    frozen.describe()
-                ),
+            let seen = Seen { quarantined, copy };
+            let frozen = self
+                .reload_frozen((old, new), partition_id, &action, seen, recorded, cancel)
+                .await?;
+            let note = format!(
+                "target = the partition frozen in {} ({}){reused}",
+                self.q(&quarantine),
+                frozen.copy.stats.describe()
+            );
+            return Ok(StepResult::signed(frozen, note));
+        }
+        let source = self
+            .signed(old, partition_id, &src_parts, rec_source)
+            .await?;
+        if source.stats == copy.stats && !source.stats.is_empty() {
+            let reused = reuse_note(&[
+                ("the source", known(rec_source, &src_parts)),
+                ("the copy", known(rec_copy, &dst_parts)),
+            ]);
+            let note = format!("target = source ({}){reused}", copy.stats.describe());
+            return Ok(StepResult::signed(
+                PartitionSignatures { source, copy },
+                note,
             ));
         }
-        let src = self.stats(&old, partition_id, &checksum).await?;
-        if src == dst {
+        if source.stats.is_empty() {
             return Ok(StepResult::of(
-                dst,
-                format!("target = source ({})", dst.describe()),
-            ));
-        }
-        if src.is_empty() {
-            return Ok(StepResult::of(
-                dst,
+                copy.stats,
                 format!(
                     "source partition already dropped after a passed check; target holds {}",
-                    dst.describe()
+                    copy.stats.describe()
                 ),
             ));
         }
-        if let Some(quarantined) = quarantined {
+        if moving {
             let seen = Seen {
-                quarantined,
-                copy: dst,
+                quarantined: Signed::empty(),
+                copy: copy.clone(),
             };
             let frozen = self
-                .reload_frozen((&old, &new), partition_id, &checksum, &action, seen, cancel)
+                .reload_frozen((old, new), partition_id, &action, seen, None, cancel)
                 .await?;
-            return Ok(StepResult::of(
-                frozen,
-                format!(
-                    "rows arrived after the load (copy {}): the partition was frozen in \
-                     quarantine and re-loaded from it ({}); later rows are the catch-up's",
-                    dst.describe(),
-                    frozen.describe()
-                ),
-            ));
+            let note = format!(
+                "rows arrived after the load (copy {}): the partition was frozen in \
+                 quarantine and re-loaded from it ({}); later rows are the catch-up's",
+                copy.stats.describe(),
+                frozen.copy.stats.describe()
+            );
+            return Ok(StepResult::signed(frozen, note));
         }
         Err(fail(format!(
-            "verify partition {partition_id}: source {} but {new} {}; after the swap flow does \
+            "verify partition {partition_id}: source {} but {} {}; after the swap flow does \
              not re-load a partition of the live table; nothing was dropped. Compare the two \
              and move the missing rows by hand, then resume",
-            src.describe(),
-            dst.describe()
+            source.stats.describe(),
+            self.q(new),
+            copy.stats.describe()
         )))
     }
 
@@ -550,84 +793,99 @@ impl PolicyMove {
     /// unless an earlier attempt froze it already; a staging copy of the quarantined
     /// rows must equal them, then `REPLACE PARTITION` puts it in the new table. Only
     /// flow writes into the new table before the swap, so what is replaced there is
-    /// flow's own stale copy. Returns what is frozen (= the new copy).
+    /// flow's own stale copy. Returns what is frozen and the copy (equal; both empty
+    /// when there was nothing to freeze).
     async fn reload_frozen(
         &self,
         (old, new): (&str, &str),
         partition_id: &str,
-        checksum: &str,
         action: &str,
         seen: Seen,
+        recorded: Option<&PartitionSignatures>,
         cancel: &CancellationToken,
-    ) -> Result<Stats, TaskFailure> {
+    ) -> Result<PartitionSignatures, TaskFailure> {
         let Seen {
             quarantined: mut frozen,
             copy,
         } = seen;
-        if frozen.is_empty() {
-            frozen = self.freeze(old, partition_id, checksum, action).await?;
+        if frozen.stats.is_empty() {
+            frozen = self
+                .freeze(old, partition_id, action, recorded.map(|r| &r.source))
+                .await?;
         }
-        if frozen == copy || frozen.is_empty() {
-            return Ok(frozen);
+        if frozen.stats == copy.stats || frozen.stats.is_empty() {
+            return Ok(PartitionSignatures {
+                source: frozen,
+                copy,
+            });
         }
-        let staging = self.q(&format!("{}{partition_id}", self.load_prefix()));
+        let (old_q, new_q) = (self.q(old), self.q(new));
+        let staging_name = format!("{}{partition_id}", self.load_prefix());
+        let staging = self.q(&staging_name);
         self.ch
             .run(action, "drop_table", context! { table => &staging })
             .await?;
-        self.stage_quarantined(
-            action,
-            &staging,
-            (old, new),
-            partition_id,
-            checksum,
-            &frozen,
-            cancel,
-        )
-        .await?;
+        let staged = self
+            .stage_quarantined(
+                action,
+                &staging_name,
+                (&old_q, &new_q),
+                partition_id,
+                &frozen,
+                cancel,
+            )
+            .await?;
         self.ch
             .run(
                 action,
                 "replace_partition",
-                context! { target => new, source => &staging, partition_id => partition_id },
+                context! { target => &new_q, source => &staging, partition_id => partition_id },
             )
             .await?;
         self.ch
             .run(action, "drop_table", context! { table => &staging })
             .await?;
-        let reloaded = self.stats(new, partition_id, checksum).await?;
-        if reloaded != frozen {
+        let mut copy = self.copy_after_replace(new, partition_id, &staged).await?;
+        if copy.parts.is_none() {
+            copy = self.read_signed(new, partition_id).await?;
+        }
+        if copy.stats != frozen.stats {
             return Err(fail(format!(
-                "{action}: after REPLACE PARTITION {new} holds {} but the frozen rows are {}; \
-                 something else writes into {new}; nothing was dropped",
-                reloaded.describe(),
-                frozen.describe()
+                "{action}: after REPLACE PARTITION {new_q} holds {} but the frozen rows are {}; \
+                 something else writes into {new_q}; nothing was dropped",
+                copy.stats.describe(),
+                frozen.stats.describe()
             )));
         }
-        Ok(frozen)
+        Ok(PartitionSignatures {
+            source: frozen,
+            copy,
+        })
     }
 
-    /// Drops the source partition after re-checking it against the copy.
+    /// Drops the source partition after re-checking it against the copy, reusing the
+    /// figures `recorded` (by the verify) where the parts are those they were read from.
     pub async fn drop_partition(
         &self,
         partition_id: &str,
+        recorded: Option<&PartitionSignatures>,
         cancel: &CancellationToken,
     ) -> Result<StepResult, TaskFailure> {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
         };
-        let (old, new) = self.names(&roles);
-        let quarantine = self.q(&self.quarantine_name());
-        let checksum = self.checksum(&old).await?;
-        let action = format!("drop partition {partition_id} of {old}");
+        let action = format!("drop partition {partition_id} of {}", self.names(&roles).0);
         if matches!(roles, Roles::Moving { .. }) {
             return self
-                .drop_frozen(&old, &new, partition_id, &checksum, &action, cancel)
+                .drop_frozen(&roles, partition_id, &action, recorded, cancel)
                 .await;
         }
-        let dst = self.stats(&new, partition_id, &checksum).await?;
+        let (old, new) = self.names(&roles);
+        let quarantine = self.q(&self.quarantine_name());
+        let dst = self.stats(&new, partition_id).await?;
         let mut dropped_before = false;
         // A previous attempt may have moved the partition into quarantine and died.
-        let q = self.stats(&quarantine, partition_id, &checksum).await?;
+        let q = self.stats(&quarantine, partition_id).await?;
         if !q.is_empty() {
             if q == dst {
                 self.drop_quarantined(&quarantine, partition_id, &action)
@@ -638,7 +896,7 @@ impl PolicyMove {
                     .await?;
             }
         }
-        let src = self.stats(&old, partition_id, &checksum).await?;
+        let src = self.stats(&old, partition_id).await?;
         if src.is_empty() {
             return Ok(StepResult::of(
                 dst,
@@ -674,11 +932,11 @@ impl PolicyMove {
                 context! { source => &old, target => &quarantine, partition_id => partition_id },
             )
             .await?;
-        let moved = self.stats(&quarantine, partition_id, &checksum).await?;
+        let moved = self.stats(&quarantine, partition_id).await?;
         if moved == dst {
             self.drop_quarantined(&quarantine, partition_id, &action)
                 .await?;
-            let left = self.stats(&old, partition_id, &checksum).await?;
+            let left = self.stats(&old, partition_id).await?;
             let mut note = format!("re-checked and dropped ({})", dst.describe());
             if !left.is_empty() {
                 note.push_str(&format!(
@@ -703,112 +961,139 @@ impl PolicyMove {
     /// Rows that arrive after the freeze stay in the old table for the catch-up.
     async fn drop_frozen(
         &self,
-        old: &str,
-        new: &str,
+        roles: &Roles,
         partition_id: &str,
-        checksum: &str,
         action: &str,
+        recorded: Option<&PartitionSignatures>,
         cancel: &CancellationToken,
     ) -> Result<StepResult, TaskFailure> {
-        let quarantine = self.q(&self.quarantine_name());
-        let copy = self.stats(new, partition_id, checksum).await?;
-        let earlier = self.stats(&quarantine, partition_id, checksum).await?;
+        let (old, new) = self.bare_names(roles);
+        let quarantine = self.quarantine_name();
+        let mut parts = self.parts(&[new, &quarantine], partition_id).await?;
+        let dst_parts = parts.remove(new).unwrap_or_default();
+        let q_parts = parts.remove(&quarantine).unwrap_or_default();
+        let copy = self
+            .signed(new, partition_id, &dst_parts, recorded.map(|r| &r.copy))
+            .await?;
+        let earlier = self
+            .signed(
+                &quarantine,
+                partition_id,
+                &q_parts,
+                recorded.map(|r| &r.source),
+            )
+            .await?;
+        let finishing = !earlier.stats.is_empty();
         let seen = Seen {
             quarantined: earlier,
-            copy,
+            copy: copy.clone(),
         };
         let frozen = self
-            .reload_frozen((old, new), partition_id, checksum, action, seen, cancel)
+            .reload_frozen((old, new), partition_id, action, seen, recorded, cancel)
             .await?;
-        if frozen.is_empty() {
-            return Ok(StepResult::of(copy, "source partition already dropped"));
+        if frozen.source.stats.is_empty() {
+            return Ok(StepResult::of(
+                copy.stats,
+                "source partition already dropped",
+            ));
         }
         // reload_frozen returned only once the copy equals the frozen rows.
-        self.drop_quarantined(&quarantine, partition_id, action)
+        self.drop_quarantined(&self.q(&quarantine), partition_id, action)
             .await?;
-        let mut note = if frozen == copy {
-            format!("re-checked and dropped ({})", frozen.describe())
+        let how = match &frozen.source.parts {
+            Some(p) if recorded.and_then(|r| r.source.if_of(p)).is_some() => {
+                " (the frozen parts are the verified ones, moved byte for byte: not read again)"
+            }
+            _ => "",
+        };
+        let mut note = if frozen.source.stats == copy.stats {
+            format!(
+                "re-checked and dropped ({}){how}",
+                frozen.source.stats.describe()
+            )
         } else {
             format!(
                 "rows arrived after the verify (copy {}): re-loaded from the frozen partition, \
                  re-checked and dropped ({})",
-                copy.describe(),
-                frozen.describe()
+                copy.stats.describe(),
+                frozen.source.stats.describe()
             )
         };
-        if !earlier.is_empty() {
+        if finishing {
             note.push_str("; finished an earlier attempt's drop");
         }
-        let left = self.stats(old, partition_id, checksum).await?;
+        let left = self.parts_of(old, partition_id).await?;
         if !left.is_empty() {
             note.push_str(&format!(
                 "; {} rows arrived meanwhile and are left for the catch-up",
-                left.rows
+                left.rows()
             ));
         }
-        Ok(StepResult::of(frozen, note))
+        Ok(StepResult::of(frozen.source.stats, note))
     }
 
     /// Moves the old table's partition whole into quarantine (atomic: rows that arrive
-    /// later land in a new part of the old table); returns what quarantine holds of it.
+    /// later land in a new part of the old table); returns what quarantine holds of it,
+    /// known without reading when its parts are those `recorded` was read from.
     async fn freeze(
         &self,
         old: &str,
         partition_id: &str,
-        checksum: &str,
         action: &str,
-    ) -> Result<Stats, TaskFailure> {
-        let quarantine = self.q(&self.quarantine_name());
+        recorded: Option<&Signed>,
+    ) -> Result<Signed, TaskFailure> {
+        let quarantine = self.quarantine_name();
         self.ch
             .run(
                 action,
                 "move_partition",
-                context! { source => old, target => &quarantine, partition_id => partition_id },
+                context! { source => self.q(old), target => self.q(&quarantine), partition_id => partition_id },
             )
             .await?;
-        Ok(self.stats(&quarantine, partition_id, checksum).await?)
+        let now = self.parts_of(&quarantine, partition_id).await?;
+        Ok(self
+            .signed(&quarantine, partition_id, &now, recorded)
+            .await?)
     }
 
     /// Copies the quarantined partition into a fresh `staging` table (like the new
     /// table) and checks the copy equals `quarantined`; otherwise drops the staging
-    /// table and fails, to be retried.
-    #[allow(clippy::too_many_arguments)]
+    /// table and fails, to be retried. Returns the staged rows.
     async fn stage_quarantined(
         &self,
         action: &str,
-        staging: &str,
+        staging_name: &str,
         (old, new): (&str, &str),
         partition_id: &str,
-        checksum: &str,
-        quarantined: &Stats,
+        quarantined: &Signed,
         cancel: &CancellationToken,
-    ) -> Result<(), TaskFailure> {
+    ) -> Result<Signed, TaskFailure> {
         let quarantine = self.q(&self.quarantine_name());
-        let staged = self
-            .stage(
-                action,
-                Staging {
-                    staging,
-                    like: new,
-                    columns_of: old,
-                    from: &quarantine,
-                    partition_id,
-                    checksum,
-                },
-                cancel,
-            )
-            .await?;
-        if &staged != quarantined {
+        let staging = &self.q(staging_name);
+        self.stage(
+            action,
+            Staging {
+                staging,
+                like: new,
+                columns_of: old,
+                from: &quarantine,
+                partition_id,
+            },
+            cancel,
+        )
+        .await?;
+        let staged = self.read_signed(staging_name, partition_id).await?;
+        if staged.stats != quarantined.stats {
             self.ch
                 .run(action, "drop_table", context! { table => staging })
                 .await?;
             return Err(TaskFailure::transient(format!(
                 "{action}: the staging copy ({}) differs from the quarantined rows ({}); retrying",
-                staged.describe(),
-                quarantined.describe()
+                staged.stats.describe(),
+                quarantined.stats.describe()
             )));
         }
-        Ok(())
+        Ok(staged)
     }
 
     async fn drop_quarantined(
@@ -850,11 +1135,7 @@ impl PolicyMove {
         roles: &Roles,
         cancel: &CancellationToken,
     ) -> Result<(u64, usize), TaskFailure> {
-        let (old, new) = self.names(roles);
-        let old_name = match roles {
-            Roles::Swapped => self.new_table.clone(),
-            _ => self.table.clone(),
-        };
+        let (old, new) = self.bare_names(roles);
         // Load staging tables left by killed loads are garbage now (every load is done).
         for name in self.list_prefixed(&self.load_prefix()).await? {
             self.ch
@@ -865,18 +1146,21 @@ impl PolicyMove {
                 )
                 .await?;
         }
-        let mut ids = self.partitions_with_rows(&old_name).await?;
+        let mut ids = self.partitions_with_rows(old).await?;
         ids.extend(self.partitions_with_rows(&self.quarantine_name()).await?);
         let prefix = self.append_prefix();
-        for name in self.list_prefixed(&prefix).await? {
-            ids.insert(name[prefix.len()..].to_string());
-        }
-        let checksum = self.checksum(&old).await?;
+        let staged: BTreeSet<String> = self
+            .list_prefixed(&prefix)
+            .await?
+            .into_iter()
+            .map(|name| name[prefix.len()..].to_string())
+            .collect();
+        ids.extend(staged.iter().cloned());
         let mut rows = 0;
         let mut partitions = 0;
         for id in ids {
             let moved = self
-                .append_partition(&old, &new, &id, &checksum, cancel)
+                .append_partition((old, new), &id, staged.contains(&id), cancel)
                 .await?;
             if moved > 0 {
                 rows += moved;
@@ -889,19 +1173,20 @@ impl PolicyMove {
     /// The additive, restartable move of one partition (module notes).
     async fn append_partition(
         &self,
-        old: &str,
-        new: &str,
+        (old, new): (&str, &str),
         partition_id: &str,
-        checksum: &str,
+        mut staging_exists: bool,
         cancel: &CancellationToken,
     ) -> Result<u64, TaskFailure> {
-        let action = format!("move arriving rows of partition {partition_id} into {new}");
-        let quarantine = self.q(&self.quarantine_name());
+        let (old_q, new_q) = (self.q(old), self.q(new));
+        let action = format!("move arriving rows of partition {partition_id} into {new_q}");
+        let quarantine = self.quarantine_name();
         let staging_name = format!("{}{partition_id}", self.append_prefix());
         let staging = self.q(&staging_name);
-        let mut staging_exists = self.exists(&staging_name).await?;
-        let mut q = self.stats(&quarantine, partition_id, checksum).await?;
-        if staging_exists && !q.is_empty() {
+        let mut parts = self.parts(&[old, &quarantine], partition_id).await?;
+        let src_parts = parts.remove(old).unwrap_or_default();
+        let q_parts = parts.remove(&quarantine).unwrap_or_default();
+        if staging_exists && !q_parts.is_empty() {
             // Killed while filling the staging table: start over from the quarantine.
             self.ch
                 .run(&action, "drop_table", context! { table => &staging })
@@ -909,44 +1194,44 @@ impl PolicyMove {
             staging_exists = false;
         }
         if !staging_exists {
-            if q.is_empty() {
-                let src = self.stats(old, partition_id, checksum).await?;
-                if src.is_empty() {
+            let frozen = if q_parts.is_empty() {
+                if src_parts.is_empty() {
                     return Ok(0);
                 }
-                q = self.freeze(old, partition_id, checksum, &action).await?;
-                if q.is_empty() {
-                    return Ok(0);
-                }
+                self.freeze(old, partition_id, &action, None).await?
+            } else {
+                self.read_signed(&quarantine, partition_id).await?
+            };
+            if frozen.stats.is_empty() {
+                return Ok(0);
             }
             self.stage_quarantined(
                 &action,
-                &staging,
-                (old, new),
+                &staging_name,
+                (&old_q, &new_q),
                 partition_id,
-                checksum,
-                &q,
+                &frozen,
                 cancel,
             )
             .await?;
             // Commit: from here the rows live in the staging table only.
-            self.drop_quarantined(&quarantine, partition_id, &action)
+            self.drop_quarantined(&self.q(&quarantine), partition_id, &action)
                 .await?;
         }
-        let staged = self.stats(&staging, partition_id, checksum).await?;
+        let staged = self.parts_of(&staging_name, partition_id).await?;
         if !staged.is_empty() {
             self.ch
                 .run(
                     &action,
                     "move_partition",
-                    context! { source => &staging, target => new, partition_id => partition_id },
+                    context! { source => &staging, target => &new_q, partition_id => partition_id },
                 )
                 .await?;
         }
         self.ch
             .run(&action, "drop_table", context! { table => &staging })
             .await?;
-        Ok(staged.rows)
+        Ok(staged.rows())
     }
 
     /// Moves rows that arrived since their partition was copied, in a few passes.
@@ -977,12 +1262,12 @@ impl PolicyMove {
         }
         Ok(StepResult {
             rows: total,
-            checksum: None,
             note,
+            ..Default::default()
         })
     }
 
-    /// The whole-table check before the swap.
+    /// The whole-table check before the swap (module notes: it reads no rows).
     pub async fn full_verify(&self) -> Result<StepResult, TaskFailure> {
         let Some(roles) = self.roles_to_work_on().await? else {
             return Ok(already_on_policy());
@@ -1001,11 +1286,8 @@ impl PolicyMove {
         if !pending.is_empty() {
             problems.push(format!("unfinished moves in {}", pending.join(", ")));
         }
-        let (_, new_name) = match roles {
-            Roles::Swapped => (self.new_table.clone(), self.table.clone()),
-            _ => (self.table.clone(), self.new_table.clone()),
-        };
-        let disks = self.disks_of(&new_name).await?;
+        let (_, new_name) = self.bare_names(&roles);
+        let disks = self.disks_of(new_name).await?;
         let policy_disks = self.policy_disks().await?;
         let off_policy: Vec<&String> = disks
             .iter()
@@ -1024,33 +1306,33 @@ impl PolicyMove {
                 problems.join("; ")
             )));
         }
-        let checksum = self.checksum(&new).await?;
         let moved = self
             .ch
-            .stats("checksum the new table", &new, None, Some(&checksum))
+            .stats("count the new table", &new, None, None)
             .await?;
         let left = self.ch.stats("count rows left", &old, None, None).await?;
         let mut note = format!(
-            "{new}: {} on disks {:?}; {} holds {} rows",
-            moved.describe(),
-            disks,
-            old,
-            left.rows
+            "{new}: {} rows on disks {:?}, each checked when it was copied; {} holds {} rows",
+            moved.rows, disks, old, left.rows
         );
         if !left.is_empty() {
             note.push_str(" (arrived after the catch-up; the swap moves them)");
         }
-        Ok(StepResult::of(moved, note))
+        Ok(StepResult {
+            rows: moved.rows,
+            note,
+            ..Default::default()
+        })
     }
 
     /// Creates `staging` like the new table (default policy) and copies one partition
-    /// into it inside the server; returns what it holds.
+    /// into it inside the server.
     async fn stage(
         &self,
         action: &str,
         s: Staging<'_>,
         cancel: &CancellationToken,
-    ) -> Result<Stats, TaskFailure> {
+    ) -> Result<(), TaskFailure> {
         self.ch
             .run(
                 action,
@@ -1070,7 +1352,7 @@ impl PolicyMove {
                 cancel,
             )
             .await?;
-        Ok(self.stats(s.staging, s.partition_id, s.checksum).await?)
+        Ok(())
     }
 
     async fn disks_of(&self, table: &str) -> Result<Vec<String>, ChError> {
@@ -1182,9 +1464,8 @@ impl PolicyMove {
             self.unlock().await?;
         }
         Ok(StepResult {
-            rows: 0,
-            checksum: None,
             note,
+            ..Default::default()
         })
     }
 
@@ -1250,9 +1531,8 @@ impl PolicyMove {
             note = "nothing left to drop".into();
         }
         Ok(StepResult {
-            rows: 0,
-            checksum: None,
             note,
+            ..Default::default()
         })
     }
 }
@@ -1272,7 +1552,6 @@ pub async fn tables_to_move(ch: &Ch, database: &str, policy: &str) -> Result<Vec
     .await
 }
 
-/// Quoted, comma-separated ordinary columns of a table.
 /// One partition copied into a staging table: where from, shaped like what.
 struct Staging<'a> {
     staging: &'a str,
@@ -1282,9 +1561,9 @@ struct Staging<'a> {
     columns_of: &'a str,
     from: &'a str,
     partition_id: &'a str,
-    checksum: &'a str,
 }
 
+/// Quoted, comma-separated ordinary columns of a table.
 async fn column_list(ch: &Ch, table: &str) -> Result<String, ChError> {
     Ok(ch
         .columns(table)
