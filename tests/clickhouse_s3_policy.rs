@@ -581,3 +581,180 @@ storage_policy = "s3"
     let (offline, _, _) = plan_json(true);
     assert!(offline.iter().any(|i| i.contains('*')), "{offline:?}");
 }
+
+/// A load whose `INSERT … SELECT` copies one row short (a `templates_dir` override of
+/// insert_select.sql.j2) stops the run before any drop: the load compares its copy with
+/// the source, the failure is permanent, and every partition stays whole in the source.
+#[tokio::test]
+async fn a_load_one_row_short_stops_the_run_before_any_drop() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "policyshort");
+    create_events(&db);
+    let d = db.name();
+    let ch = ch(&url);
+    let before = total(&ch, d, "events").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = dir.path().join("tpl/clickhouse");
+    std::fs::create_dir_all(&tpl).unwrap();
+    std::fs::write(
+        tpl.join("insert_select.sql.j2"),
+        "INSERT INTO {{ target }} ({{ columns }})\nSELECT {{ columns }}\nFROM {{ from }}\n\
+         {%- if filter %}\nWHERE {{ filter }}\n{%- endif %}\nLIMIT 1000000000 OFFSET 1\n",
+    )
+    .unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"[plan]
+name = "policy-short"
+templates_dir = "tpl"
+retries = 2
+retry_backoff = "10ms"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+
+[[tables]]
+source = "ch"
+database = "{d}"
+table = "events"
+strategy = "s3-policy"
+storage_policy = "s3"
+keep_old = false
+"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flow"))
+        .current_dir(dir.path())
+        .args(["apply", "plan.toml"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("does not copy every row"), "{text}");
+
+    // No drop ran, none was even started; the source holds every row, nothing waits
+    // in quarantine and the new table took no partition.
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(".flow/policy-short.report.json")).unwrap(),
+    )
+    .unwrap();
+    let mut kinds = Vec::new();
+    collect_tasks(&report, &mut kinds);
+    assert!(
+        kinds.iter().any(|(k, s)| k == "load" && s == "failed"),
+        "{kinds:?}"
+    );
+    let drops: Vec<_> = kinds.iter().filter(|(k, _)| k == "drop").collect();
+    assert!(!drops.is_empty(), "{kinds:?}");
+    assert!(
+        drops.iter().all(|(_, s)| s != "done" && s != "running"),
+        "{drops:?}"
+    );
+    assert_eq!(total(&ch, d, "events").await, before, "the source is whole");
+    for t in ["events__flow_new", "events__flow_quarantine"] {
+        assert_eq!(
+            db.exec(&format!("SELECT count() FROM {d}.{t}")).trim(),
+            "0",
+            "{t}"
+        );
+    }
+}
+
+/// (kind, status) of every task object in a report.
+fn collect_tasks(v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let (Some(k), Some(s)) = (m.get("kind"), m.get("status")) {
+                if let (Some(k), Some(s)) = (k.as_str(), s.as_str()) {
+                    out.push((k.to_string(), s.to_string()));
+                }
+            }
+            m.values().for_each(|x| collect_tasks(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_tasks(x, out)),
+        _ => {}
+    }
+}
+
+/// Rows written into a source partition after its load, before or after its verify,
+/// are never dropped unmoved, with the figures handed on from step to step like the
+/// runner does: right after each drop every row of the partition is in the old table
+/// or the copy, and at the end every row is in the table, once.
+#[tokio::test]
+async fn rows_written_between_load_and_drop_are_never_dropped_unmoved() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "policylate");
+    create_events(&db);
+    let ch = ch(&url);
+    let d = db.name().to_string();
+    db.exec(&format!("CREATE TABLE {d}.expected AS {d}.events"));
+    db.exec(&format!(
+        "INSERT INTO {d}.expected SELECT * FROM {d}.events"
+    ));
+    let one_more = |id: &str, n: u32| {
+        for t in ["events", "expected"] {
+            db.exec(&format!(
+                "INSERT INTO {d}.{t} SELECT * FROM {d}.expected WHERE _partition_id = '{id}' \
+                 ORDER BY id LIMIT {n}"
+            ));
+        }
+    };
+    let both_sides = |id: &str| {
+        let f = format!("_partition_id = '{id}'");
+        let ch = ch.clone();
+        let d = d.clone();
+        async move {
+            stats(&ch, &format!("`{d}`.`events`"), Some(&f))
+                .await
+                .plus(stats(&ch, &format!("`{d}`.`events__flow_new`"), Some(&f)).await)
+        }
+    };
+    let m = mover(&ch, &d, "plan-a");
+    m.prepare().await.unwrap();
+    let ids = partition_ids(&ch, &d, None).await;
+    let cancel = CancellationToken::new();
+    for (i, id) in ids.iter().enumerate() {
+        let loaded = m.load(id, &cancel).await.unwrap();
+        if i % 2 == 0 {
+            one_more(id, 2); // between the load and the verify
+        }
+        let verified = m
+            .verify(id, loaded.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+        if i % 2 == 1 || i == 0 {
+            one_more(id, 3); // between the verify and the drop
+        }
+        m.drop_partition(id, verified.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+        let want = stats(
+            &ch,
+            &format!("`{d}`.`expected`"),
+            Some(&format!("_partition_id = '{id}'")),
+        )
+        .await;
+        assert_eq!(
+            both_sides(id).await,
+            want,
+            "partition {id}: every row in the old table or the copy after the drop"
+        );
+    }
+    m.catch_up(&cancel).await.unwrap();
+    m.full_verify().await.unwrap();
+    m.swap(false, &cancel).await.unwrap();
+    m.cleanup(&cancel).await.unwrap();
+    assert_eq!(
+        total(&ch, &d, "events").await,
+        total(&ch, &d, "expected").await,
+        "every original and late row, once"
+    );
+}

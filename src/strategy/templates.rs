@@ -70,6 +70,7 @@ const S3_POLICY: &[&str] = &[
     "clickhouse/partition_parts.sql.j2",
     "clickhouse/parts.sql.j2",
     "clickhouse/policy_candidates.sql.j2",
+    "clickhouse/policy_tables.sql.j2",
     "clickhouse/rename_swap.sql.j2",
     "clickhouse/replace_partition.sql.j2",
 ];

@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::checksum::{checksum_expr_for, Compared};
 use super::part_sets::{part_sets, PartSet, Signed};
-use super::{partition_id_filter, qualified, Ch, ChError, Feature, Stats};
+use super::{partition_id_filter, qualified, Ch, ChError, Column, Feature, Stats};
 use crate::exec::runner::TaskFailure;
 use crate::task::Artifact;
 
@@ -72,8 +72,9 @@ pub struct PolicyMove {
     pub policy: String,
     /// Who holds the lock (the plan name).
     pub holder: String,
-    /// The checksum expression of the table's columns, asked once per step.
-    checksum: OnceCell<String>,
+    /// The table's ordinary columns (every table of the move has them), asked once
+    /// per step.
+    columns: OnceCell<Vec<Column>>,
 }
 
 /// Which physical table plays which role right now.
@@ -85,6 +86,11 @@ pub enum Roles {
     Swapped,
     /// `S` is on the policy and no other table is left: nothing to move.
     Done,
+}
+
+/// The move's tables that exist: name → (storage policy, comment).
+struct Survey {
+    tables: BTreeMap<String, (Option<String>, String)>,
 }
 
 /// What load and verify hand on of a partition (the outcome of their task): the
@@ -177,7 +183,7 @@ impl PolicyMove {
             new_table: new_table.into(),
             policy: policy.into(),
             holder: holder.into(),
-            checksum: OnceCell::new(),
+            columns: OnceCell::new(),
         }
     }
 
@@ -223,52 +229,77 @@ impl PolicyMove {
         }
     }
 
-    pub async fn roles(&self) -> Result<Roles, TaskFailure> {
-        let tables = self
+    /// The tables of this move among `also` plus the table, the new table and the lock
+    /// marker, as `system.tables` lists them now: one query per step.
+    async fn survey(&self, also: &[&str]) -> Result<Survey, ChError> {
+        let lock = self.lock_name();
+        let mut names = vec![self.table.as_str(), self.new_table.as_str(), lock.as_str()];
+        names.extend_from_slice(also);
+        let rows = self
             .ch
-            .tables(
-                &self.database,
-                &[self.table.as_str(), self.new_table.as_str()],
+            .rows(
+                &format!("look up the tables of the move of {}", self.s()),
+                "policy_tables",
+                context! { database => &self.database, tables => names },
             )
             .await?;
-        let s = tables.get(&self.table).ok_or_else(|| {
+        Ok(Survey {
+            tables: rows
+                .iter()
+                .filter_map(|r| {
+                    let name = super::json_str(r, "name")?;
+                    let policy = super::json_str(r, "storage_policy").filter(|p| !p.is_empty());
+                    let comment = super::json_str(r, "comment").unwrap_or_default();
+                    Some((name, (policy, comment)))
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn roles(&self) -> Result<Roles, TaskFailure> {
+        self.roles_in(&self.survey(&[]).await?)
+    }
+
+    /// Which table plays which role, from a survey.
+    fn roles_in(&self, survey: &Survey) -> Result<Roles, TaskFailure> {
+        let policy_of = |name: &str| survey.tables.get(name).map(|(p, _)| p.clone());
+        let s = policy_of(&self.table).ok_or_else(|| {
             fail(format!(
                 "s3-policy: table {} does not exist; check `database` and `table`",
                 self.s()
             ))
         })?;
+        let new = policy_of(&self.new_table);
         let on_policy = |p: &Option<String>| p.as_deref() == Some(self.policy.as_str());
-        Ok(
-            match (on_policy(&s.storage_policy), tables.get(&self.new_table)) {
-                (false, n) => {
-                    if let Some(n) = n {
-                        if !on_policy(&n.storage_policy) {
-                            return Err(fail(format!(
+        Ok(match (on_policy(&s), new.as_ref()) {
+            (false, n) => {
+                if let Some(n) = n {
+                    if !on_policy(n) {
+                        return Err(fail(format!(
                             "s3-policy: {} exists but uses storage policy `{}`, not `{}`; it is \
                              not flow's copy — drop or rename it, or set options.new_table",
                             self.q(&self.new_table),
-                            n.storage_policy.clone().unwrap_or_default(),
+                            n.clone().unwrap_or_default(),
                             self.policy
                         )));
-                        }
-                    }
-                    Roles::Moving {
-                        new_exists: n.is_some(),
                     }
                 }
-                (true, Some(n)) if !on_policy(&n.storage_policy) => Roles::Swapped,
-                (true, Some(_)) => {
-                    return Err(fail(format!(
+                Roles::Moving {
+                    new_exists: n.is_some(),
+                }
+            }
+            (true, Some(n)) if !on_policy(n) => Roles::Swapped,
+            (true, Some(_)) => {
+                return Err(fail(format!(
                     "s3-policy: both {} and {} use storage policy `{}`; flow cannot tell which \
                      holds the original — inspect them and drop the one that is not needed",
                     self.s(),
                     self.q(&self.new_table),
                     self.policy
                 )))
-                }
-                (true, None) => Roles::Done,
-            },
-        )
+            }
+            (true, None) => Roles::Done,
+        })
     }
 
     /// Takes the table lock for this plan, or fails naming its holder.
@@ -307,12 +338,15 @@ impl PolicyMove {
     /// Fails when another plan holds the lock (a free table stays free: only
     /// prepare takes the lock, so a task repeated after cleanup leaves no marker).
     pub async fn check_lock(&self) -> Result<(), TaskFailure> {
+        self.check_lock_in(&self.survey(&[]).await?)
+    }
+
+    fn check_lock_in(&self, survey: &Survey) -> Result<(), TaskFailure> {
         let name = self.lock_name();
-        let Some(holder) = super::copy::marker_comment(&self.ch, &self.database, &name).await?
-        else {
+        let Some((_, holder)) = survey.tables.get(&name) else {
             return Ok(());
         };
-        if holder == format!("flow plan {}", self.holder) {
+        if *holder == format!("flow plan {}", self.holder) {
             Ok(())
         } else {
             let marker = self.q(&name);
@@ -335,25 +369,22 @@ impl PolicyMove {
             .map_err(Into::into)
     }
 
-    /// The checksum expression of the table's rows (both sides are on one server).
-    async fn checksum(&self) -> Result<&str, ChError> {
-        self.checksum
-            .get_or_try_init(|| async {
-                let columns = self.ch.columns(&self.s()).await?;
-                Ok(checksum_expr_for(&columns, Compared::OnOneServer))
-            })
+    async fn columns(&self) -> Result<&[Column], ChError> {
+        self.columns
+            .get_or_try_init(|| async { self.ch.columns(&self.s()).await })
             .await
-            .map(String::as_str)
+            .map(Vec::as_slice)
     }
 
     async fn stats(&self, table: &str, partition_id: &str) -> Result<Stats, ChError> {
-        let checksum = self.checksum().await?;
+        // Both sides of every comparison are on this one server.
+        let checksum = checksum_expr_for(self.columns().await?, Compared::OnOneServer);
         self.ch
             .stats(
                 &format!("checksum partition {partition_id} of {table}"),
                 table,
                 Some(&partition_id_filter(partition_id)),
-                Some(checksum),
+                Some(&checksum),
             )
             .await
     }
@@ -525,10 +556,15 @@ impl PolicyMove {
 
     /// Checks this plan holds the table's lock and reads which table plays which role;
     /// None when the move is already complete (nothing left for a step to do).
-    async fn roles_to_work_on(&self) -> Result<Option<Roles>, TaskFailure> {
-        self.check_lock().await?;
-        let roles = self.roles().await?;
-        Ok((roles != Roles::Done).then_some(roles))
+    /// Also returns the survey, which says which of `also` exist.
+    async fn roles_to_work_on(
+        &self,
+        also: &[&str],
+    ) -> Result<Option<(Roles, Survey)>, TaskFailure> {
+        let survey = self.survey(also).await?;
+        self.check_lock_in(&survey)?;
+        let roles = self.roles_in(&survey)?;
+        Ok((roles != Roles::Done).then_some((roles, survey)))
     }
 
     /// Copies one partition into the new table (see the module notes for each case).
@@ -537,7 +573,8 @@ impl PolicyMove {
         partition_id: &str,
         cancel: &CancellationToken,
     ) -> Result<StepResult, TaskFailure> {
-        let Some(roles) = self.roles_to_work_on().await? else {
+        let staging_name = format!("{}{partition_id}", self.load_prefix());
+        let Some((roles, survey)) = self.roles_to_work_on(&[&staging_name]).await? else {
             return Ok(already_on_policy());
         };
         let (old, new) = self.bare_names(&roles);
@@ -578,22 +615,36 @@ impl PolicyMove {
                 source.stats.describe()
             )));
         }
-        let staging_name = format!("{}{partition_id}", self.load_prefix());
         let staging = self.q(&staging_name);
         let action = format!("load partition {partition_id} into {new_q}");
-        self.ch
-            .run(&action, "drop_table", context! { table => &staging })
-            .await?;
+        if survey.tables.contains_key(&staging_name) {
+            // Left by a load killed mid-insert.
+            self.ch
+                .run(&action, "drop_table", context! { table => &staging })
+                .await?;
+        }
         let from_source = Staging {
             staging: &staging,
             like: &new_q,
-            columns_of: &old_q,
             from: &old_q,
             partition_id,
         };
         self.stage(&action, from_source, cancel).await?;
-        let staged = self.read_signed(&staging_name, partition_id).await?;
-        let source = self.read_signed(old, partition_id).await?;
+        // Both readings between two listings of the parts (`src_parts` is the source's
+        // first one, taken before the INSERT began).
+        let staged_parts = self.parts_of(&staging_name, partition_id).await?;
+        let staged_stats = self.stats(&staging, partition_id).await?;
+        let source_stats = self.stats(&old_q, partition_id).await?;
+        let mut after = self.parts(&[old, &staging_name], partition_id).await?;
+        let proven = |before: PartSet, after: Option<PartSet>| after.filter(|a| *a == before);
+        let staged = Signed {
+            stats: staged_stats,
+            parts: proven(staged_parts, after.remove(staging_name.as_str())),
+        };
+        let source = Signed {
+            stats: source_stats,
+            parts: proven(src_parts.clone(), after.remove(old)),
+        };
         // The INSERT began after `src_parts` was listed and the source still has exactly
         // those parts: the copy and the reading of the source saw the same rows.
         let source_still = source.parts.as_ref() == Some(&src_parts);
@@ -633,7 +684,7 @@ impl PolicyMove {
                 .stage_quarantined(
                     &action,
                     &staging_name,
-                    (&old_q, &new_q),
+                    &new_q,
                     partition_id,
                     &frozen,
                     cancel,
@@ -698,7 +749,7 @@ impl PolicyMove {
         recorded: Option<&PartitionSignatures>,
         cancel: &CancellationToken,
     ) -> Result<StepResult, TaskFailure> {
-        let Some(roles) = self.roles_to_work_on().await? else {
+        let Some((roles, _)) = self.roles_to_work_on(&[]).await? else {
             return Ok(already_on_policy());
         };
         let (old, new) = self.bare_names(&roles);
@@ -819,21 +870,14 @@ impl PolicyMove {
                 copy,
             });
         }
-        let (old_q, new_q) = (self.q(old), self.q(new));
+        let new_q = self.q(new);
         let staging_name = format!("{}{partition_id}", self.load_prefix());
         let staging = self.q(&staging_name);
         self.ch
             .run(action, "drop_table", context! { table => &staging })
             .await?;
         let staged = self
-            .stage_quarantined(
-                action,
-                &staging_name,
-                (&old_q, &new_q),
-                partition_id,
-                &frozen,
-                cancel,
-            )
+            .stage_quarantined(action, &staging_name, &new_q, partition_id, &frozen, cancel)
             .await?;
         self.ch
             .run(
@@ -871,7 +915,7 @@ impl PolicyMove {
         recorded: Option<&PartitionSignatures>,
         cancel: &CancellationToken,
     ) -> Result<StepResult, TaskFailure> {
-        let Some(roles) = self.roles_to_work_on().await? else {
+        let Some((roles, _)) = self.roles_to_work_on(&[]).await? else {
             return Ok(already_on_policy());
         };
         let action = format!("drop partition {partition_id} of {}", self.names(&roles).0);
@@ -1063,7 +1107,7 @@ impl PolicyMove {
         &self,
         action: &str,
         staging_name: &str,
-        (old, new): (&str, &str),
+        new: &str,
         partition_id: &str,
         quarantined: &Signed,
         cancel: &CancellationToken,
@@ -1075,7 +1119,6 @@ impl PolicyMove {
             Staging {
                 staging,
                 like: new,
-                columns_of: old,
                 from: &quarantine,
                 partition_id,
             },
@@ -1178,7 +1221,7 @@ impl PolicyMove {
         mut staging_exists: bool,
         cancel: &CancellationToken,
     ) -> Result<u64, TaskFailure> {
-        let (old_q, new_q) = (self.q(old), self.q(new));
+        let new_q = self.q(new);
         let action = format!("move arriving rows of partition {partition_id} into {new_q}");
         let quarantine = self.quarantine_name();
         let staging_name = format!("{}{partition_id}", self.append_prefix());
@@ -1208,7 +1251,7 @@ impl PolicyMove {
             self.stage_quarantined(
                 &action,
                 &staging_name,
-                (&old_q, &new_q),
+                &new_q,
                 partition_id,
                 &frozen,
                 cancel,
@@ -1236,7 +1279,7 @@ impl PolicyMove {
 
     /// Moves rows that arrived since their partition was copied, in a few passes.
     pub async fn catch_up(&self, cancel: &CancellationToken) -> Result<StepResult, TaskFailure> {
-        let Some(roles) = self.roles_to_work_on().await? else {
+        let Some((roles, _)) = self.roles_to_work_on(&[]).await? else {
             return Ok(already_on_policy());
         };
         let mut total = 0;
@@ -1269,7 +1312,7 @@ impl PolicyMove {
 
     /// The whole-table check before the swap (module notes: it reads no rows).
     pub async fn full_verify(&self) -> Result<StepResult, TaskFailure> {
-        let Some(roles) = self.roles_to_work_on().await? else {
+        let Some((roles, _)) = self.roles_to_work_on(&[]).await? else {
             return Ok(already_on_policy());
         };
         let (old, new) = self.names(&roles);
@@ -1340,7 +1383,13 @@ impl PolicyMove {
                 context! { table => s.staging, like => s.like, storage_policy => None::<String> },
             )
             .await?;
-        let cols = column_list(&self.ch, s.columns_of).await?;
+        let cols = self
+            .columns()
+            .await?
+            .iter()
+            .map(|c| crate::templates::quote_identifier(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
         self.ch
             .run_cancellable(
                 action,
@@ -1557,21 +1606,8 @@ struct Staging<'a> {
     staging: &'a str,
     /// The new table, whose structure the staging table takes (default policy).
     like: &'a str,
-    /// The table whose columns are listed for the INSERT.
-    columns_of: &'a str,
     from: &'a str,
     partition_id: &'a str,
-}
-
-/// Quoted, comma-separated ordinary columns of a table.
-async fn column_list(ch: &Ch, table: &str) -> Result<String, ChError> {
-    Ok(ch
-        .columns(table)
-        .await?
-        .iter()
-        .map(|c| crate::templates::quote_identifier(&c.name))
-        .collect::<Vec<_>>()
-        .join(", "))
 }
 
 /// What a per-partition or catch-up step reports when the whole move is already done.
