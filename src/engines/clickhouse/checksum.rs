@@ -33,8 +33,9 @@ pub enum Compared {
     /// Possibly different versions (a copy from 18.16 to a current release): every
     /// value is hashed in a form all versions agree on.
     AcrossServers,
-    /// Both sides on one server (a policy move): Decimals and UUIDs are hashed as they
-    /// are, about three times faster than as canonical text.
+    /// Both sides on one server (a policy move, a copy inside one server): Decimals and
+    /// UUIDs are hashed as their bytes (`reinterpretAsString`, which every version has
+    /// and which is exact for one type), 2.5–4 times faster than as canonical text.
     OnOneServer,
 }
 
@@ -124,10 +125,13 @@ fn hash_args(expr: &str, ty: &str, depth: usize, compared: Compared) -> Vec<Stri
     if is_float(ty) {
         return vec![canonical_nan(expr)];
     }
-    let native_on_one_server =
+    let as_bytes_on_one_server =
         |t: &str| compared == Compared::OnOneServer && (is_decimal(t) || t == "UUID");
-    if is_natively_hashable(ty) || native_on_one_server(ty) {
+    if is_natively_hashable(ty) {
         return vec![expr.to_string()];
+    }
+    if as_bytes_on_one_server(ty) {
+        return vec![format!("reinterpretAsString({expr})")];
     }
     if is_decimal(ty) || ty == "UUID" {
         return vec![canonical_text(expr, ty, depth)];
@@ -140,8 +144,14 @@ fn hash_args(expr: &str, ty: &str, depth: usize, compared: Compared) -> Vec<Stri
                 canonical_nan(&var)
             )];
         }
-        if is_natively_hashable(inner) || native_on_one_server(inner.trim()) {
+        if is_natively_hashable(inner) {
             return vec![expr.to_string()];
+        }
+        if as_bytes_on_one_server(inner.trim()) {
+            let var = format!("x{depth}");
+            return vec![format!(
+                "arrayMap({var} -> reinterpretAsString({var}), {expr})"
+            )];
         }
         let var = format!("x{depth}");
         return vec![format!(
@@ -280,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn on_one_server_decimals_and_uuids_hash_as_they_are() {
+    fn on_one_server_decimals_and_uuids_hash_as_their_bytes() {
         let cols = [
             col("x", "Decimal(18, 4)"),
             col("nx", "Nullable(Decimal(9, 2))"),
@@ -291,8 +301,17 @@ mod tests {
         let e = checksum_expr_for(&cols, Compared::OnOneServer);
         assert!(!e.contains("replaceRegexpOne"), "{e}");
         assert!(!e.contains("toString"), "{e}");
-        assert!(e.starts_with("sum(cityHash64(`x`, isNull(`nx`)"), "{e}");
-        assert!(e.contains(", `ad`, `u`, if(isNaN(`f`), nan, `f`)))"), "{e}");
+        assert!(
+            e.starts_with("sum(cityHash64(reinterpretAsString(`x`), isNull(`nx`)"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                ", arrayMap(x0 -> reinterpretAsString(x0), `ad`), reinterpretAsString(`u`), \
+                 if(isNaN(`f`), nan, `f`)))"
+            ),
+            "{e}"
+        );
         // Across servers the same columns still hash as canonical text.
         assert!(checksum_expr(&cols).contains("replaceRegexpOne(toString(`x`)"));
     }

@@ -24,7 +24,7 @@
 use minijinja::context;
 use tokio_util::sync::CancellationToken;
 
-use super::checksum::{checksum_expr, Column};
+use super::checksum::{checksum_expr_for, Column, Compared};
 use super::errors::exception_in_tail;
 use super::{and_all, partition_id_filter, qualified, Ch, ChError, Feature, Stats};
 use crate::exec::runner::TaskFailure;
@@ -340,29 +340,46 @@ impl CopyJob {
         Ok(())
     }
 
-    /// Source partition (within bounds) against the target partition.
+    /// Source partition (within bounds) against the target partition. On one server
+    /// the checksums hash Decimals and UUIDs as bytes; across servers in a form every
+    /// version agrees on, and the two sides are read at the same time (one query on
+    /// each server, as when read one after the other).
     pub async fn compare(&self, partition: &Partition) -> Result<(Stats, Stats), ChError> {
+        let compared = if self.same_server {
+            Compared::OnOneServer
+        } else {
+            Compared::AcrossServers
+        };
         let src_cols = self.source.columns(&self.src()).await?;
         let dst_cols = self.target.columns(&self.dst()).await?;
-        let src = self
-            .source
-            .stats(
-                &format!("checksum partition {} of {}", partition.id, self.src()),
-                &self.src(),
-                Some(&self.source_filter(partition)),
-                Some(&checksum_expr(&src_cols)),
-            )
-            .await?;
-        let dst = self
-            .target
-            .stats(
-                &format!("checksum partition {} of {}", partition.id, self.dst()),
-                &self.dst(),
-                Some(&partition_id_filter(&partition.id)),
-                Some(&checksum_expr(&dst_cols)),
-            )
-            .await?;
-        Ok((src, dst))
+        let (src_checksum, dst_checksum) = (
+            checksum_expr_for(&src_cols, compared),
+            checksum_expr_for(&dst_cols, compared),
+        );
+        let (src_action, dst_action) = (
+            format!("checksum partition {} of {}", partition.id, self.src()),
+            format!("checksum partition {} of {}", partition.id, self.dst()),
+        );
+        let src_filter = self.source_filter(partition);
+        let dst_filter = partition_id_filter(&partition.id);
+        let (src_from, dst_from) = (self.src(), self.dst());
+        let src = self.source.stats(
+            &src_action,
+            &src_from,
+            Some(&src_filter),
+            Some(&src_checksum),
+        );
+        let dst = self.target.stats(
+            &dst_action,
+            &dst_from,
+            Some(&dst_filter),
+            Some(&dst_checksum),
+        );
+        if self.same_server {
+            Ok((src.await?, dst.await?))
+        } else {
+            tokio::try_join!(src, dst)
+        }
     }
 
     pub async fn verify(&self, partition: &Partition) -> Result<StepResult, TaskFailure> {
