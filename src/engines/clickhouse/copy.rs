@@ -163,12 +163,20 @@ impl CopyJob {
         }
     }
 
+    /// The partition's rows: the split's physical filter (`_partition_id`, and the key's
+    /// value where the server prunes only by that), valid on the target too, whose
+    /// partition key is the source's.
+    fn partition_filter(partition: &Partition) -> String {
+        partition
+            .filter
+            .clone()
+            .unwrap_or_else(|| partition_id_filter(&partition.id))
+    }
+
     fn source_filter(&self, partition: &Partition) -> String {
-        and_all([
-            Some(partition_id_filter(&partition.id).as_str()),
-            self.bounds.as_deref(),
-        ])
-        .expect("a partition filter is present")
+        let filter = Self::partition_filter(partition);
+        and_all([Some(filter.as_str()), self.bounds.as_deref()])
+            .expect("a partition filter is present")
     }
 
     /// Copies one partition; re-running replaces it again.
@@ -206,7 +214,12 @@ impl CopyJob {
                     .await?;
                 let stats = self
                     .target
-                    .stats(&action, &self.dst(), Some(&partition_id_filter(pid)), None)
+                    .stats(
+                        &action,
+                        &self.dst(),
+                        Some(&Self::partition_filter(partition)),
+                        None,
+                    )
                     .await?;
                 return Ok(StepResult {
                     rows: stats.rows,
@@ -361,7 +374,7 @@ impl CopyJob {
             format!("checksum partition {} of {}", partition.id, self.dst()),
         );
         let src_filter = self.source_filter(partition);
-        let dst_filter = partition_id_filter(&partition.id);
+        let dst_filter = Self::partition_filter(partition);
         let (src_from, dst_from) = (self.src(), self.dst());
         let src = self.source.stats(
             &src_action,

@@ -11,7 +11,12 @@
 //!   by month from a table partitioned by day).
 //! - **physical** (copy, s3-policy): one unit per `system.parts` partition id with rows
 //!   within the bounds; the filter is `_partition_id = '<id>'`, which both versions
-//!   have, and REPLACE/DROP/MOVE PARTITION ID act on exactly those rows.
+//!   have, and REPLACE/DROP/MOVE PARTITION ID act on exactly those rows. Servers before
+//!   storage policies (18.16) read every part of the table for such a filter (a
+//!   partition's checksum took as long as the whole table's); there the filter also
+//!   says `(<partition key>) = <the partition's value>`, which they prune by, once a
+//!   count has shown that it selects every row of the partition (then it does for any
+//!   row written later too: the key's value is what names the partition).
 //!
 //! Sizes come from `system.parts` (the usual size report: rows, compressed and
 //! uncompressed bytes per partition); a unit's bytes are its share of the uncompressed bytes, which
@@ -32,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use minijinja::context;
 
 use super::values::{equals_filter, id_from_literal, parse_values};
-use super::{and_all, json_str, json_u64, partition_id_filter, Ch, ChError};
+use super::{and_all, json_str, json_u64, partition_id_filter, Ch, ChError, Feature};
 use crate::engines::source::UnitsRequest;
 use crate::graph::{Chunk, Partition};
 
@@ -129,6 +134,37 @@ pub async fn size_report(ch: &Ch, database: &str, table: &str) -> Result<Vec<Par
         .collect())
 }
 
+/// `_partition_id = '<id>' AND (<key>) = <value>` when the second half selects the
+/// partition's `rows` (within the bounds) exactly, else `_partition_id = '<id>'` alone.
+async fn pruned_partition_filter(
+    ch: &Ch,
+    from: &str,
+    partition_key: &str,
+    size: &PartSize,
+    rows: u64,
+    req: &SplitRequest,
+) -> Result<String, ChError> {
+    let by_id = partition_id_filter(&size.partition_id);
+    let by_key = equals_filter(partition_key, &size.partition);
+    let counted = ch
+        .stats(
+            &format!("check the key filter of partition {}", size.partition_id),
+            from,
+            and_all([Some(by_key.as_str()), req.bounds.as_deref()]).as_deref(),
+            None,
+        )
+        .await?;
+    if counted.rows == rows {
+        Ok(format!("{by_id} AND {by_key}"))
+    } else {
+        tracing::warn!(
+            partition = %size.partition_id, by_key = %by_key, counted = counted.rows, rows,
+            "the partition's key filter does not select its rows; every read of it scans the table"
+        );
+        Ok(by_id)
+    }
+}
+
 /// Lists and sizes the units of a table.
 pub async fn split(ch: &Ch, req: &SplitRequest) -> Result<SplitResult, ChError> {
     let from = super::qualified(&req.database, &req.table);
@@ -149,6 +185,8 @@ pub async fn split(ch: &Ch, req: &SplitRequest) -> Result<SplitResult, ChError> 
     let mut notes = Vec::new();
     match req.grouping {
         Grouping::Physical => {
+            let prune_by_key = !ch.caps().await?.has(Feature::StoragePolicies)
+                && !info.partition_key.trim().is_empty();
             let in_bounds: BTreeMap<String, u64> = match &req.bounds {
                 Some(bounds) => ch
                     .rows(
@@ -172,10 +210,15 @@ pub async fn split(ch: &Ch, req: &SplitRequest) -> Result<SplitResult, ChError> 
                 if rows == 0 {
                     continue;
                 }
+                let filter = if prune_by_key {
+                    pruned_partition_filter(ch, &from, &info.partition_key, size, rows, req).await?
+                } else {
+                    partition_id_filter(&size.partition_id)
+                };
                 partitions.push(Partition {
                     id: size.partition_id.clone(),
                     value: Some(size.partition.clone()),
-                    filter: Some(partition_id_filter(&size.partition_id)),
+                    filter: Some(filter),
                     rows: Some(rows),
                     bytes: Some(share(rows, size.rows, size.uncompressed_bytes)),
                     chunks: vec![],
