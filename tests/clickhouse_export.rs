@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clickhouse_common::{ch, stats, AWKWARD_COLUMNS, AWKWARD_VALUES};
 use flow::engines::clickhouse::export::{
     export_streamed, export_unit, verify_partition, ExportPath, ExportUnit, ExportedFile,
-    ProbeCache, VerifyRequest,
+    VerifyRequest,
 };
 use flow::engines::clickhouse::split::{split, Grouping, SplitRequest};
 use flow::engines::clickhouse::{and_all, Ch};
@@ -87,6 +87,7 @@ async fn reload(
     }
 }
 
+#[derive(Clone)]
 struct Case<'a> {
     ch: &'a Ch,
     db: &'a support::ChDatabase,
@@ -124,9 +125,14 @@ async fn export_and_reload(case: &Case<'_>, format: ExportFormat) -> Vec<ExportP
     )
     .await
     .unwrap();
-    let reload_table = format!("{}.reload_{}_{}", db.name(), table, format.extension());
+    let reload_table = format!(
+        "{}.reload_{}_{}_{}",
+        db.name(),
+        case.prefix.replace('-', "_"),
+        table,
+        format.extension()
+    );
     db.exec(&format!("CREATE TABLE {reload_table} AS {from}"));
-    let probes = ProbeCache::default();
     let cancel = CancellationToken::new();
     let mut paths = Vec::new();
     for p in &result.partitions {
@@ -153,7 +159,7 @@ async fn export_and_reload(case: &Case<'_>, format: ExportFormat) -> Vec<ExportP
                 formatting: Formatting::Auto,
                 chunk,
             };
-            let (file, note) = export_unit(ch, store.as_ref(), &unit, &probes, &cancel)
+            let (file, note) = export_unit(ch, store.as_ref(), &unit, &cancel)
                 .await
                 .unwrap_or_else(|e| panic!("export {} ({format:?}): {e}", unit.key));
             paths.push(file.path);
@@ -280,7 +286,11 @@ async fn exports_to_s3_streamed_and_server_side() {
                 table: "awkward",
                 bounds: None,
                 declared: None,
-                server_side: ServerSide::Auto,
+                server_side: if modern {
+                    ServerSide::Always
+                } else {
+                    ServerSide::Auto
+                },
                 prefix: if modern { "modern" } else { "old" },
             };
             let paths = export_and_reload(&case, format).await;
@@ -295,15 +305,21 @@ async fn exports_to_s3_streamed_and_server_side() {
                 if modern { "modern" } else { "18.16" }
             );
             if modern {
-                // The same through flow when the plan says never.
-                let case = Case {
-                    server_side: ServerSide::Never,
-                    prefix: "modern-streamed",
-                    table: "flat",
-                    ..case
-                };
-                let paths = export_and_reload(&case, format).await;
-                assert!(paths.iter().all(|p| *p == ExportPath::Streamed));
+                // The same through flow when the plan says auto (no full read-back)
+                // or never.
+                for (server_side, prefix) in [
+                    (ServerSide::Auto, "modern-auto"),
+                    (ServerSide::Never, "modern-streamed"),
+                ] {
+                    let case = Case {
+                        server_side,
+                        prefix,
+                        table: "flat",
+                        ..case.clone()
+                    };
+                    let paths = export_and_reload(&case, format).await;
+                    assert!(paths.iter().all(|p| *p == ExportPath::Streamed));
+                }
             }
         }
         if !modern {
@@ -320,7 +336,6 @@ async fn exports_to_s3_streamed_and_server_side() {
                     formatting: Formatting::Auto,
                     chunk: None,
                 },
-                &ProbeCache::default(),
                 &CancellationToken::new(),
             )
             .await

@@ -799,7 +799,7 @@ async fn checksums_ignore_storage_artefacts_and_auto_streams_when_a_read_back_di
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("templates");
     std::fs::create_dir_all(templates.join("clickhouse")).unwrap();
-    let write_plan = |name: &str, extra: &str| {
+    let write_plan = |name: &str, extra: &str, server_side: &str| {
         let plan = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &plan,
@@ -821,7 +821,7 @@ table = "art"
 strategy = "export"
 target = "out"
 format = "parquet"
-server_side = "auto"
+server_side = "{server_side}"
 mode = "partition"
 path = "{name}/{{{{ partition_id }}}}.parquet"
 "#,
@@ -843,7 +843,7 @@ path = "{name}/{{{{ partition_id }}}}.parquet"
     };
 
     // 1. The artefacts are not data: the server-side path verifies and is kept.
-    let out = run(write_plan("clean", "")).await.unwrap();
+    let out = run(write_plan("clean", "", "always")).await.unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let notes = export_notes(&out);
     assert_eq!(notes.len(), 2, "{notes:?}");
@@ -853,8 +853,7 @@ path = "{name}/{{{{ partition_id }}}}.parquet"
 
     // 2. A read-back that differs although every row is there (here a template
     //    override of the read-back; in the field a format the server reads back
-    //    otherwise): `auto` says what differs and streams through flow instead, which
-    //    verifies the bytes it writes itself, for that unit and the ones after it.
+    //    otherwise): `always` fails the unit and says what differs.
     std::fs::write(
         templates.join("clickhouse/count_s3.sql.j2"),
         "SELECT count() AS rows{% if checksum %}, {{ checksum }} + 1 AS checksum{% endif %}\n\
@@ -863,23 +862,41 @@ path = "{name}/{{{{ partition_id }}}}.parquet"
          {% if structure %}, {{ structure|sql_string }}{% endif %})\n",
     )
     .unwrap();
-    let out = run(write_plan("differs", "templates_dir = \"templates\""))
-        .await
-        .unwrap();
+    let out = run(write_plan(
+        "differs",
+        "templates_dir = \"templates\"",
+        "always",
+    ))
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("row checksum") && all.contains("differs from the source"),
+        "{all}"
+    );
+
+    // 3. `auto` streams through flow, which verifies the bytes it writes itself: it
+    //    needs no read-back (the broken one is never used) and says why in the note.
+    let out = run(write_plan(
+        "streams",
+        "templates_dir = \"templates\"",
+        "auto",
+    ))
+    .await
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let notes = export_notes(&out);
     assert_eq!(notes.len(), 2, "{notes:?}");
     for (id, note) in &notes {
         assert!(note.starts_with("streamed through flow"), "{id}: {note}");
+        assert!(
+            note.contains("server_side = \"auto\" streams"),
+            "{id}: {note}"
+        );
     }
-    assert!(
-        notes
-            .iter()
-            .any(|(_, n)| n.contains("row checksum") && n.contains("differs from the source")),
-        "the first unit says what differed: {notes:?}"
-    );
     let keys = bucket.keys().await;
-    for name in ["clean", "differs"] {
+    for name in ["clean", "streams"] {
         for month in ["201506", "201507"] {
             let key = format!("{name}/{month}.parquet");
             assert!(keys.contains(&key), "{key} in {keys:?}");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::export::{self, ProbeCache};
+use super::export;
 use super::split::{self, Grouping, SplitRequest};
 use super::{qualified, Ch, ChClient};
 use crate::engines::export::{ExportUnit, ExportedFile};
@@ -23,17 +23,12 @@ use crate::templates::Templates;
 /// The ClickHouse export source of one connection.
 pub struct ClickhouseSource {
     ch: Ch,
-    /// Whether the server could write to a store itself, learned once per store.
-    probes: Arc<ProbeCache>,
 }
 
 impl ClickhouseSource {
     /// The export source of a client.
     pub fn new(ch: Ch) -> Self {
-        ClickhouseSource {
-            ch,
-            probes: Arc::default(),
-        }
+        ClickhouseSource { ch }
     }
 
     /// The registry's constructor.
@@ -54,7 +49,6 @@ impl ExportSource for ClickhouseSource {
     fn for_task(&self, templates: Vec<&'static str>) -> Arc<dyn ExportSource> {
         Arc::new(ClickhouseSource {
             ch: self.ch.clone().for_task(templates),
-            probes: self.probes.clone(),
         })
     }
 
@@ -82,7 +76,7 @@ impl ExportSource for ClickhouseSource {
         store: &dyn Store,
         cancel: &CancellationToken,
     ) -> Result<(ExportedFile, String), TaskFailure> {
-        export::export_unit(&self.ch, store, unit, &self.probes, cancel).await
+        export::export_unit(&self.ch, store, unit, cancel).await
     }
 
     async fn signature(
