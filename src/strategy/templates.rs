@@ -50,6 +50,7 @@ const COPY: &[&str] = &[
     "clickhouse/insert_select.sql.j2",
     "clickhouse/insert_stream.sql.j2",
     "clickhouse/marker_info.sql.j2",
+    "clickhouse/partition_parts.sql.j2",
     "clickhouse/rename_swap.sql.j2",
     "clickhouse/replace_partition.sql.j2",
     "clickhouse/select.sql.j2",
