@@ -3,6 +3,7 @@
 //! [`Dispatch`] is the one [`TaskRunner`] of a run: exec steps go to [`exec`], sql
 //! steps to [`sql`], table tasks to [`table`], which dispatches on the strategy.
 
+pub mod aws;
 pub mod clickhouse;
 pub mod exec;
 pub mod export;

@@ -1,8 +1,8 @@
 //! `s3`: an S3 bucket (AWS or any S3-compatible store) as an object store.
 //!
-//! Credentials come from the AWS default chain (env, profile, web identity, IMDS)
-//! unless the connection gives static keys. With an `endpoint`, path-style addressing
-//! is the default (what S3-compatible stores expect).
+//! Region, endpoint and credentials are resolved by [`crate::engines::aws`], like every
+//! AWS client of flow. With an `endpoint`, path-style addressing is the default (what
+//! S3-compatible stores expect).
 //!
 //! Writes stream: bytes collect into a part buffer; a full part is uploaded while the
 //! next one fills. Every part buffer — filling or uploading — holds one of the store's
@@ -95,43 +95,21 @@ impl fmt::Debug for S3Store {
 impl S3Store {
     /// Builds the client; no request is made.
     pub async fn connect(config: S3Config) -> Result<Self, StoreError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        let region = config.region.clone().or_else(|| {
-            // A custom endpoint rarely cares about regions; AWS needs one.
-            config.endpoint.as_ref().map(|_| "us-east-1".to_string())
-        });
-        if let Some(region) = &region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        match (&config.access_key_id, &config.secret_access_key) {
-            (Some(id), Some(secret)) => {
-                loader = loader.credentials_provider(aws_credential_types::Credentials::new(
-                    id.expose(),
-                    secret.expose(),
-                    None,
-                    None,
-                    "flow-plan",
-                ));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(StoreError::Config {
-                    connection: config.connection.clone(),
-                    message:
-                        "give both `access_key_id` and `secret_access_key`, or neither to use \
-                              the AWS default credential chain"
-                            .into(),
-                })
-            }
-        }
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let shared = loader.load().await;
+        let shared = crate::engines::aws::sdk_config(crate::engines::aws::AwsSettings {
+            endpoint: config.endpoint.as_deref(),
+            region: config.region.as_deref(),
+            access_key_id: config.access_key_id.as_ref(),
+            secret_access_key: config.secret_access_key.as_ref(),
+        })
+        .await
+        .map_err(|message| StoreError::Config {
+            connection: config.connection.clone(),
+            message,
+        })?;
         let region = shared
             .region()
             .map(|r| r.to_string())
-            .unwrap_or_else(|| "us-east-1".into());
+            .unwrap_or_else(|| crate::engines::aws::FALLBACK_REGION.into());
         let path_style = config.path_style.unwrap_or(config.endpoint.is_some());
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(path_style)
