@@ -216,6 +216,36 @@ pub fn text(text: &str) -> String {
     current().redact(text).into_owned()
 }
 
+/// Makes a panic's report on stderr go through the redactor too: the default hook
+/// writes the panic message as it is, and a message may quote a value (a URL with its
+/// password, a rendered statement). Installed once, before anything runs.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let message = info.payload_as_str().unwrap_or("a panic without a message");
+        let report = panic_report(
+            thread.name().unwrap_or("<unnamed>"),
+            &info.location().map(|l| l.to_string()).unwrap_or_default(),
+            message,
+            &std::backtrace::Backtrace::capture().to_string(),
+        );
+        let _ = std::io::stderr().write_all(text(&report).as_bytes());
+    }));
+}
+
+/// What the panic hook writes (before masking), like the default hook's report.
+fn panic_report(thread: &str, location: &str, message: &str, backtrace: &str) -> String {
+    let mut report = format!("thread '{thread}' panicked at {location}:\n{message}\n");
+    if backtrace.is_empty() || backtrace.starts_with("disabled") {
+        report.push_str(
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+        );
+    } else {
+        report.push_str(&format!("stack backtrace:\n{backtrace}\n"));
+    }
+    report
+}
+
 /// Masks a byte stream: [`push`](StreamMask::push) returns what can be written now,
 /// holding back the bytes a secret could still continue into.
 pub struct StreamMask {
@@ -345,6 +375,7 @@ pub fn to_stderr(text: &str) {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     #[test]

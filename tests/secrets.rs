@@ -335,3 +335,32 @@ env = { PW = "${env:FLOW_CANARY_EXEC}" }
     let leaks = canary_hits(dir.path());
     assert!(leaks.is_empty(), "a canary was written to {leaks:?}");
 }
+
+/// A panic's report goes through the redactor: the hook flow installs masks the
+/// secrets a panic message may quote (the default hook would print them as they are).
+/// The test runs itself as a child that panics, and reads the child's stderr.
+#[test]
+fn a_panic_message_is_masked_on_stderr() {
+    const SECRET: &str = "panic-canary-7f3a91";
+    if std::env::var_os("FLOW_TEST_PANIC_CHILD").is_some() {
+        flow::redact::install([SECRET]);
+        flow::redact::install_panic_hook();
+        panic!("cannot reach http://u:{SECRET}@db:8123");
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_panic_message_is_masked_on_stderr",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FLOW_TEST_PANIC_CHILD", "1")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child panicked: {stderr}");
+    assert!(stderr.contains("panicked at"), "{stderr}");
+    assert!(stderr.contains("http://u:***@db:8123"), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
+}

@@ -170,6 +170,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    crate::redact::install_panic_hook();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format);
     let code = run(cli);
