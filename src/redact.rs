@@ -222,7 +222,12 @@ pub fn text(text: &str) -> String {
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
-        let message = info.payload_as_str().unwrap_or("a panic without a message");
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic without a message");
         let report = panic_report(
             thread.name().unwrap_or("<unnamed>"),
             &info.location().map(|l| l.to_string()).unwrap_or_default(),
