@@ -32,6 +32,15 @@ use std::sync::{Arc, RwLock};
 
 use aho_corasick::AhoCorasick;
 
+/// Words that make a name (an environment variable, a setting, an env key) secret.
+const SECRET_WORDS: &[&str] = &["PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"];
+
+/// Whether a name marks its value as secret (`PGPASSWORD`, `api_token`, `s3_secret`).
+pub fn name_marks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_WORDS.iter().any(|w| upper.contains(w))
+}
+
 /// What a masked value is replaced with.
 pub const MASK: &str = "***";
 

@@ -256,7 +256,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `env` inside templates. `reveal = false` yields `${env:NAME}` placeholders.
+/// `env` inside templates. `reveal = false` yields `${env:NAME}` placeholders. Revealed,
+/// a secret-named variable's value is added to the process's redactor before the
+/// rendered text can reach any writer — also when the name is computed as the template
+/// renders (`env[vars.name]`), which no check of the template's text can see.
 #[derive(Debug)]
 pub struct EnvObject {
     pub reveal: bool,
@@ -266,7 +269,11 @@ impl Object for EnvObject {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let name = key.as_str()?;
         if self.reveal {
-            std::env::var(name).ok().map(Value::from)
+            let value = std::env::var(name).ok()?;
+            if crate::redact::name_marks_secret(name) {
+                crate::redact::install([&value]);
+            }
+            Some(Value::from(value))
         } else {
             Some(Value::from(format!("${{env:{name}}}")))
         }

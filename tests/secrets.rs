@@ -155,6 +155,8 @@ fn canaries_in_every_secret_position_appear_in_no_output_of_any_command() {
 [plan]
 name = "canary"
 retries = 0
+# A secret-named variable whose name is computed when the template renders.
+vars = { which = "FLOW_CANARY_COMPUTED_TOKEN" }
 
 [connections.ch]
 kind = "clickhouse"
@@ -231,6 +233,11 @@ id = "leaky"
 kind = "exec"
 run = "echo \"out $PW {{ env.FLOW_CANARY_TOKEN }}\"; echo \"err $PW {{ env.FLOW_CANARY_TOKEN }}\" >&2; exit 3"
 env = { PW = "${env:FLOW_CANARY_EXEC}" }
+
+[[steps]]
+id = "computed-name"
+kind = "exec"
+run = "echo \"computed {{ env[vars.which] }}\"; exit 4"
 "#,
     )
     .unwrap();
@@ -248,6 +255,7 @@ env = { PW = "${env:FLOW_CANARY_EXEC}" }
         ("FLOW_CANARY_S3_KEY", format!("{CANARY}S3Key/+x")),
         ("FLOW_CANARY_TOKEN", format!("{CANARY}Token")),
         ("FLOW_CANARY_EXEC", format!("{CANARY}Exec")),
+        ("FLOW_CANARY_COMPUTED_TOKEN", format!("{CANARY}Computed")),
     ];
     let plan_arg = plan.to_str().unwrap();
     let metrics = dir.path().join("metrics.prom");

@@ -15,14 +15,7 @@ use std::collections::BTreeMap;
 use super::interpolate::Interpolated;
 use super::Plan;
 
-/// Words that make a name (an environment variable, a setting, an env key) secret.
-const SECRET_WORDS: &[&str] = &["PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"];
-
-/// Whether a name marks its value as secret (`PGPASSWORD`, `api_token`, `s3_secret`).
-pub fn name_marks_secret(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    SECRET_WORDS.iter().any(|w| upper.contains(w))
-}
+pub use crate::redact::name_marks_secret;
 
 /// Why a value in a secret position holds a secret in clear, or None.
 pub fn clear_text(value: &Interpolated) -> Option<&'static str> {
@@ -99,7 +92,9 @@ fn push_userinfo(
 
 /// The secret-named environment variables a template may read: those whose name
 /// appears in its text (`{{ env.MY_TOKEN }}`, `{{ env["MY_TOKEN"] }}`). A name built
-/// at render time (`env[vars.name]`) cannot be known here.
+/// at render time (`env[vars.name]`) cannot be known here; the template's `env`
+/// object adds such a value to the redactor as it reads it
+/// ([`crate::templates::EnvObject`]).
 pub fn template_env_names<'a>(text: &str, env: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
     env.into_iter()
         .filter(|name| name_marks_secret(name) && text.contains(name))
