@@ -758,3 +758,51 @@ async fn rows_written_between_load_and_drop_are_never_dropped_unmoved() {
         "every original and late row, once"
     );
 }
+
+/// A ReplacingMergeTree partition with rows its merges have not collapsed yet moves
+/// with every row: the copy is inserted without `optimize_on_insert`, so it holds the
+/// rows as they are stored and equals its source (before, the INSERT collapsed them and
+/// the load could never match).
+#[tokio::test]
+async fn a_replacing_table_with_unmerged_rows_moves_every_row() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "policyrmt");
+    let d = db.name();
+    db.exec(&format!(
+        "CREATE TABLE {d}.events (id UInt64, d Date, v UInt64) ENGINE = ReplacingMergeTree \
+         PARTITION BY toYYYYMM(d) ORDER BY id"
+    ));
+    db.exec(&format!("SYSTEM STOP MERGES {d}.events"));
+    for v in [1, 2] {
+        db.exec(&format!(
+            "INSERT INTO {d}.events SELECT number, toDate('2015-06-01') + number % 40, {v} \
+             FROM numbers(500)"
+        ));
+    }
+    let ch = ch(&url);
+    let before = total(&ch, d, "events").await;
+    assert_eq!(before.rows, 1000, "the duplicates are there, unmerged");
+    let m = mover(&ch, d, "plan-a");
+    m.prepare().await.unwrap();
+    let cancel = CancellationToken::new();
+    for id in partition_ids(&ch, d, None).await {
+        let loaded = m.load(&id, &cancel).await.unwrap();
+        let verified = m
+            .verify(&id, loaded.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+        m.drop_partition(&id, verified.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+    }
+    m.catch_up(&cancel).await.unwrap();
+    m.full_verify().await.unwrap();
+    m.swap(false, &cancel).await.unwrap();
+    m.cleanup(&cancel).await.unwrap();
+    // One part per partition in the moved table (one INSERT each): nothing to merge.
+    assert_eq!(
+        total(&ch, d, "events").await,
+        before,
+        "every stored row, once"
+    );
+}

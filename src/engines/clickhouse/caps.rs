@@ -60,6 +60,10 @@ pub enum Feature {
     Parquet,
     /// `ALTER TABLE … MOVE PARTITION … TO TABLE …`.
     MovePartitionToTable,
+    /// The `optimize_on_insert` setting (on by default: an INSERT into a Replacing,
+    /// Collapsing, Summing… table merges its block as it writes it). It appeared around
+    /// 20.12–21.1; flow sends it from 21.2 on, where it surely exists.
+    OptimizeOnInsert,
 }
 
 impl Feature {
@@ -73,6 +77,7 @@ impl Feature {
             Feature::InsertIntoS3 => Version::new(21, 5, 0),
             Feature::Parquet => Version::new(20, 1, 0),
             Feature::MovePartitionToTable => Version::new(20, 5, 0),
+            Feature::OptimizeOnInsert => Version::new(21, 2, 0),
         }
     }
 
@@ -85,6 +90,7 @@ impl Feature {
             Feature::InsertIntoS3 => "INSERT INTO FUNCTION s3",
             Feature::Parquet => "the Parquet format",
             Feature::MovePartitionToTable => "MOVE PARTITION … TO TABLE",
+            Feature::OptimizeOnInsert => "the optimize_on_insert setting",
         }
     }
 }

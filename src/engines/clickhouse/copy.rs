@@ -253,7 +253,10 @@ impl CopyJob {
                 .run_cancellable(
                     &action,
                     "insert_select",
-                    context! { target => &staging, columns => &cols, from => self.src(), filter => &filter },
+                    context! {
+                        target => &staging, columns => &cols, from => self.src(), filter => &filter,
+                        settings => super::keep_rows_as_stored(&self.target).await?,
+                    },
                     cancel,
                 )
                 .await?;

@@ -336,3 +336,14 @@ pub fn partition_id_filter(partition_id: &str) -> String {
         crate::templates::quote_sql_string(partition_id)
     )
 }
+
+/// The settings of an `INSERT … SELECT` that must copy rows exactly as they are stored:
+/// without them a Replacing, Collapsing or Summing table merges the inserted block, so
+/// the copy of a partition with unmerged rows would hold fewer rows than its source.
+pub async fn keep_rows_as_stored(ch: &Ch) -> Result<Option<&'static str>, ChError> {
+    Ok(ch
+        .caps()
+        .await?
+        .has(Feature::OptimizeOnInsert)
+        .then_some("optimize_on_insert = 0"))
+}

@@ -1401,6 +1401,7 @@ impl PolicyMove {
                 context! {
                     target => s.staging, columns => &cols, from => s.from,
                     filter => partition_id_filter(s.partition_id),
+                    settings => super::keep_rows_as_stored(&self.ch).await?,
                 },
                 cancel,
             )
