@@ -62,6 +62,11 @@ pub fn builtin_template_names() -> Vec<String> {
     names
 }
 
+/// The text flow ships for a built-in template (whatever a plan's `templates_dir` says).
+pub fn builtin_source(name: &str) -> Option<&'static str> {
+    BUILTIN.get_file(name).and_then(|f| f.contents_utf8())
+}
+
 /// Units of work (template instructions) one render may use.
 pub const FUEL: u64 = 1_000_000;
 

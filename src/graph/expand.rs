@@ -356,7 +356,12 @@ impl<'g> TableBuilder<'g> {
             .clone();
         let inputs = TaskInputs::new(shared, inputs);
         let mut task = Task::new(id, kind, unit, connections, placement, inputs);
-        task.superseded = Some(self.template_inputs.superseded.clone());
+        let uses_a_changed_template = SUPERSEDED_TEXTS
+            .iter()
+            .any(|(name, _)| task.inputs.contains_key(&format!("{TEMPLATE_INPUT}{name}")));
+        if !uses_a_changed_template {
+            task.superseded = Some(self.template_inputs.superseded.clone());
+        }
         let index = self.graph.add(task)?;
         self.tasks.push(index);
         Ok(index)
@@ -546,6 +551,24 @@ const SUPERSEDED_TEMPLATE_SET: &[&str] = &[
     "clickhouse/version.sql.j2",
 ];
 
+/// Built-in templates of that set whose text changed since, with the text the
+/// superseded input hashed: the hash is computed as it was, and a task that uses one
+/// of them is not carried over (its statement is not the one it ran: it runs again).
+const SUPERSEDED_TEXTS: &[(&str, &str)] = &[(
+    "clickhouse/insert_select.sql.j2",
+    "{# Copy rows inside one server. #}\nINSERT INTO {{ target }} ({{ columns }})\nSELECT \
+     {{ columns }}\nFROM {{ from }}\n{%- if filter %}\nWHERE {{ filter }}\n{%- endif %}\n",
+)];
+
+/// The text the superseded `templates` input hashed for `name`, whose text in effect
+/// is `src`: the old built-in text where flow's own changed since, else `src`.
+fn superseded_text<'a>(name: &str, src: &'a str) -> &'a str {
+    match SUPERSEDED_TEXTS.iter().find(|(n, _)| *n == name) {
+        Some((_, old)) if crate::templates::builtin_source(name) == Some(src) => old,
+        _ => src,
+    }
+}
+
 impl TemplateInputs {
     fn new(templates: &Templates) -> Self {
         let mut hashes = BTreeMap::new();
@@ -554,7 +577,7 @@ impl TemplateInputs {
             if let Some(src) = templates.source(&name) {
                 if SUPERSEDED_TEMPLATE_SET.contains(&name.as_str()) {
                     all.update(name.as_bytes());
-                    all.update(src.as_bytes());
+                    all.update(superseded_text(&name, &src).as_bytes());
                 }
                 let hash = blake3::hash(src.as_bytes()).to_hex()[..16].to_string();
                 hashes.insert(name, hash);
@@ -585,5 +608,28 @@ impl TemplateInputs {
             }
         }
         inputs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_superseded_hash_reads_changed_built_ins_as_they_were_and_overrides_as_they_are() {
+        let name = "clickhouse/insert_select.sql.j2";
+        let shipped = crate::templates::builtin_source(name).unwrap();
+        let old = SUPERSEDED_TEXTS[0].1;
+        assert_ne!(shipped, old, "the shipped text changed since");
+        assert_eq!(superseded_text(name, shipped), old);
+        assert_eq!(superseded_text(name, "INSERT my own"), "INSERT my own");
+        let unchanged = crate::templates::builtin_source("clickhouse/count.sql.j2").unwrap();
+        assert_eq!(
+            superseded_text("clickhouse/count.sql.j2", unchanged),
+            unchanged
+        );
+        for (name, _) in SUPERSEDED_TEXTS {
+            assert!(SUPERSEDED_TEMPLATE_SET.contains(name), "{name}");
+        }
     }
 }
