@@ -67,6 +67,23 @@ async fn total(ch: &Ch, db: &str, table: &str) -> Stats {
     stats(ch, &format!("`{db}`.`{table}`"), None).await
 }
 
+/// `expected`: a copy of `events`, into which a test writes every row it writes into
+/// `events` ([`write_both`]), so that the two must end equal.
+fn create_expected(db: &support::ChDatabase) {
+    let d = db.name();
+    db.exec(&format!("CREATE TABLE {d}.expected AS {d}.events"));
+    db.exec(&format!(
+        "INSERT INTO {d}.expected SELECT * FROM {d}.events"
+    ));
+}
+
+/// The rows of `select` into both `events` and `expected`.
+fn write_both(db: &support::ChDatabase, select: &str) {
+    for t in ["events", "expected"] {
+        db.exec(&format!("INSERT INTO {}.{t} {select}", db.name()));
+    }
+}
+
 /// The S3 objects behind a table's active parts (`system.remote_data_paths`), each
 /// checked with HEAD in the disk's bucket. Returns how many exist.
 async fn objects_of(db: &support::ChDatabase, table: &str) -> (usize, usize) {
@@ -202,16 +219,7 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
     create_events(&db);
     let ch = ch(&url);
     let d = db.name().to_string();
-    // Every row written into `events` is also written into `expected`.
-    db.exec(&format!("CREATE TABLE {d}.expected AS {d}.events"));
-    db.exec(&format!(
-        "INSERT INTO {d}.expected SELECT * FROM {d}.events"
-    ));
-    let write_both = |select: &str| {
-        for t in ["events", "expected"] {
-            db.exec(&format!("INSERT INTO {d}.{t} {select}"));
-        }
-    };
+    create_expected(&db);
     let m = mover(&ch, &d, "plan-a");
     m.prepare().await.unwrap();
     let ids = partition_ids(&ch, &d, None).await;
@@ -251,9 +259,10 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
     //    move. (a) Between a load and its re-run: the load never clears a target
     //    partition, and the advice it gives works.
     let one_more = |id: &str| {
-        write_both(&format!(
-            "SELECT * FROM {d}.expected WHERE _partition_id = '{id}' ORDER BY id LIMIT 1"
-        ))
+        write_both(
+            &db,
+            &format!("SELECT * FROM {d}.expected WHERE _partition_id = '{id}' ORDER BY id LIMIT 1"),
+        )
     };
     let cancel = CancellationToken::new();
     m.load(&ids[1], &cancel).await.unwrap();
@@ -307,9 +316,11 @@ async fn kills_at_awkward_moments_lose_and_duplicate_nothing() {
 
     // 4. Rows arrive after their partition was moved (it reappears) and in a new one.
     write_both(
+        &db,
         "SELECT number + 900000, toDate('2015-06-05'), toDateTime('2015-06-05 00:00:00'), 'late', 'x', NULL, NULL, 0, [], [], 'z' FROM numbers(100)",
     );
     write_both(
+        &db,
         "SELECT number + 950000, toDate('2016-01-05'), toDateTime('2016-01-05 00:00:00'), 'new', 'x', NULL, NULL, 0, [], [], 'z' FROM numbers(50)",
     );
 
@@ -632,11 +643,7 @@ keep_old = false
         .args(["apply", "plan.toml"])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("does not copy every row"), "{text}");
 
@@ -695,17 +702,14 @@ async fn rows_written_between_load_and_drop_are_never_dropped_unmoved() {
     create_events(&db);
     let ch = ch(&url);
     let d = db.name().to_string();
-    db.exec(&format!("CREATE TABLE {d}.expected AS {d}.events"));
-    db.exec(&format!(
-        "INSERT INTO {d}.expected SELECT * FROM {d}.events"
-    ));
+    create_expected(&db);
     let one_more = |id: &str, n: u32| {
-        for t in ["events", "expected"] {
-            db.exec(&format!(
-                "INSERT INTO {d}.{t} SELECT * FROM {d}.expected WHERE _partition_id = '{id}' \
-                 ORDER BY id LIMIT {n}"
-            ));
-        }
+        write_both(
+            &db,
+            &format!(
+                "SELECT * FROM {d}.expected WHERE _partition_id = '{id}' ORDER BY id LIMIT {n}"
+            ),
+        )
     };
     let both_sides = |id: &str| {
         let f = format!("_partition_id = '{id}'");

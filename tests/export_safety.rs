@@ -119,12 +119,7 @@ fn flow(args: &[&str], plan: &Path) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    support::output_text(out)
 }
 
 fn apply(plan: &Path, extra: &[&str]) -> Output {

@@ -247,12 +247,7 @@ fn flow(plan: &Path, args: &[&str]) -> (bool, String) {
         .env("FLOW_TEST_SHOP_PASSWORD", "flow")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), support::output_text(&out))
 }
 
 #[test]

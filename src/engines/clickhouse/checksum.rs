@@ -35,7 +35,8 @@ pub enum Compared {
     AcrossServers,
     /// Both sides on one server (a policy move, a copy inside one server): Decimals and
     /// UUIDs are hashed as their bytes (`reinterpretAsString`, which every version has
-    /// and which is exact for one type), 2.5–4 times faster than as canonical text.
+    /// and which is exact for one type), not as canonical text, which costs the server
+    /// a conversion and a regular expression per value.
     OnOneServer,
 }
 

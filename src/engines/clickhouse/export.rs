@@ -16,9 +16,9 @@
 //!   a read-back that differs fails the unit, naming what differed.
 //!
 //! `server_side = "auto"` streams: the streamed path verifies what it writes while it
-//! writes it, where the server-side one reads every object back (measured 1.7× slower
-//! on the test stack, and a full GET of every object in the field). The note of every
-//! unit says which path it took and why.
+//! writes it, where the server-side one reads every object back in full (a second
+//! pass over the data, and a GET of every object). The note of every unit says which
+//! path it took and why.
 //!
 //! After writing, the source's `count()` for the same filter must equal the rows
 //! written; a difference means rows changed during the export (bound the table with

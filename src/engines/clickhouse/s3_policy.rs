@@ -143,9 +143,10 @@ impl StepResult {
 
     /// A step that ends with a partition's copy equal to its source.
     fn signed(signatures: PartitionSignatures, note: impl Into<String>) -> Self {
+        let stats = signatures.copy.stats;
         StepResult {
-            signatures: Some(signatures.clone()),
-            ..Self::of(signatures.copy.stats, note)
+            signatures: Some(signatures),
+            ..Self::of(stats, note)
         }
     }
 }
@@ -337,10 +338,6 @@ impl PolicyMove {
 
     /// Fails when another plan holds the lock (a free table stays free: only
     /// prepare takes the lock, so a task repeated after cleanup leaves no marker).
-    pub async fn check_lock(&self) -> Result<(), TaskFailure> {
-        self.check_lock_in(&self.survey(&[]).await?)
-    }
-
     fn check_lock_in(&self, survey: &Survey) -> Result<(), TaskFailure> {
         let name = self.lock_name();
         let Some((_, holder)) = survey.tables.get(&name) else {
@@ -561,10 +558,17 @@ impl PolicyMove {
         &self,
         also: &[&str],
     ) -> Result<Option<(Roles, Survey)>, TaskFailure> {
+        let (roles, survey) = self.locked_roles(also).await?;
+        Ok((roles != Roles::Done).then_some((roles, survey)))
+    }
+
+    /// Checks this plan holds the table's lock and reads the roles, from one survey
+    /// (which also says which of `also` exist).
+    async fn locked_roles(&self, also: &[&str]) -> Result<(Roles, Survey), TaskFailure> {
         let survey = self.survey(also).await?;
         self.check_lock_in(&survey)?;
         let roles = self.roles_in(&survey)?;
-        Ok((roles != Roles::Done).then_some((roles, survey)))
+        Ok((roles, survey))
     }
 
     /// Copies one partition into the new table (see the module notes for each case).
@@ -1449,8 +1453,7 @@ impl PolicyMove {
         release_lock: bool,
         cancel: &CancellationToken,
     ) -> Result<StepResult, TaskFailure> {
-        self.check_lock().await?;
-        let roles = self.roles().await?;
+        let (roles, _) = self.locked_roles(&[]).await?;
         let mut note = match roles {
             Roles::Done => "table already on the policy".to_string(),
             Roles::Swapped => "already swapped".to_string(),
@@ -1551,8 +1554,7 @@ impl PolicyMove {
 
     /// Drops the old table (and flow's helper tables) once it is empty.
     pub async fn cleanup(&self, cancel: &CancellationToken) -> Result<StepResult, TaskFailure> {
-        self.check_lock().await?;
-        let roles = self.roles().await?;
+        let (roles, _) = self.locked_roles(&[]).await?;
         if roles == (Roles::Moving { new_exists: true }) {
             return Err(fail(format!(
                 "cleanup {}: the swap has not happened; refusing to drop anything",
