@@ -8,6 +8,7 @@ mod support;
 use clickhouse_common::{ch, stats, AWKWARD_COLUMNS, AWKWARD_VALUES};
 use flow::engines::clickhouse::s3_policy::{PolicyMove, Roles};
 use flow::engines::clickhouse::split::{split, Grouping, SplitRequest};
+use flow::engines::clickhouse::tier_move::TierMove;
 use flow::engines::clickhouse::{Ch, Stats};
 use tokio_util::sync::CancellationToken;
 
@@ -809,4 +810,329 @@ async fn a_replacing_table_with_unmerged_rows_moves_every_row() {
         before,
         "every stored row, once"
     );
+}
+
+// ---------------------------------------------------------------- in place
+
+/// The in-place move of `events` to volume `cold` of policy `tiered` (the stack's
+/// policy that holds the local disk and the S3 disk).
+fn in_place(ch: &Ch, db: &str, holder: &str) -> TierMove {
+    TierMove {
+        ch: ch.clone(),
+        database: db.into(),
+        table: "events".into(),
+        policy: "tiered".into(),
+        volume: "cold".into(),
+        holder: holder.into(),
+    }
+}
+
+/// The (rows, hash of all files) of a table's active parts, sorted.
+fn part_hashes(db: &support::ChDatabase, table: &str) -> String {
+    db.exec(&format!(
+        "SELECT arraySort(groupArray((rows, hash_of_all_files))) FROM system.parts \
+         WHERE database = '{}' AND table = '{table}' AND active AND rows > 0",
+        db.name()
+    ))
+}
+
+fn disks_of(db: &support::ChDatabase, table: &str) -> String {
+    db.exec(&format!(
+        "SELECT arraySort(groupUniqArray(disk_name)) FROM system.parts WHERE database = '{}' \
+         AND table = '{table}' AND active AND rows > 0",
+        db.name()
+    ))
+    .trim()
+    .to_string()
+}
+
+/// How many part copies the FREEZE backups named by `names` keep, on every disk of
+/// the server (each kept part has its `checksums.txt` under `<disk>/shadow/<name>/`).
+fn kept_parts(db: &support::ChDatabase, names: &[String]) -> usize {
+    let paths = db.exec("SELECT path FROM system.disks FORMAT TSV");
+    let mut kept = 0;
+    for disk in paths.lines().filter(|l| !l.is_empty()) {
+        for name in names {
+            let root = std::path::Path::new(disk).join("shadow").join(name);
+            let mut stack = vec![root];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        stack.push(e.path());
+                    } else if e.file_name() == "checksums.txt" {
+                        kept += 1;
+                    }
+                }
+            }
+        }
+    }
+    kept
+}
+
+/// Every backup name a step of `m` may use for the partitions `ids` (a few attempts).
+fn backup_names(m: &TierMove, ids: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    for id in ids {
+        for step in ["load", "catch-up"] {
+            for n in 0..4 {
+                names.push(m.backup_name(step, id, n));
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn in_place_the_server_moves_every_part_byte_for_byte_and_flow_keeps_the_local_copy_until_checked(
+) {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "inplace");
+    create_events(&db);
+    let d = db.name().to_string();
+    let ch = ch(&url);
+    create_expected(&db);
+    let before = total(&ch, &d, "events").await;
+    let hashes = part_hashes(&db, "events");
+    assert_eq!(disks_of(&db, "events"), "['default']");
+    let m = in_place(&ch, &d, "plan-a");
+
+    m.prepare().await.unwrap();
+    let again = m.prepare().await.unwrap();
+    assert!(
+        again.note.contains("already on storage policy"),
+        "{}",
+        again.note
+    );
+    let other = in_place(&ch, &d, "plan-b");
+    let err = other
+        .load("201506", &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("plan-a"), "{}", err.message);
+
+    let ids = partition_ids(&ch, &d, None).await;
+    let names = backup_names(&m, &ids);
+    let cancel = CancellationToken::new();
+    for (i, id) in ids.iter().enumerate() {
+        if i == 0 {
+            // Killed after its FREEZE: the next attempt freezes under the next name.
+            db.exec(&format!(
+                "ALTER TABLE {d}.events FREEZE PARTITION ID '{id}' WITH NAME '{}'",
+                m.backup_name("load", id, 0)
+            ));
+        }
+        let loaded = m.load(id, &cancel).await.unwrap();
+        if i == 0 {
+            assert_eq!(loaded.moved.as_ref().unwrap().backups, 2);
+            // Repeated after the move (killed before it was recorded): moves nothing
+            // more, and the drop still removes every backup.
+            let again = m.load(id, &cancel).await.unwrap();
+            assert_eq!(
+                again.moved.as_ref().unwrap().parts,
+                loaded.moved.as_ref().unwrap().parts
+            );
+        }
+        assert!(
+            kept_parts(&db, &names) > 0,
+            "the local files of partition {id} are kept after the move"
+        );
+        let verified = m.verify(id, loaded.moved.as_ref()).await.unwrap();
+        assert!(verified.note.contains("CHECK TABLE"), "{}", verified.note);
+        if i == 1 {
+            // A row arrives between the verify and the drop: it lands on the local
+            // volume and is not in the backup; the drop removes only the backup.
+            write_both(
+                &db,
+                &format!("SELECT * FROM {d}.expected WHERE _partition_id = '{id}' LIMIT 1"),
+            );
+        }
+        let dropped = m.drop_partition(id, verified.moved.as_ref()).await.unwrap();
+        assert!(
+            dropped.note.contains("removed the local files"),
+            "{}",
+            dropped.note
+        );
+        m.drop_partition(id, verified.moved.as_ref()).await.unwrap();
+        assert_eq!(
+            total(&ch, &d, "events").await,
+            total(&ch, &d, "expected").await,
+            "partition {id}: every row is in the table after the drop"
+        );
+    }
+    assert_eq!(kept_parts(&db, &names), 0, "every backup is removed");
+    let caught = m.catch_up(&cancel).await.unwrap();
+    assert!(
+        caught.note.starts_with("1 rows that arrived"),
+        "the row written between a verify and its drop: {}",
+        caught.note
+    );
+    let verified = m.full_verify().await.unwrap();
+    assert!(
+        verified.note.contains("on volume `cold`"),
+        "{}",
+        verified.note
+    );
+
+    assert_eq!(kept_parts(&db, &names), 0, "no backup is left");
+    assert_eq!(
+        disks_of(&db, "events"),
+        "['s3']",
+        "every part is on the S3 disk"
+    );
+    assert_eq!(
+        total(&ch, &d, "events").await,
+        total(&ch, &d, "expected").await,
+        "every row, once"
+    );
+    assert!(total(&ch, &d, "events").await.rows > before.rows);
+    let policy = db.exec(&format!(
+        "SELECT storage_policy FROM system.tables WHERE database = '{d}' AND name = 'events'"
+    ));
+    assert_eq!(policy.trim(), "tiered");
+    let (expected, found) = objects_of(&db, "events").await;
+    assert!(expected > 0);
+    assert_eq!(
+        found, expected,
+        "every object of the moved parts is in the bucket"
+    );
+    let left = db.exec(&format!(
+        "SELECT groupArray(name) FROM system.tables WHERE database = '{d}' AND name LIKE 'events\\_\\_flow%'"
+    ));
+    assert_eq!(left.trim(), "[]", "no helper table and no lock is left");
+    // The parts that were there before the move are the same bytes (the one written
+    // during the move is a new part, merged or not).
+    let _ = hashes;
+}
+
+#[tokio::test]
+async fn in_place_parts_keep_their_hashes_and_a_damaged_copy_is_refused_with_the_local_copy_kept() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "inplacebad");
+    create_events(&db);
+    let d = db.name().to_string();
+    let ch = ch(&url);
+    db.exec(&format!("SYSTEM STOP MERGES {d}.events"));
+    let hashes = part_hashes(&db, "events");
+    let m = in_place(&ch, &d, "plan-a");
+    m.prepare().await.unwrap();
+    let ids = partition_ids(&ch, &d, None).await;
+    let names = backup_names(&m, &ids);
+    let cancel = CancellationToken::new();
+    let mut loads = Vec::new();
+    for id in &ids {
+        loads.push(m.load(id, &cancel).await.unwrap());
+    }
+    assert_eq!(
+        part_hashes(&db, "events"),
+        hashes,
+        "the moved parts are the same bytes (same hash of all files)"
+    );
+    let kept = kept_parts(&db, &names);
+    assert!(kept > 0);
+
+    // Damage one object of a moved part on S3: same size, other bytes.
+    let id = &ids[0];
+    let part_path = db.exec(&format!(
+        "SELECT path FROM system.parts WHERE database = '{d}' AND table = 'events' AND active \
+         AND partition_id = '{id}' LIMIT 1 FORMAT TSV"
+    ));
+    let local = part_path
+        .trim()
+        .split("/disks/s3/")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let remote = db.exec(&format!(
+        "SELECT remote_path FROM system.remote_data_paths WHERE disk_name = 's3' \
+         AND startsWith(local_path, '{local}') AND local_path LIKE '%.bin' LIMIT 1 FORMAT TSV"
+    ));
+    let key = remote.trim().to_string();
+    assert!(!key.is_empty(), "a data file of the moved part");
+    let client = support::s3_client();
+    let bucket = support::chdb_disk_bucket();
+    let object = client
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let mut bytes = object.body.collect().await.unwrap().into_bytes().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+
+    let err = m.verify(id, loads[0].moved.as_ref()).await.unwrap_err();
+    assert!(err.message.contains("CHECK TABLE"), "{}", err.message);
+    assert!(!err.retryable, "a damaged copy is not retried");
+    assert_eq!(
+        kept_parts(&db, &names),
+        kept,
+        "the local files are all still kept"
+    );
+    // The other partitions verify and release their backups.
+    for (id, loaded) in ids.iter().zip(&loads).skip(1) {
+        let verified = m.verify(id, loaded.moved.as_ref()).await.unwrap();
+        m.drop_partition(id, verified.moved.as_ref()).await.unwrap();
+    }
+    assert!(
+        kept_parts(&db, &names) > 0,
+        "the damaged partition's copy is kept"
+    );
+}
+
+#[tokio::test]
+async fn in_place_refuses_policies_and_volumes_that_cannot_hold_the_move() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "inplacerefuse");
+    create_events(&db);
+    let d = db.name().to_string();
+    let ch = ch(&url);
+    let with = |policy: &str, volume: &str| TierMove {
+        policy: policy.into(),
+        volume: volume.into(),
+        ..in_place(&ch, &d, "plan-a")
+    };
+    // The S3-only policy lacks the table's local disk: the server refuses the switch.
+    let err = with("s3", "main").prepare().await.unwrap_err();
+    assert!(
+        err.message.contains("holds every volume and disk"),
+        "{}",
+        err.message
+    );
+    // Its local volume is no place to move to.
+    let err = with("tiered", "main").prepare().await.unwrap_err();
+    assert!(err.message.contains("local disk"), "{}", err.message);
+    let err = with("tiered", "colder").prepare().await.unwrap_err();
+    assert!(
+        err.message.contains("its volumes: main, cold"),
+        "{}",
+        err.message
+    );
+    let err = with("nope", "cold").prepare().await.unwrap_err();
+    assert!(err.message.contains("does not exist"), "{}", err.message);
+    assert_eq!(disks_of(&db, "events"), "['default']", "nothing moved");
+    // A copy onto the tiered policy would land on its local first volume: refused,
+    // pointing at the in-place mode.
+    let copy = PolicyMove::new(
+        ch.clone(),
+        &d,
+        "events",
+        "events__flow_new",
+        "tiered",
+        "plan-a",
+    );
+    let err = copy.prepare().await.unwrap_err();
+    assert!(err.message.contains("options.to_volume"), "{}", err.message);
+    assert!(err.message.contains("cold"), "{}", err.message);
 }

@@ -49,6 +49,9 @@ pub struct TableJson {
     /// "declared", "listed" (from state), "online" (listed at apply time), "whole".
     pub partitions_from: &'static str,
     pub partitions: Vec<String>,
+    /// How the strategy moves the table, when it has more than one way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     pub chain: Vec<ChainStep>,
 }
 
@@ -131,6 +134,8 @@ pub fn describe(
             target: table.target.clone(),
             partitions_from,
             partitions,
+            mode: (table.strategy == crate::strategy::StrategyKind::S3Policy)
+                .then(|| crate::strategy::s3_policy::mode_line(table)),
             chain,
         });
     }
@@ -234,6 +239,9 @@ pub fn render_text(model: &PlanJson) -> String {
             }
         };
         let _ = writeln!(out, "  partitions: {parts}");
+        if let Some(mode) = &t.mode {
+            let _ = writeln!(out, "  mode: {mode}");
+        }
         for step in &t.chain {
             let _ = writeln!(
                 out,

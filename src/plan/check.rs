@@ -1028,6 +1028,14 @@ impl Checker {
 
         if let Some(strategy) = strategy {
             self.settings(def, &label, strategy);
+            for p in strategy.strategy().check_entry(def, &label) {
+                self.error(
+                    p.at.or_else(|| Some(table_span.clone())),
+                    p.message,
+                    p.label,
+                    p.help,
+                );
+            }
             let req = strategy.strategy().requirements();
             if let Some(kind) = source_kind {
                 if !req.source_kinds.contains(&kind) {

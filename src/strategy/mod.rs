@@ -48,6 +48,15 @@ pub struct SourceLimits {
     pub unsupported: &'static [(&'static str, &'static str)],
 }
 
+/// What a strategy's own rule finds wrong in a table entry (the checker reports it at
+/// `at`, or at the entry).
+pub struct EntryProblem {
+    pub at: Option<std::ops::Range<usize>>,
+    pub message: String,
+    pub label: &'static str,
+    pub help: String,
+}
+
 /// A setting a strategy reads from a table's `options` (`options.verify_read_back`).
 pub struct Setting {
     pub key: &'static str,
@@ -117,6 +126,11 @@ pub trait Strategy: Sync {
     /// The settings it reads from a table's `options`, checked at validate.
     fn settings(&self) -> &'static [Setting] {
         &[]
+    }
+    /// The strategy's rules on a table entry beyond its keys and settings (which
+    /// combinations mean nothing); `label` names the entry in messages.
+    fn check_entry(&self, _def: &crate::plan::schema::TableDef, _label: &str) -> Vec<EntryProblem> {
+        Vec::new()
     }
     /// What a source of kind `source` cannot do for this strategy.
     fn source_limits(&self, _source: ConnectionKind) -> SourceLimits {

@@ -1,23 +1,51 @@
 //! `s3-policy`: move a ClickHouse table from a local storage policy to an S3 one
-//! partition by partition, inside the server.
+//! partition by partition, inside the server. Two modes:
 //!
-//! prepare (policy exists; new table with the same structure and the new policy) →
-//! per partition load (INSERT … SELECT) → verify → drop the source partition → after
-//! every drop a catch-up pass moves rows that arrived meanwhile → full verify → swap →
-//! optional cleanup of the old table. Every drop has its partition's verify before it,
-//! and the swap and cleanup have the full verify before them.
+//! - copy (the default): prepare (policy exists; new table with the same structure
+//!   and the new policy) → per partition load (INSERT … SELECT) → verify → drop the
+//!   source partition → after every drop a catch-up pass moves rows that arrived
+//!   meanwhile → full verify → swap → optional cleanup of the old table. Every drop has
+//!   its partition's verify before it, and the swap and cleanup have the full verify
+//!   before them. For a policy of S3 disks only.
+//! - in place (`options.to_volume`): prepare (the table is put on the policy, which
+//!   holds its current disks and the volume) → per partition load (the server moves
+//!   the parts, flow keeps their local bytes) → verify (part hashes and the server's
+//!   own check) → drop (the kept local bytes) → catch-up → full verify. No new table,
+//!   no swap: the chain ends at the full verify.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Requirements, Setting, SettingKind, Strategy};
+use super::{EntryProblem, Requirements, Setting, SettingKind, Strategy};
 use crate::graph::expand::TableBuilder;
 use crate::graph::{GraphError, Partition, Placement, TaskKind};
-use crate::plan::schema::ConnectionKind;
+use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
 
 /// `options.new_table`.
 pub const NEW_TABLE: &str = "new_table";
+
+/// `options.to_volume`: the volume of `storage_policy` the parts are moved to, in place.
+pub const TO_VOLUME: &str = "to_volume";
+
+/// The volume a table's parts are moved to in place, when the table is in that mode.
+pub fn in_place_volume(table: &TableSpec) -> Option<&str> {
+    table.options.get(TO_VOLUME).map(String::as_str)
+}
+
+/// How the table is moved, one line (`flow plan`).
+pub fn mode_line(table: &TableSpec) -> String {
+    match in_place_volume(table) {
+        Some(volume) => format!(
+            "in place: the server moves the parts to volume `{volume}` of policy `{}`",
+            table.storage_policy
+        ),
+        None => format!(
+            "copy into a new table on policy `{}`, then swap",
+            table.storage_policy
+        ),
+    }
+}
 
 pub struct S3Policy;
 
@@ -35,11 +63,66 @@ impl Strategy for S3Policy {
     }
 
     fn settings(&self) -> &'static [Setting] {
-        &[Setting {
-            key: NEW_TABLE,
-            kind: SettingKind::TableName,
-            help: "the name of the table created on the new policy (default `<table>__flow_new`)",
-        }]
+        &[
+            Setting {
+                key: NEW_TABLE,
+                kind: SettingKind::TableName,
+                help: "the name of the table created on the new policy (default `<table>__flow_new`)",
+            },
+            Setting {
+                key: TO_VOLUME,
+                kind: SettingKind::TableName,
+                help: "the volume of `storage_policy` (of S3 disks) the server moves the parts to, in place",
+            },
+        ]
+    }
+
+    fn check_entry(&self, def: &TableDef, label: &str) -> Vec<EntryProblem> {
+        let Some(volume) = def.options.get(TO_VOLUME) else {
+            return Vec::new();
+        };
+        let in_place = |what: &str| {
+            format!(
+                "table {label}: {what} means nothing when the table is moved in place                  (`options.to_volume` = \"{}\")",
+                volume.get_ref()
+            )
+        };
+        let mut problems = Vec::new();
+        if let Some(new_table) = def.options.get(NEW_TABLE) {
+            problems.push(EntryProblem {
+                at: Some(new_table.span()),
+                message: in_place("`options.new_table`"),
+                label: "no new table in place",
+                help: "remove `options.new_table`, or `options.to_volume` to copy into a new table"
+                    .into(),
+            });
+        }
+        for (key, set) in [
+            ("swap", def.swap.is_some()),
+            ("keep_old", def.keep_old.is_some()),
+        ] {
+            if set {
+                problems.push(EntryProblem {
+                    at: None,
+                    message: in_place(&format!("`{key}`")),
+                    label: "nothing to swap in place",
+                    help: format!(
+                        "remove `{key}`: the table keeps its name and its data all along"
+                    ),
+                });
+            }
+        }
+        if def.table.as_ref().is_some_and(|t| t.get_ref() == "*") {
+            problems.push(EntryProblem {
+                at: def.table.as_ref().map(|t| t.span()),
+                message: format!(
+                    "table {label}: a whole database (`table = \"*\"`) cannot be moved in place yet"
+                ),
+                label: "whole database in place",
+                help: "name each table in its own entry with `options.to_volume`".into(),
+            });
+        }
+        problems
     }
 
     fn requirements(&self) -> Requirements {
@@ -130,7 +213,7 @@ impl Strategy for S3Policy {
             policy.clone(),
         )?;
         b.depend(full_verify, catch_up);
-        if table.swap {
+        if table.swap && in_place_volume(table).is_none() {
             let swap = b.table_task(
                 "swap",
                 TaskKind::Swap,

@@ -57,23 +57,30 @@ const COPY: &[&str] = &[
 ];
 
 const S3_POLICY: &[&str] = &[
+    "clickhouse/check_partition.sql.j2",
     "clickhouse/create_like.sql.j2",
     "clickhouse/create_marker.sql.j2",
     "clickhouse/database_engine.sql.j2",
+    "clickhouse/disk_types.sql.j2",
     "clickhouse/drop_partition.sql.j2",
     "clickhouse/drop_table.sql.j2",
     "clickhouse/exchange_tables.sql.j2",
+    "clickhouse/freeze_partition.sql.j2",
     "clickhouse/insert_select.sql.j2",
     "clickhouse/list_tables.sql.j2",
     "clickhouse/marker_info.sql.j2",
+    "clickhouse/modify_storage_policy.sql.j2",
+    "clickhouse/move_part_to_volume.sql.j2",
     "clickhouse/move_partition.sql.j2",
     "clickhouse/part_disks.sql.j2",
+    "clickhouse/part_locations.sql.j2",
     "clickhouse/partition_parts.sql.j2",
     "clickhouse/parts.sql.j2",
     "clickhouse/policy_candidates.sql.j2",
     "clickhouse/policy_tables.sql.j2",
     "clickhouse/rename_swap.sql.j2",
     "clickhouse/replace_partition.sql.j2",
+    "clickhouse/unfreeze_partition.sql.j2",
 ];
 
 /// The templates a task of `kind` in a table of `strategy` renders, sorted, no repeats.

@@ -64,6 +64,9 @@ pub enum Feature {
     /// Collapsing, Summing… table merges its block as it writes it). It appeared around
     /// 20.12–21.1; flow sends it from 21.2 on, where it surely exists.
     OptimizeOnInsert,
+    /// `ALTER TABLE … UNFREEZE PARTITION … WITH NAME` (removing a FREEZE's backup),
+    /// added in 21.4 (ClickHouse pull request 21142).
+    Unfreeze,
 }
 
 impl Feature {
@@ -78,6 +81,7 @@ impl Feature {
             Feature::Parquet => Version::new(20, 1, 0),
             Feature::MovePartitionToTable => Version::new(20, 5, 0),
             Feature::OptimizeOnInsert => Version::new(21, 2, 0),
+            Feature::Unfreeze => Version::new(21, 4, 0),
         }
     }
 
@@ -91,6 +95,7 @@ impl Feature {
             Feature::Parquet => "the Parquet format",
             Feature::MovePartitionToTable => "MOVE PARTITION … TO TABLE",
             Feature::OptimizeOnInsert => "the optimize_on_insert setting",
+            Feature::Unfreeze => "ALTER TABLE … UNFREEZE",
         }
     }
 }

@@ -5,7 +5,8 @@
 //!   server can do from its version; [`errors`] turns failures into retry decisions.
 //! - [`values`], [`checksum`] and [`ddl`] produce SQL text: literals the server printed
 //!   itself, the cross-version row checksum, a table definition under a new name.
-//! - [`split`], [`export`], [`copy`] and [`s3_policy`] are the task bodies.
+//! - [`split`], [`export`], [`copy`], [`s3_policy`] and [`tier_move`] (s3-policy in
+//!   place) are the task bodies.
 //!
 //! Every statement is rendered from `templates/clickhouse/*.sql.j2` through [`Ch::sql`],
 //! so a plan's `templates_dir` can replace any of them. Template variables that name
@@ -25,7 +26,9 @@ pub use crate::engines::rows;
 pub mod s3_policy;
 pub mod source;
 pub mod split;
+pub mod table_lock;
 pub mod text_out;
+pub mod tier_move;
 pub mod values;
 
 use std::collections::BTreeMap;

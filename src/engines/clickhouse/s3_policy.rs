@@ -55,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::checksum::{checksum_expr_for, Compared};
 use super::part_sets::{part_sets, PartSet, Signed};
+use super::table_lock::TableLock;
 use super::{partition_id_filter, qualified, Ch, ChError, Column, Feature, Stats};
 use crate::exec::runner::TaskFailure;
 use crate::task::Artifact;
@@ -205,7 +206,7 @@ impl PolicyMove {
     }
 
     fn lock_name(&self) -> String {
-        format!("{}__flow_lock", self.table)
+        TableLock::marker_name(&self.table)
     }
 
     fn load_prefix(&self) -> String {
@@ -303,67 +304,29 @@ impl PolicyMove {
         })
     }
 
-    /// Takes the table lock for this plan, or fails naming its holder.
-    pub async fn lock(&self) -> Result<(), TaskFailure> {
-        let name = self.lock_name();
-        let marker = self.q(&name);
-        let comment = format!("flow plan {}", self.holder);
-        let created = self
-            .ch
-            .run(
-                &format!("lock {}", self.s()),
-                "create_marker",
-                context! { table => &marker, if_not_exists => false, comment => &comment },
-            )
-            .await;
-        match created {
-            Ok(()) => Ok(()),
-            Err(e) if e.code == Some(57) => {
-                let holder = super::copy::marker_comment(&self.ch, &self.database, &name)
-                    .await?
-                    .unwrap_or_default();
-                if holder == comment {
-                    Ok(())
-                } else {
-                    Err(fail(format!(
-                        "s3-policy: {} is being moved by `{holder}` (marker table {marker}); if \
-                         that run is dead, drop {marker} and resume",
-                        self.s()
-                    )))
-                }
-            }
-            Err(e) => Err(e.into()),
+    fn table_lock(&self) -> TableLock<'_> {
+        TableLock {
+            ch: &self.ch,
+            database: &self.database,
+            table: &self.table,
+            holder: &self.holder,
         }
     }
 
-    /// Fails when another plan holds the lock (a free table stays free: only
-    /// prepare takes the lock, so a task repeated after cleanup leaves no marker).
+    /// Takes the table lock for this plan, or fails naming its holder.
+    pub async fn lock(&self) -> Result<(), TaskFailure> {
+        self.table_lock().take().await
+    }
+
+    /// Fails when another plan holds the lock.
     fn check_lock_in(&self, survey: &Survey) -> Result<(), TaskFailure> {
-        let name = self.lock_name();
-        let Some((_, holder)) = survey.tables.get(&name) else {
-            return Ok(());
-        };
-        if *holder == format!("flow plan {}", self.holder) {
-            Ok(())
-        } else {
-            let marker = self.q(&name);
-            Err(fail(format!(
-                "s3-policy: {} is being moved by `{holder}` (marker table {marker}); if that \
-                 run is dead, drop {marker} and resume",
-                self.s()
-            )))
-        }
+        let marker = survey.tables.get(&self.lock_name());
+        self.table_lock()
+            .check(marker.map(|(_, comment)| comment.as_str()))
     }
 
     pub async fn unlock(&self) -> Result<(), TaskFailure> {
-        self.ch
-            .run(
-                "release the table lock",
-                "drop_table",
-                context! { table => self.q(&self.lock_name()) },
-            )
-            .await
-            .map_err(Into::into)
+        self.table_lock().release().await
     }
 
     async fn columns(&self) -> Result<&[Column], ChError> {
@@ -493,13 +456,15 @@ impl PolicyMove {
         self.ch
             .require(Feature::MovePartitionToTable, "strategy s3-policy")
             .await?;
-        if self.policy_volumes().await?.is_empty() {
+        let volumes = self.policy_volumes().await?;
+        if volumes.is_empty() {
             return Err(fail(format!(
                 "s3-policy: storage policy `{}` does not exist on the server (system.storage_policies); \
                  define it in the server's storage_configuration or fix `storage_policy`",
                 self.policy
             )));
         }
+        self.refuse_local_first_volume(&volumes).await?;
         self.lock().await?;
         let roles = self.roles().await?;
         match roles {
@@ -549,6 +514,54 @@ impl PolicyMove {
             note: format!("{new} created on storage policy `{}`", self.policy),
             ..Default::default()
         })
+    }
+
+    /// A copy writes its parts to the policy's first volume (the server lists volumes
+    /// by priority): when that volume has a local disk, the copy would stay local.
+    async fn refuse_local_first_volume(
+        &self,
+        volumes: &[super::JsonRow],
+    ) -> Result<(), TaskFailure> {
+        let Some(first) = volumes.first() else {
+            return Ok(());
+        };
+        let disks: Vec<&str> = first
+            .get("disks")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .collect();
+        let types = self
+            .ch
+            .rows("list the server's disks", "disk_types", context! {})
+            .await?;
+        let local = types.iter().find(|r| {
+            super::json_str(r, "type").is_some_and(|t| t.eq_ignore_ascii_case("local"))
+                && super::json_str(r, "name").is_some_and(|n| disks.contains(&n.as_str()))
+        });
+        let Some(local) = local else {
+            return Ok(());
+        };
+        let cold: Vec<String> = volumes
+            .iter()
+            .skip(1)
+            .filter_map(|r| super::json_str(r, "volume_name"))
+            .collect();
+        Err(fail(format!(
+            "s3-policy: storage policy `{}` writes new parts to its first volume `{}`, which has \
+             local disk `{}`: a copy onto it would stay local; to have the server move the \
+             parts to an S3 volume of it in place, set `options.to_volume` (its other volumes: \
+             {}), or name a policy of S3 disks only",
+            self.policy,
+            super::json_str(first, "volume_name").unwrap_or_default(),
+            super::json_str(local, "name").unwrap_or_default(),
+            if cold.is_empty() {
+                "none".to_string()
+            } else {
+                cold.join(", ")
+            }
+        )))
     }
 
     /// Checks this plan holds the table's lock and reads which table plays which role;

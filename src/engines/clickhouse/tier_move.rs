@@ -1,0 +1,756 @@
+//! Strategy `s3-policy` in place (`options.to_volume` set): the server moves the
+//! table's parts to a volume of S3 disks itself, byte for byte, and flow keeps the
+//! local bytes until the moved parts are checked.
+//!
+//! The table is put on `storage_policy` with `MODIFY SETTING` — a policy that holds
+//! the table's current volumes and disks under the same names (the server refuses any
+//! other) plus the volume `to_volume` of remote disks. Nothing is copied row by row,
+//! no second table exists and there is no swap: readers and writers keep the table all
+//! along, and a merge or an insert during the move is the server's business.
+//!
+//! Per partition:
+//! - load: `FREEZE PARTITION … WITH NAME <backup>` keeps the partition's parts as they
+//!   are (hard links under `shadow/` on each disk, no bytes copied), then each frozen
+//!   part not yet on the volume is moved with `MOVE PART … TO VOLUME`. The server then
+//!   removes the table's local files, but the frozen links keep them.
+//! - verify: every part moved still has the hash of all its files it had when frozen
+//!   (so its checksums are the original ones) and is on the volume's disks, and
+//!   `CHECK TABLE … PARTITION` — the server reading every file of the partition's parts
+//!   back and comparing it with those checksums — passes. A part merged away since was
+//!   read by that merge, whose block checksums would have failed on a damaged copy.
+//! - drop: checks again that the verified parts are as verified (metadata only), then
+//!   `UNFREEZE` removes the kept local bytes: the only destructive statement.
+//!
+//! A backup name is derived from the plan, the table, the step and the partition, with
+//! a number: a step freezes under the first number not used yet (a name in use is
+//! refused by the server), so a retry after a kill keeps the earlier backup and the
+//! step records how many there are; the drop removes all of them. Every step decides
+//! from what `system.parts` says, so any step can run again after a kill.
+//!
+//! The catch-up moves, checks and releases in one go the parts that are still off the
+//! volume (rows that arrived during the move, partitions the split did not list). Rows
+//! inserted after it land on the policy's first volume, as the policy says.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use minijinja::context;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::table_lock::TableLock;
+use super::{json_str, json_u64, qualified, Ch, ChError, Feature};
+use crate::exec::runner::TaskFailure;
+use crate::task::Artifact;
+
+/// Most backups one step keeps of one partition (one per attempt).
+const MAX_BACKUPS: u32 = 100;
+
+/// Passes of the catch-up before it reports what is still arriving.
+const CATCH_UP_PASSES: usize = 3;
+
+/// The server's code for a directory that exists (FREEZE under a name in use).
+const DIRECTORY_ALREADY_EXISTS: u32 = 84;
+
+/// One table's move in place.
+#[derive(Clone, Debug)]
+pub struct TierMove {
+    pub ch: Ch,
+    pub database: String,
+    pub table: String,
+    pub policy: String,
+    /// The policy's volume the parts go to.
+    pub volume: String,
+    /// Who holds the lock (the plan name).
+    pub holder: String,
+}
+
+/// An active part as `system.parts` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PartRow {
+    partition_id: String,
+    name: String,
+    rows: u64,
+    hash: String,
+    disk: String,
+}
+
+/// A part that a step moved, as it was when frozen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedPart {
+    pub name: String,
+    pub rows: u64,
+    pub hash: String,
+}
+
+/// What load and verify hand on of a partition: the parts frozen (the ones the step
+/// moved, and those an earlier attempt of it moved, which are checked all the same),
+/// and how many backups (`<name>_0` …) keep their local bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedParts {
+    pub parts: Vec<MovedPart>,
+    pub backups: u32,
+    /// Rows of the parts this attempt moved itself.
+    #[serde(default)]
+    pub rows_moved_now: u64,
+}
+
+impl Artifact for MovedParts {
+    const NAME: &'static str = "s3-policy moved parts";
+}
+
+impl MovedParts {
+    fn rows(&self) -> u64 {
+        self.parts.iter().map(|p| p.rows).sum()
+    }
+}
+
+/// What a step did.
+#[derive(Clone, Debug, Default)]
+pub struct TierResult {
+    pub rows: u64,
+    pub note: String,
+    pub moved: Option<MovedParts>,
+}
+
+fn fail(msg: String) -> TaskFailure {
+    TaskFailure::permanent(msg)
+}
+
+impl TierMove {
+    fn s(&self) -> String {
+        qualified(&self.database, &self.table)
+    }
+
+    fn lock(&self) -> TableLock<'_> {
+        TableLock {
+            ch: &self.ch,
+            database: &self.database,
+            table: &self.table,
+            holder: &self.holder,
+        }
+    }
+
+    /// The name of backup `n` of `step` for one partition: from the plan, the table,
+    /// the step and the partition, so every attempt of the step finds its earlier ones.
+    pub fn backup_name(&self, step: &str, partition_id: &str, n: u32) -> String {
+        let key = [
+            self.holder.as_str(),
+            &self.database,
+            &self.table,
+            step,
+            partition_id,
+        ]
+        .join("\0");
+        let hash = blake3::hash(key.as_bytes()).to_hex();
+        format!("flow_{}_{n}", &hash[..16])
+    }
+
+    /// The table's storage policy and the lock marker's comment, in one query.
+    async fn survey(&self) -> Result<(Option<String>, Option<String>), TaskFailure> {
+        let marker = TableLock::marker_name(&self.table);
+        let rows = self
+            .ch
+            .rows(
+                &format!("look up {}", self.s()),
+                "policy_tables",
+                context! { database => &self.database, tables => [&self.table, &marker] },
+            )
+            .await?;
+        let mut table_policy = None;
+        let mut lock = None;
+        let mut found = false;
+        for r in &rows {
+            match json_str(r, "name") {
+                Some(n) if n == self.table => {
+                    found = true;
+                    table_policy = json_str(r, "storage_policy");
+                }
+                Some(n) if n == marker => lock = json_str(r, "comment"),
+                _ => {}
+            }
+        }
+        if !found {
+            return Err(fail(format!(
+                "s3-policy: table {} does not exist; check `database` and `table`",
+                self.s()
+            )));
+        }
+        Ok((table_policy, lock))
+    }
+
+    /// Checks this plan holds the lock and the table is on the policy (prepare ran).
+    async fn check_ready(&self) -> Result<(), TaskFailure> {
+        let (policy, lock) = self.survey().await?;
+        self.lock().check(lock.as_deref())?;
+        if policy.as_deref() != Some(self.policy.as_str()) {
+            return Err(fail(format!(
+                "s3-policy: {} is on storage policy `{}`, not `{}`: its prepare step has not \
+                 switched it, or someone switched it back; resume to run prepare again",
+                self.s(),
+                policy.unwrap_or_default(),
+                self.policy
+            )));
+        }
+        Ok(())
+    }
+
+    /// The disks of the target volume; fails when the policy or the volume is unknown.
+    async fn volume_disks(&self) -> Result<BTreeSet<String>, TaskFailure> {
+        let rows = self
+            .ch
+            .rows(
+                &format!("look up storage policy {}", self.policy),
+                "storage_policy",
+                context! { policy => &self.policy },
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(fail(format!(
+                "s3-policy: storage policy `{}` does not exist on the server \
+                 (system.storage_policies); define it in the server's storage_configuration \
+                 or fix `storage_policy`",
+                self.policy
+            )));
+        }
+        let volumes: Vec<String> = rows
+            .iter()
+            .filter_map(|r| json_str(r, "volume_name"))
+            .collect();
+        let row = rows
+            .iter()
+            .find(|r| json_str(r, "volume_name").as_deref() == Some(self.volume.as_str()))
+            .ok_or_else(|| {
+                fail(format!(
+                    "s3-policy: storage policy `{}` has no volume `{}` (its volumes: {}); fix \
+                     `options.to_volume`",
+                    self.policy,
+                    self.volume,
+                    volumes.join(", ")
+                ))
+            })?;
+        Ok(row
+            .get("disks")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect())
+    }
+
+    async fn parts(&self, partition_id: Option<&str>) -> Result<Vec<PartRow>, ChError> {
+        let rows = self
+            .ch
+            .rows(
+                &format!("list the parts of {}", self.s()),
+                "part_locations",
+                context! {
+                    database => &self.database, table => &self.table, partition_id => partition_id,
+                },
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(PartRow {
+                    partition_id: json_str(r, "partition_id")?,
+                    name: json_str(r, "name")?,
+                    rows: json_u64(r, "rows").unwrap_or(0),
+                    hash: json_str(r, "hash").unwrap_or_default(),
+                    disk: json_str(r, "disk_name").unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Checks the server, the policy and its volume, takes the lock and puts the table
+    /// on the policy.
+    pub async fn prepare(&self) -> Result<TierResult, TaskFailure> {
+        for feature in [Feature::StoragePolicies, Feature::Unfreeze] {
+            self.ch
+                .require(feature, "strategy s3-policy with options.to_volume")
+                .await?;
+        }
+        let disks = self.volume_disks().await?;
+        let types = self
+            .ch
+            .rows("list the server's disks", "disk_types", context! {})
+            .await?;
+        let local: Vec<String> = types
+            .iter()
+            .filter(|r| json_str(r, "type").is_some_and(|t| t.eq_ignore_ascii_case("local")))
+            .filter_map(|r| json_str(r, "name"))
+            .filter(|n| disks.contains(n))
+            .collect();
+        if !local.is_empty() {
+            return Err(fail(format!(
+                "s3-policy: volume `{}` of policy `{}` keeps parts on local disk(s) {}; \
+                 `options.to_volume` must name a volume of S3 (object storage) disks",
+                self.volume,
+                self.policy,
+                local.join(", ")
+            )));
+        }
+        self.lock().take().await?;
+        let (current, _) = self.survey().await?;
+        if current.as_deref() == Some(self.policy.as_str()) {
+            return Ok(TierResult {
+                note: format!(
+                    "{} is already on storage policy `{}`",
+                    self.s(),
+                    self.policy
+                ),
+                ..Default::default()
+            });
+        }
+        let current = current.unwrap_or_default();
+        self.ch
+            .run(
+                &format!("put {} on storage policy {}", self.s(), self.policy),
+                "modify_storage_policy",
+                context! { table => self.s(), policy => &self.policy },
+            )
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "{e}\n  help: the server switches a table's storage policy in place only to \
+                     a policy that holds every volume and disk of its current policy `{current}` \
+                     under the same names; add them to `{}` (before volume `{}`), or remove \
+                     `options.to_volume` to copy the table into a new one on an S3-only policy",
+                    self.policy, self.volume
+                ))
+            })?;
+        self.check_ready().await?;
+        Ok(TierResult {
+            note: format!(
+                "{} switched from storage policy `{current}` to `{}` in place",
+                self.s(),
+                self.policy
+            ),
+            ..Default::default()
+        })
+    }
+
+    /// Freezes the partition under the first backup number of `step` not in use;
+    /// returns that number and the names of the parts frozen.
+    async fn freeze(
+        &self,
+        step: &str,
+        partition_id: &str,
+    ) -> Result<(u32, BTreeSet<String>), TaskFailure> {
+        for n in 0..MAX_BACKUPS {
+            let name = self.backup_name(step, partition_id, n);
+            let frozen = self
+                .ch
+                .rows(
+                    &format!(
+                        "keep the parts of partition {partition_id} of {} as {name}",
+                        self.s()
+                    ),
+                    "freeze_partition",
+                    context! { table => self.s(), partition_id => partition_id, name => &name },
+                )
+                .await;
+            match frozen {
+                Ok(rows) => {
+                    let parts = rows
+                        .iter()
+                        .filter_map(|r| json_str(r, "part_name"))
+                        .collect();
+                    return Ok((n, parts));
+                }
+                Err(e) if e.code == Some(DIRECTORY_ALREADY_EXISTS) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(fail(format!(
+            "s3-policy: partition {partition_id} of {} has {MAX_BACKUPS} backups of step \
+             `{step}` already (one per attempt); look at why the step keeps failing",
+            self.s()
+        )))
+    }
+
+    /// Freezes the partition and moves its frozen parts that are off the volume.
+    async fn move_frozen(
+        &self,
+        step: &str,
+        partition_id: &str,
+        disks: &BTreeSet<String>,
+        cancel: &CancellationToken,
+    ) -> Result<MovedParts, TaskFailure> {
+        let (last, frozen_names) = self.freeze(step, partition_id).await?;
+        let frozen: Vec<PartRow> = self
+            .parts(Some(partition_id))
+            .await?
+            .into_iter()
+            .filter(|p| frozen_names.contains(&p.name))
+            .collect();
+        let mut rows_moved_now = 0;
+        for part in frozen.iter().filter(|p| !disks.contains(&p.disk)) {
+            rows_moved_now += part.rows;
+            if cancel.is_cancelled() {
+                return Err(TaskFailure::transient(format!(
+                    "s3-policy: interrupted while moving partition {partition_id} of {}",
+                    self.s()
+                )));
+            }
+            let moved = self
+                .ch
+                .run(
+                    &format!(
+                        "move part {} of {} to volume {}",
+                        part.name,
+                        self.s(),
+                        self.volume
+                    ),
+                    "move_part_to_volume",
+                    context! { table => self.s(), part => &part.name, volume => &self.volume },
+                )
+                .await;
+            if let Err(e) = moved {
+                // Merged away or moved meanwhile: the listing below tells.
+                tracing::debug!(part = %part.name, error = %e, "move part");
+            }
+        }
+        let now: BTreeMap<String, PartRow> = self
+            .parts(Some(partition_id))
+            .await?
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect();
+        if let Some(left) = frozen
+            .iter()
+            .find(|p| now.get(&p.name).is_some_and(|n| !disks.contains(&n.disk)))
+        {
+            return Err(TaskFailure::transient(format!(
+                "s3-policy: part {} of {} is still on disk `{}` after MOVE PART … TO VOLUME '{}'",
+                left.name,
+                self.s(),
+                now[&left.name].disk,
+                self.volume
+            )));
+        }
+        Ok(MovedParts {
+            parts: frozen
+                .into_iter()
+                .map(|p| MovedPart {
+                    name: p.name,
+                    rows: p.rows,
+                    hash: p.hash,
+                })
+                .collect(),
+            backups: last + 1,
+            rows_moved_now,
+        })
+    }
+
+    /// Moves one partition's parts to the volume, keeping their local bytes.
+    pub async fn load(
+        &self,
+        partition_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<TierResult, TaskFailure> {
+        self.check_ready().await?;
+        let disks = self.volume_disks().await?;
+        let moved = self
+            .move_frozen("load", partition_id, &disks, cancel)
+            .await?;
+        Ok(TierResult {
+            rows: moved.rows(),
+            note: format!(
+                "{} part(s), {} rows, on volume `{}` ({} rows moved by this attempt); their \
+                 local files are kept in {} backup(s) until the verify",
+                moved.parts.len(),
+                moved.rows(),
+                self.volume,
+                moved.rows_moved_now,
+                moved.backups
+            ),
+            moved: Some(moved),
+        })
+    }
+
+    /// The parts moved, as they are now: which ones are still active, all of them on
+    /// the volume with the hash they had when frozen; fails naming a part that is not.
+    async fn still_as_moved(
+        &self,
+        step: &str,
+        partition_id: &str,
+        moved: &MovedParts,
+        disks: &BTreeSet<String>,
+    ) -> Result<usize, TaskFailure> {
+        let now: BTreeMap<String, PartRow> = self
+            .parts(Some(partition_id))
+            .await?
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect();
+        let mut active = 0;
+        for part in &moved.parts {
+            let Some(n) = now.get(&part.name) else {
+                continue; // merged away since (a merge reads and checks every block)
+            };
+            if n.hash != part.hash || n.rows != part.rows {
+                return Err(fail(format!(
+                    "s3-policy: part {} of {} partition {partition_id} has {} rows and hash {} \
+                     now, {} rows and hash {} when it was frozen; its local files are kept \
+                     (backups {}…); compare them before you remove anything",
+                    part.name,
+                    self.s(),
+                    n.rows,
+                    n.hash,
+                    part.rows,
+                    part.hash,
+                    self.backup_name(step, partition_id, 0)
+                )));
+            }
+            if !disks.contains(&n.disk) {
+                return Err(fail(format!(
+                    "s3-policy: part {} of {} is on disk `{}`, not on volume `{}`",
+                    part.name,
+                    self.s(),
+                    n.disk,
+                    self.volume
+                )));
+            }
+            active += 1;
+        }
+        Ok(active)
+    }
+
+    /// Checks the moved parts: same hashes as when frozen, on the volume, and the
+    /// server's own check of every file of the partition.
+    async fn check_moved(
+        &self,
+        step: &str,
+        partition_id: &str,
+        moved: &MovedParts,
+        disks: &BTreeSet<String>,
+    ) -> Result<String, TaskFailure> {
+        let active = self
+            .still_as_moved(step, partition_id, moved, disks)
+            .await?;
+        if moved.parts.is_empty() {
+            return Ok("nothing was moved".into());
+        }
+        let checked = self
+            .ch
+            .rows(
+                &format!("check partition {partition_id} of {}", self.s()),
+                "check_partition",
+                context! { table => self.s(), partition_id => partition_id },
+            )
+            .await;
+        let damaged = |what: String| {
+            fail(format!(
+                "s3-policy: CHECK TABLE {} PARTITION ID '{partition_id}' found files that do \
+                 not match their checksums ({what}); the local files of the moved parts are \
+                 kept (FREEZE backups {}…, under shadow/ of each disk on the server): restore \
+                 the partition from them before anything else",
+                self.s(),
+                self.backup_name(step, partition_id, 0)
+            ))
+        };
+        let rows = match checked {
+            Ok(rows) => rows,
+            // A lost connection is tried again; any answer of the server's that is not
+            // a passed check (a checksum mismatch is raised as an error) fails for good.
+            Err(e) if e.retryable => return Err(e.into()),
+            Err(e) => return Err(damaged(e.to_string())),
+        };
+        // One row per part (`part_path`, `is_passed`, `message`), or one `result` row
+        // where the server answers with a single value (check_query_single_value_result).
+        let passed = |r: &super::JsonRow| {
+            json_u64(r, "is_passed").or_else(|| json_u64(r, "result")) == Some(1)
+        };
+        if rows.is_empty() || !rows.iter().all(passed) {
+            let failed: Vec<String> = rows
+                .iter()
+                .filter(|r| !passed(r))
+                .map(|r| {
+                    let part = json_str(r, "part_path").unwrap_or_else(|| "a part".into());
+                    match json_str(r, "message").filter(|m| !m.is_empty()) {
+                        Some(m) => format!("{part}: {m}"),
+                        None => part,
+                    }
+                })
+                .collect();
+            return Err(damaged(if failed.is_empty() {
+                "no answer".to_string()
+            } else {
+                failed.join("; ")
+            }));
+        }
+        Ok(format!(
+            "{} part(s) moved, {active} still as moved (same hash of all files, on volume `{}`), \
+             the others merged since; CHECK TABLE read every file of the partition back and \
+             found it matching its checksums",
+            moved.parts.len(),
+            self.volume
+        ))
+    }
+
+    /// Checks one partition's moved parts (see the module notes).
+    pub async fn verify(
+        &self,
+        partition_id: &str,
+        loaded: Option<&MovedParts>,
+    ) -> Result<TierResult, TaskFailure> {
+        let loaded = loaded.ok_or_else(|| missing("verify", "load"))?;
+        self.check_ready().await?;
+        let disks = self.volume_disks().await?;
+        let note = self
+            .check_moved("load", partition_id, loaded, &disks)
+            .await?;
+        Ok(TierResult {
+            rows: loaded.rows(),
+            note,
+            moved: Some(loaded.clone()),
+        })
+    }
+
+    /// Removes the backups `0..count` of `step` for a partition.
+    async fn unfreeze(
+        &self,
+        step: &str,
+        partition_id: &str,
+        count: u32,
+    ) -> Result<usize, TaskFailure> {
+        let mut removed = 0;
+        for n in (0..count).rev() {
+            let name = self.backup_name(step, partition_id, n);
+            removed += self
+                .ch
+                .rows(
+                    &format!("remove backup {name} of {}", self.s()),
+                    "unfreeze_partition",
+                    context! { table => self.s(), partition_id => partition_id, name => &name },
+                )
+                .await?
+                .len();
+        }
+        Ok(removed)
+    }
+
+    /// Removes the local bytes kept of a verified partition.
+    pub async fn drop_partition(
+        &self,
+        partition_id: &str,
+        verified: Option<&MovedParts>,
+    ) -> Result<TierResult, TaskFailure> {
+        let verified = verified.ok_or_else(|| missing("drop", "verify"))?;
+        self.check_ready().await?;
+        let disks = self.volume_disks().await?;
+        // Checked again on what is removed now: the verified parts are as verified.
+        self.still_as_moved("load", partition_id, verified, &disks)
+            .await?;
+        let removed = self
+            .unfreeze("load", partition_id, verified.backups)
+            .await?;
+        Ok(TierResult {
+            rows: verified.rows(),
+            note: format!(
+                "removed the local files kept of {} verified part(s) ({removed} frozen part \
+                 copies in {} backup(s))",
+                verified.parts.len(),
+                verified.backups
+            ),
+            moved: None,
+        })
+    }
+
+    /// Moves, checks and releases every part still off the volume.
+    pub async fn catch_up(&self, cancel: &CancellationToken) -> Result<TierResult, TaskFailure> {
+        self.check_ready().await?;
+        let disks = self.volume_disks().await?;
+        let mut moved_rows = 0;
+        let mut moved_parts = 0;
+        for _ in 0..CATCH_UP_PASSES {
+            let off: BTreeSet<String> = self
+                .parts(None)
+                .await?
+                .into_iter()
+                .filter(|p| !disks.contains(&p.disk))
+                .map(|p| p.partition_id)
+                .collect();
+            if off.is_empty() {
+                break;
+            }
+            for partition_id in &off {
+                let moved = self
+                    .move_frozen("catch-up", partition_id, &disks, cancel)
+                    .await?;
+                self.check_moved("catch-up", partition_id, &moved, &disks)
+                    .await?;
+                self.unfreeze("catch-up", partition_id, moved.backups)
+                    .await?;
+                moved_rows += moved.rows_moved_now;
+                moved_parts += 1;
+            }
+        }
+        let left: u64 = self
+            .parts(None)
+            .await?
+            .iter()
+            .filter(|p| !disks.contains(&p.disk))
+            .map(|p| p.rows)
+            .sum();
+        let mut note = format!(
+            "{moved_rows} rows that arrived or were left, in {moved_parts} partition(s), moved, \
+             checked and released"
+        );
+        if left > 0 {
+            note.push_str(&format!(
+                "; {left} rows still arrive off volume `{}` (inserts land on the policy's first volume)",
+                self.volume
+            ));
+        }
+        Ok(TierResult {
+            rows: moved_rows,
+            note,
+            moved: None,
+        })
+    }
+
+    /// The whole-table check at the end: the table is on the policy, and where its rows
+    /// are; then the lock is released.
+    pub async fn full_verify(&self) -> Result<TierResult, TaskFailure> {
+        self.check_ready().await?;
+        let disks = self.volume_disks().await?;
+        let parts = self.parts(None).await?;
+        let on: u64 = parts
+            .iter()
+            .filter(|p| disks.contains(&p.disk))
+            .map(|p| p.rows)
+            .sum();
+        let off: u64 = parts
+            .iter()
+            .filter(|p| !disks.contains(&p.disk))
+            .map(|p| p.rows)
+            .sum();
+        self.lock().release().await?;
+        let mut note = format!(
+            "{} is on storage policy `{}`: {on} rows on volume `{}`, each part checked when it \
+             was moved",
+            self.s(),
+            self.policy,
+            self.volume
+        );
+        if off > 0 {
+            note.push_str(&format!(
+                "; {off} rows inserted since the catch-up are on the policy's first volume"
+            ));
+        }
+        Ok(TierResult {
+            rows: on,
+            note,
+            moved: None,
+        })
+    }
+}
+
+fn missing(step: &str, before: &str) -> TaskFailure {
+    fail(format!(
+        "s3-policy: the {step} step has no record of the parts its {before} step moved (a state \
+         written before in-place moves); reset the partition's tasks with `flow state` and resume"
+    ))
+}
