@@ -398,6 +398,12 @@ async fn missing_policy_and_old_servers_are_refused_clearly() {
         "{}",
         err.message
     );
+    let err = in_place(&ch, old.name(), "plan-a").prepare().await.unwrap_err();
+    assert!(
+        err.message.contains("storage policies") && err.message.contains("to_volume"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
