@@ -517,3 +517,132 @@ fn the_shipped_s3_policy_plan_moves_a_live_table_without_upper() {
     assert_eq!(old.rows, 0, "nothing left in the kept old table");
     assert_on_s3(&db, "events");
 }
+
+#[test]
+fn s3_policy_in_place_with_rows_arriving_survives_sigkill() {
+    // The server moves the parts to volume `cold` of policy `tiered` while rows keep
+    // arriving in every month and flow is killed and resumed. At the end the table
+    // equals `expected` (into which every row is also written), every row that was
+    // there before the move is on S3, and no FREEZE backup is left.
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "crashtier");
+    let d = db.name().to_string();
+    for t in ["events", "expected"] {
+        db.exec(&format!(
+            "CREATE TABLE {d}.{t} (id UInt64, d Date, s String) \
+             ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+        ));
+        db.exec(&format!(
+            "INSERT INTO {d}.{t} SELECT number, toDate('2015-01-01') + number % 330, toString(number) \
+             FROM numbers(100000)"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        &format!(
+            r#"
+[plan]
+name = "crash-tier"
+concurrency = 3
+retries = 8
+retry_backoff = "300ms"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+pause_between = "250ms"
+
+[[tables]]
+source = "ch"
+database = "{d}"
+table = "events"
+strategy = "s3-policy"
+storage_policy = "tiered"
+options = {{ to_volume = "cold" }}
+"#
+        ),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url, d) = (stop.clone(), url.clone(), d.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let select = format!(
+                    "SELECT {} + number, toDate('2015-01-01') + ({n} * 7 + number) % 330, 'live' \
+                     FROM numbers(20)",
+                    1_000_000 + n * 20
+                );
+                for t in ["events", "expected"] {
+                    support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        })
+    };
+    let killed = run_with_kills_then(&plan, 2500, || {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let batches = writer.join().unwrap();
+    eprintln!("in-place s3-policy: {killed} run(s) killed mid-way, {batches} batches written");
+    assert!(batches > 10);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = ch(&url);
+    let moved = rt.block_on(stats(&engine, &format!("{d}.events"), None));
+    let expected = rt.block_on(stats(&engine, &format!("{d}.expected"), None));
+    assert_eq!(
+        moved, expected,
+        "every row, once, including those written during the move"
+    );
+    assert_eq!(
+        db.exec(&format!(
+            "SELECT storage_policy FROM system.tables WHERE database = '{d}' AND name = 'events'"
+        ))
+        .trim(),
+        "tiered"
+    );
+    let on_s3: u64 = db
+        .exec(&format!(
+            "SELECT sum(rows) FROM system.parts WHERE database = '{d}' AND table = 'events' \
+             AND active AND disk_name = 's3'"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        on_s3 >= 100_000,
+        "the rows there before the move are on S3: {on_s3}"
+    );
+    let ids: Vec<String> = db
+        .exec(&format!(
+            "SELECT DISTINCT partition_id FROM system.parts WHERE database = '{d}' AND table = 'events' FORMAT TSV"
+        ))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let m = flow::engines::clickhouse::tier_move::TierMove {
+        ch: engine,
+        database: d.clone(),
+        table: "events".into(),
+        policy: "tiered".into(),
+        volume: "cold".into(),
+        holder: "crash-tier".into(),
+    };
+    let disks = db.exec("SELECT path FROM system.disks FORMAT TSV");
+    assert_eq!(
+        clickhouse_common::kept_parts(&disks, &clickhouse_common::backup_names(&m, &ids)),
+        0,
+        "no FREEZE backup is left"
+    );
+    assert_eq!(
+        db.exec(&format!(
+            "SELECT groupArray(name) FROM system.tables WHERE database = '{d}' AND name LIKE 'events\\_\\_flow%'"
+        ))
+        .trim(),
+        "[]",
+        "no lock is left"
+    );
+}

@@ -188,6 +188,43 @@ fn offline_plan_text_marks_destructive_steps_and_server_side_work() {
 }
 
 #[test]
+fn offline_plan_of_an_in_place_move_shows_its_mode_and_no_swap() {
+    let out = flow()
+        .args(["plan", "plans/s3-policy-in-place.toml", "--offline"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(
+            "mode: in place: the server moves the parts to volume `cold` of policy `tiered`"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("drop       metadata  DESTRUCTIVE"), "{text}");
+    assert!(text.contains("catch-up"), "{text}");
+    assert!(
+        !text.contains("swap") && !text.contains("cleanup"),
+        "{text}"
+    );
+    let out = flow()
+        .args([
+            "plan",
+            "plans/s3-policy-in-place.toml",
+            "--offline",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["tables"][0]["mode"]
+        .as_str()
+        .unwrap()
+        .starts_with("in place"));
+}
+
+#[test]
 fn graph_dot_is_accepted_by_graphviz() {
     let out = flow()
         .args(["graph", "plans/trips.toml", "--format", "dot"])

@@ -83,7 +83,8 @@ impl Strategy for S3Policy {
         };
         let in_place = |what: &str| {
             format!(
-                "table {label}: {what} means nothing when the table is moved in place                  (`options.to_volume` = \"{}\")",
+                "table {label}: {what} means nothing when the table is moved in place \
+                 (`options.to_volume` = \"{}\")",
                 volume.get_ref()
             )
         };

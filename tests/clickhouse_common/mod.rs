@@ -44,3 +44,45 @@ pub const AWKWARD_VALUES: &str = r#"
 /// Columns of the awkward table (valid on 18.16 and on current releases).
 pub const AWKWARD_COLUMNS: &str = "id UInt64, d Date, dt DateTime, k String, s String, \
     n Nullable(Int32), ns Nullable(String), x Decimal(18, 4), a Array(String), ai Array(Int32)";
+
+/// How many part copies the FREEZE backups named by `names` keep on the disks at
+/// `disk_paths` (`SELECT path FROM system.disks`, one a line): each kept part has its
+/// `checksums.txt` under `<disk>/shadow/<name>/`.
+pub fn kept_parts(disk_paths: &str, names: &[String]) -> usize {
+    let mut kept = 0;
+    for disk in disk_paths.lines().filter(|l| !l.is_empty()) {
+        for name in names {
+            let mut stack = vec![std::path::Path::new(disk).join("shadow").join(name)];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        stack.push(e.path());
+                    } else if e.file_name() == "checksums.txt" {
+                        kept += 1;
+                    }
+                }
+            }
+        }
+    }
+    kept
+}
+
+/// Every backup name an in-place move's steps may use for the partitions `ids`
+/// (a few attempts each).
+pub fn backup_names(
+    m: &flow::engines::clickhouse::tier_move::TierMove,
+    ids: &[String],
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for id in ids {
+        for step in ["load", "catch-up"] {
+            for n in 0..8 {
+                names.push(m.backup_name(step, id, n));
+            }
+        }
+    }
+    names
+}

@@ -21,15 +21,18 @@
 //! - drop: checks again that the verified parts are as verified (metadata only), then
 //!   `UNFREEZE` removes the kept local bytes: the only destructive statement.
 //!
-//! A backup name is derived from the plan, the table, the step and the partition, with
-//! a number: a step freezes under the first number not used yet (a name in use is
-//! refused by the server), so a retry after a kill keeps the earlier backup and the
-//! step records how many there are; the drop removes all of them. Every step decides
-//! from what `system.parts` says, so any step can run again after a kill.
+//! Every backup is recorded on the server before it is made: a marker table
+//! `<table>__flow_frozen_<key>_<n>` (the key from the plan, the table, the step and
+//! the partition) is created before `FREEZE … WITH NAME flow_<key>_<n>` and dropped
+//! only after its `UNFREEZE`. So a step that runs again after a kill finds every backup
+//! an earlier attempt made (the server lists no backups itself), freezes under the next
+//! number, and releases them all once the parts are checked. Every step decides from
+//! what `system.parts` and the markers say, so any step can run again after a kill.
 //!
 //! The catch-up moves, checks and releases in one go the parts that are still off the
-//! volume (rows that arrived during the move, partitions the split did not list). Rows
-//! inserted after it land on the policy's first volume, as the policy says.
+//! volume (rows that arrived during the move, partitions the split did not list), and
+//! the backups a killed catch-up left. Rows inserted after it land on the policy's
+//! first volume, as the policy says. The full verify fails while any backup is left.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,6 +47,10 @@ use crate::task::Artifact;
 
 /// Most backups one step keeps of one partition (one per attempt).
 const MAX_BACKUPS: u32 = 100;
+
+/// The step names backups are made under.
+const LOAD: &str = "load";
+const CATCH_UP: &str = "catch-up";
 
 /// Passes of the catch-up before it reports what is still arriving.
 const CATCH_UP_PASSES: usize = 3;
@@ -83,12 +90,10 @@ pub struct MovedPart {
 }
 
 /// What load and verify hand on of a partition: the parts frozen (the ones the step
-/// moved, and those an earlier attempt of it moved, which are checked all the same),
-/// and how many backups (`<name>_0` …) keep their local bytes.
+/// moved, and those an earlier attempt of it moved, which are checked all the same).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MovedParts {
     pub parts: Vec<MovedPart>,
-    pub backups: u32,
     /// Rows of the parts this attempt moved itself.
     #[serde(default)]
     pub rows_moved_now: u64,
@@ -130,9 +135,9 @@ impl TierMove {
         }
     }
 
-    /// The name of backup `n` of `step` for one partition: from the plan, the table,
-    /// the step and the partition, so every attempt of the step finds its earlier ones.
-    pub fn backup_name(&self, step: &str, partition_id: &str, n: u32) -> String {
+    /// The key of `step`'s backups of one partition: from the plan, the table, the
+    /// step and the partition.
+    fn backup_key(&self, step: &str, partition_id: &str) -> String {
         let key = [
             self.holder.as_str(),
             &self.database,
@@ -141,8 +146,50 @@ impl TierMove {
             partition_id,
         ]
         .join("\0");
-        let hash = blake3::hash(key.as_bytes()).to_hex();
-        format!("flow_{}_{n}", &hash[..16])
+        blake3::hash(key.as_bytes()).to_hex()[..16].to_string()
+    }
+
+    /// The name of backup `n` of `step` for one partition.
+    pub fn backup_name(&self, step: &str, partition_id: &str, n: u32) -> String {
+        format!("flow_{}_{n}", self.backup_key(step, partition_id))
+    }
+
+    /// The prefix of the marker tables that record the table's backups.
+    fn markers_prefix(&self) -> String {
+        format!("{}__flow_frozen_", self.table)
+    }
+
+    fn marker(&self, step: &str, partition_id: &str, n: u32) -> String {
+        format!(
+            "{}{}_{n}",
+            self.markers_prefix(),
+            self.backup_key(step, partition_id)
+        )
+    }
+
+    /// The marker tables of every backup left of the table, by name.
+    async fn markers(&self) -> Result<Vec<String>, ChError> {
+        self.ch
+            .strings(
+                "list the backups kept",
+                "list_tables",
+                context! { database => &self.database, prefix => self.markers_prefix() },
+                "name",
+            )
+            .await
+    }
+
+    /// The numbers of `step`'s backups of a partition, among `markers`.
+    fn numbers_in(&self, markers: &[String], step: &str, partition_id: &str) -> Vec<u32> {
+        let prefix = format!(
+            "{}{}_",
+            self.markers_prefix(),
+            self.backup_key(step, partition_id)
+        );
+        markers
+            .iter()
+            .filter_map(|m| m.strip_prefix(&prefix)?.parse().ok())
+            .collect()
     }
 
     /// The table's storage policy and the lock marker's comment, in one query.
@@ -330,15 +377,32 @@ impl TierMove {
         })
     }
 
-    /// Freezes the partition under the first backup number of `step` not in use;
-    /// returns that number and the names of the parts frozen.
+    /// Freezes the partition under the next backup number of `step`, recorded first;
+    /// returns the names of the parts frozen.
     async fn freeze(
         &self,
         step: &str,
         partition_id: &str,
-    ) -> Result<(u32, BTreeSet<String>), TaskFailure> {
-        for n in 0..MAX_BACKUPS {
+    ) -> Result<BTreeSet<String>, TaskFailure> {
+        let markers = self.markers().await?;
+        let first = self
+            .numbers_in(&markers, step, partition_id)
+            .into_iter()
+            .max()
+            .map_or(0, |n| n + 1);
+        for n in first..MAX_BACKUPS {
             let name = self.backup_name(step, partition_id, n);
+            self.ch
+                .run(
+                    &format!("record backup {name} of {}", self.s()),
+                    "create_marker",
+                    context! {
+                        table => qualified(&self.database, &self.marker(step, partition_id, n)),
+                        if_not_exists => true,
+                        comment => format!("flow backup {name}: step {step}, partition {partition_id}"),
+                    },
+                )
+                .await?;
             let frozen = self
                 .ch
                 .rows(
@@ -356,8 +420,9 @@ impl TierMove {
                         .iter()
                         .filter_map(|r| json_str(r, "part_name"))
                         .collect();
-                    return Ok((n, parts));
+                    return Ok(parts);
                 }
+                // Made outside flow's record (by hand?): recorded now, and the next one.
                 Err(e) if e.code == Some(DIRECTORY_ALREADY_EXISTS) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -377,7 +442,7 @@ impl TierMove {
         disks: &BTreeSet<String>,
         cancel: &CancellationToken,
     ) -> Result<MovedParts, TaskFailure> {
-        let (last, frozen_names) = self.freeze(step, partition_id).await?;
+        let frozen_names = self.freeze(step, partition_id).await?;
         let frozen: Vec<PartRow> = self
             .parts(Some(partition_id))
             .await?
@@ -438,7 +503,6 @@ impl TierMove {
                     hash: p.hash,
                 })
                 .collect(),
-            backups: last + 1,
             rows_moved_now,
         })
     }
@@ -451,19 +515,16 @@ impl TierMove {
     ) -> Result<TierResult, TaskFailure> {
         self.check_ready().await?;
         let disks = self.volume_disks().await?;
-        let moved = self
-            .move_frozen("load", partition_id, &disks, cancel)
-            .await?;
+        let moved = self.move_frozen(LOAD, partition_id, &disks, cancel).await?;
         Ok(TierResult {
             rows: moved.rows(),
             note: format!(
                 "{} part(s), {} rows, on volume `{}` ({} rows moved by this attempt); their \
-                 local files are kept in {} backup(s) until the verify",
+                 local files are kept until the verify",
                 moved.parts.len(),
                 moved.rows(),
                 self.volume,
                 moved.rows_moved_now,
-                moved.backups
             ),
             moved: Some(moved),
         })
@@ -598,9 +659,7 @@ impl TierMove {
         let loaded = loaded.ok_or_else(|| missing("verify", "load"))?;
         self.check_ready().await?;
         let disks = self.volume_disks().await?;
-        let note = self
-            .check_moved("load", partition_id, loaded, &disks)
-            .await?;
+        let note = self.check_moved(LOAD, partition_id, loaded, &disks).await?;
         Ok(TierResult {
             rows: loaded.rows(),
             note,
@@ -608,15 +667,17 @@ impl TierMove {
         })
     }
 
-    /// Removes the backups `0..count` of `step` for a partition.
+    /// Removes every backup of `step` for a partition, each before its marker; returns
+    /// how many backups and part copies were removed.
     async fn unfreeze(
         &self,
         step: &str,
         partition_id: &str,
-        count: u32,
-    ) -> Result<usize, TaskFailure> {
+    ) -> Result<(usize, usize), TaskFailure> {
+        let markers = self.markers().await?;
+        let numbers = self.numbers_in(&markers, step, partition_id);
         let mut removed = 0;
-        for n in (0..count).rev() {
+        for &n in &numbers {
             let name = self.backup_name(step, partition_id, n);
             removed += self
                 .ch
@@ -627,8 +688,15 @@ impl TierMove {
                 )
                 .await?
                 .len();
+            self.ch
+                .run(
+                    &format!("forget backup {name} of {}", self.s()),
+                    "drop_table",
+                    context! { table => qualified(&self.database, &self.marker(step, partition_id, n)) },
+                )
+                .await?;
         }
-        Ok(removed)
+        Ok((numbers.len(), removed))
     }
 
     /// Removes the local bytes kept of a verified partition.
@@ -641,18 +709,15 @@ impl TierMove {
         self.check_ready().await?;
         let disks = self.volume_disks().await?;
         // Checked again on what is removed now: the verified parts are as verified.
-        self.still_as_moved("load", partition_id, verified, &disks)
+        self.still_as_moved(LOAD, partition_id, verified, &disks)
             .await?;
-        let removed = self
-            .unfreeze("load", partition_id, verified.backups)
-            .await?;
+        let (backups, removed) = self.unfreeze(LOAD, partition_id).await?;
         Ok(TierResult {
             rows: verified.rows(),
             note: format!(
                 "removed the local files kept of {} verified part(s) ({removed} frozen part \
-                 copies in {} backup(s))",
+                 copies in {backups} backup(s))",
                 verified.parts.len(),
-                verified.backups
             ),
             moved: None,
         })
@@ -665,24 +730,35 @@ impl TierMove {
         let mut moved_rows = 0;
         let mut moved_parts = 0;
         for _ in 0..CATCH_UP_PASSES {
-            let off: BTreeSet<String> = self
-                .parts(None)
-                .await?
-                .into_iter()
+            let parts = self.parts(None).await?;
+            // Partitions with parts off the volume, and those a killed catch-up left
+            // backups of (moved, maybe not checked yet: done again, then released).
+            let markers = self.markers().await?;
+            let mut todo: BTreeSet<String> = parts
+                .iter()
                 .filter(|p| !disks.contains(&p.disk))
-                .map(|p| p.partition_id)
+                .map(|p| p.partition_id.clone())
                 .collect();
-            if off.is_empty() {
+            todo.extend(
+                parts
+                    .iter()
+                    .filter(|p| {
+                        !self
+                            .numbers_in(&markers, CATCH_UP, &p.partition_id)
+                            .is_empty()
+                    })
+                    .map(|p| p.partition_id.clone()),
+            );
+            if todo.is_empty() {
                 break;
             }
-            for partition_id in &off {
+            for partition_id in &todo {
                 let moved = self
-                    .move_frozen("catch-up", partition_id, &disks, cancel)
+                    .move_frozen(CATCH_UP, partition_id, &disks, cancel)
                     .await?;
-                self.check_moved("catch-up", partition_id, &moved, &disks)
+                self.check_moved(CATCH_UP, partition_id, &moved, &disks)
                     .await?;
-                self.unfreeze("catch-up", partition_id, moved.backups)
-                    .await?;
+                self.unfreeze(CATCH_UP, partition_id).await?;
                 moved_rows += moved.rows_moved_now;
                 moved_parts += 1;
             }
@@ -727,6 +803,16 @@ impl TierMove {
             .filter(|p| !disks.contains(&p.disk))
             .map(|p| p.rows)
             .sum();
+        let left = self.markers().await?;
+        if !left.is_empty() {
+            return Err(fail(format!(
+                "verify {}: {} FREEZE backup(s) of moved parts are still kept (marker tables {}); \
+                 resume to let their steps check and release them",
+                self.s(),
+                left.len(),
+                left.join(", ")
+            )));
+        }
         self.lock().release().await?;
         let mut note = format!(
             "{} is on storage policy `{}`: {on} rows on volume `{}`, each part checked when it \
