@@ -450,6 +450,7 @@ impl TierMove {
             .filter(|p| frozen_names.contains(&p.name))
             .collect();
         let mut rows_moved_now = 0;
+        let mut errors: BTreeMap<String, String> = BTreeMap::new();
         for part in frozen.iter().filter(|p| !disks.contains(&p.disk)) {
             rows_moved_now += part.rows;
             if cancel.is_cancelled() {
@@ -473,7 +474,7 @@ impl TierMove {
                 .await;
             if let Err(e) = moved {
                 // Merged away or moved meanwhile: the listing below tells.
-                tracing::debug!(part = %part.name, error = %e, "move part");
+                errors.insert(part.name.clone(), e.to_string());
             }
         }
         let now: BTreeMap<String, PartRow> = self
@@ -487,11 +488,15 @@ impl TierMove {
             .find(|p| now.get(&p.name).is_some_and(|n| !disks.contains(&n.disk)))
         {
             return Err(TaskFailure::transient(format!(
-                "s3-policy: part {} of {} is still on disk `{}` after MOVE PART … TO VOLUME '{}'",
+                "s3-policy: part {} of {} is still on disk `{}` after MOVE PART … TO VOLUME '{}'{}",
                 left.name,
                 self.s(),
                 now[&left.name].disk,
-                self.volume
+                self.volume,
+                errors
+                    .get(&left.name)
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             )));
         }
         Ok(MovedParts {
