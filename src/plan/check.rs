@@ -1028,7 +1028,16 @@ impl Checker {
 
         if let Some(strategy) = strategy {
             self.settings(def, &label, strategy);
-            for p in strategy.strategy().check_entry(def, &label) {
+            let database = def
+                .database
+                .as_ref()
+                .map_or("default", |d| d.get_ref().trim());
+            let entry = crate::strategy::EntryContext {
+                label: &label,
+                database,
+                same_server: &|a, b| same_server(connections, a, b),
+            };
+            for p in strategy.strategy().check_entry(def, &entry) {
                 self.error(
                     p.at.or_else(|| Some(table_span.clone())),
                     p.message,
@@ -1123,7 +1132,7 @@ impl Checker {
         } else if def.partition_expr.is_some()
             || def.partitions.is_some()
             || def.partition_range.is_some()
-            || strategy != Some(StrategyKind::Export)
+            || strategy.is_some_and(|s| s.strategy().requirements().partitioned)
         {
             Mode::Partition
         } else {
@@ -1164,7 +1173,7 @@ impl Checker {
                     );
                 }
             }
-            if strategy.is_some_and(|s| s != StrategyKind::Export) {
+            if strategy.is_some_and(|s| s.strategy().requirements().partitioned) {
                 self.error(
                     def.mode.as_ref().map(|m| m.span()),
                     format!(
@@ -1346,40 +1355,6 @@ impl Checker {
                 }
             }
         }
-        if strategy == Some(StrategyKind::Copy) {
-            if def.target.is_none() && def.target_database.is_none() && def.target_table.is_none() {
-                self.error(
-                    Some(table_span.clone()),
-                    format!("table {label}: copy needs somewhere to copy to"),
-                    "no target",
-                    "add `target` (another server), `target_database` or `target_table`",
-                );
-            } else if let Some(table_name) = &table_name {
-                let target_db = text(&def.target_database).unwrap_or_else(|| database.clone());
-                let target_table = text(&def.target_table).unwrap_or_else(|| table_name.clone());
-                let same_server = match &def.target {
-                    None => true,
-                    Some(t) => same_server(connections, def.source.get_ref(), t.get_ref()),
-                };
-                if same_server && target_db == database && &target_table == table_name {
-                    let at = def
-                        .target_table
-                        .as_ref()
-                        .or(def.target_database.as_ref())
-                        .or(def.target.as_ref())
-                        .map(|s| s.span());
-                    self.error(
-                        at,
-                        format!(
-                            "table {label}: copy onto itself (the target is {database}.{table_name} on the same server)"
-                        ),
-                        "same table",
-                        "set a different target server, target_database or target_table",
-                    );
-                }
-            }
-        }
-
         if self.diags.errors() > errors_before {
             return None;
         }
@@ -1412,7 +1387,9 @@ impl Checker {
             path: def.path.as_ref().map(|p| p.get_ref().clone()),
             path_span: def.path.as_ref().map(|p| p.span()),
             storage_policy: text(&def.storage_policy).unwrap_or_else(|| "s3".into()),
-            swap: def.swap.unwrap_or(strategy == StrategyKind::S3Policy),
+            swap: def
+                .swap
+                .unwrap_or(strategy.strategy().requirements().swap_by_default),
             keep_old: def.keep_old.unwrap_or(true),
             server_side,
             formatting,

@@ -7,10 +7,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Requirements, Setting, SettingKind, Strategy};
+use toml::Spanned;
+
+use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy};
 use crate::graph::expand::TableBuilder;
 use crate::graph::{GraphError, Partition, Placement, TaskKind};
-use crate::plan::schema::ConnectionKind;
+use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
 
 /// `options.swap_with`.
@@ -46,7 +48,49 @@ impl Strategy for Copy {
             target_required: false,
             allows_query: false,
             allows_whole_database: false,
+            partitioned: true,
+            swap_by_default: false,
         }
+    }
+
+    fn check_entry(&self, def: &TableDef, entry: &EntryContext<'_>) -> Vec<EntryProblem> {
+        let label = entry.label;
+        let text = |s: &Option<Spanned<String>>| s.as_ref().map(|v| v.get_ref().trim().to_string());
+        if def.target.is_none() && def.target_database.is_none() && def.target_table.is_none() {
+            return vec![EntryProblem {
+                at: None,
+                message: format!("table {label}: copy needs somewhere to copy to"),
+                label: "no target",
+                help: "add `target` (another server), `target_database` or `target_table`".into(),
+            }];
+        }
+        let Some(table_name) = text(&def.table) else {
+            return Vec::new();
+        };
+        let database = entry.database;
+        let target_db = text(&def.target_database).unwrap_or_else(|| database.to_string());
+        let target_table = text(&def.target_table).unwrap_or_else(|| table_name.clone());
+        let same_server = match &def.target {
+            None => true,
+            Some(t) => (entry.same_server)(def.source.get_ref(), t.get_ref()),
+        };
+        if same_server && target_db == database && target_table == table_name {
+            let at = def
+                .target_table
+                .as_ref()
+                .or(def.target_database.as_ref())
+                .or(def.target.as_ref())
+                .map(|s| s.span());
+            return vec![EntryProblem {
+                at,
+                message: format!(
+                    "table {label}: copy onto itself (the target is {database}.{table_name} on the same server)"
+                ),
+                label: "same table",
+                help: "set a different target server, target_database or target_table".into(),
+            }];
+        }
+        Vec::new()
     }
 
     fn expand(

@@ -78,6 +78,8 @@ impl Strategy for Export {
             target_required: true,
             allows_query: true,
             allows_whole_database: false,
+            partitioned: false,
+            swap_by_default: false,
         }
     }
 

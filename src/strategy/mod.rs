@@ -37,6 +37,11 @@ pub struct Requirements {
     pub allows_query: bool,
     /// Whether `table = "*"` (every table of the database) is allowed.
     pub allows_whole_database: bool,
+    /// Whether it works partition by partition only (no `mode = "all"`; partition
+    /// mode by default).
+    pub partitioned: bool,
+    /// `swap` when the entry does not say.
+    pub swap_by_default: bool,
 }
 
 /// What a source engine of a strategy cannot do, checked against the table entry.
@@ -46,6 +51,16 @@ pub struct SourceLimits {
     pub formats: Option<&'static [crate::plan::ExportFormat]>,
     /// Table keys it cannot honour, each with the fix to print.
     pub unsupported: &'static [(&'static str, &'static str)],
+}
+
+/// What the checker knows of a table entry that a strategy's own rules need.
+pub struct EntryContext<'a> {
+    /// Names the entry in messages.
+    pub label: &'a str,
+    /// The source database (`default` when the entry does not say).
+    pub database: &'a str,
+    /// Whether two connections reach one server.
+    pub same_server: &'a dyn Fn(&str, &str) -> bool,
 }
 
 /// What a strategy's own rule finds wrong in a table entry (the checker reports it at
@@ -128,8 +143,12 @@ pub trait Strategy: Sync {
         &[]
     }
     /// The strategy's rules on a table entry beyond its keys and settings (which
-    /// combinations mean nothing); `label` names the entry in messages.
-    fn check_entry(&self, _def: &crate::plan::schema::TableDef, _label: &str) -> Vec<EntryProblem> {
+    /// combinations mean nothing).
+    fn check_entry(
+        &self,
+        _def: &crate::plan::schema::TableDef,
+        _entry: &EntryContext<'_>,
+    ) -> Vec<EntryProblem> {
         Vec::new()
     }
     /// What a source of kind `source` cannot do for this strategy.

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{EntryProblem, Requirements, Setting, SettingKind, Strategy};
+use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy};
 use crate::graph::expand::TableBuilder;
 use crate::graph::{GraphError, Partition, Placement, TaskKind};
 use crate::plan::schema::{ConnectionKind, TableDef};
@@ -77,7 +77,8 @@ impl Strategy for S3Policy {
         ]
     }
 
-    fn check_entry(&self, def: &TableDef, label: &str) -> Vec<EntryProblem> {
+    fn check_entry(&self, def: &TableDef, entry: &EntryContext<'_>) -> Vec<EntryProblem> {
+        let label = entry.label;
         let Some(volume) = def.options.get(TO_VOLUME) else {
             return Vec::new();
         };
@@ -133,6 +134,8 @@ impl Strategy for S3Policy {
             target_required: false,
             allows_query: false,
             allows_whole_database: true,
+            partitioned: true,
+            swap_by_default: true,
         }
     }
 
