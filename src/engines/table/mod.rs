@@ -1,0 +1,272 @@
+//! The runner of table tasks: reads which table, partition and kind a task is about and
+//! calls the strategy's runtime, one module each ([`export_tasks`], [`copy_tasks`],
+//! [`s3_policy_tasks`]), which calls the engine code.
+//!
+//! It owns what tasks of one run share: one ClickHouse client per connection (with
+//! the server's capabilities learned once), one opened store per connection, and the
+//! engines of the registry. It knows no SQL itself.
+
+mod copy_tasks;
+mod export_tasks;
+mod s3_policy_tasks;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::engines::clickhouse::split::{self, Grouping, SplitRequest};
+use crate::engines::clickhouse::{and_all, Ch, ChClient};
+use crate::engines::registry::Engines;
+use crate::engines::source::{ExportSource, SourceRef, UnitsRequest};
+use crate::engines::store::{self, Store};
+use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
+use crate::graph::{Partition, Task, TaskKind, WorkUnit};
+use crate::plan::{PartitionSource, Plan, StrategyKind, TableSpec};
+use crate::templates::Templates;
+
+/// Runs split, prepare, export, load, verify, drop, catch-up, swap, cleanup and
+/// manifest tasks of `[[tables]]`.
+pub struct TableRunner {
+    plan: Arc<Plan>,
+    templates: Templates,
+    clients: Mutex<HashMap<String, ChClient>>,
+    stores: AsyncMutex<HashMap<String, Arc<dyn Store>>>,
+    engines: Engines,
+}
+
+impl std::fmt::Debug for TableRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableRunner")
+            .field("plan", &self.plan.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableRunner {
+    /// `templates` must be the plan's (built-in plus its `templates_dir`).
+    pub fn new(plan: Arc<Plan>, templates: Templates) -> Self {
+        TableRunner {
+            clients: Mutex::new(HashMap::new()),
+            stores: AsyncMutex::new(HashMap::new()),
+            engines: Engines::new(plan.clone(), templates.clone()),
+            plan,
+            templates,
+        }
+    }
+
+    /// The ClickHouse engine for a connection (one client per connection per run).
+    pub fn clickhouse(&self, connection: &str) -> Result<Ch, TaskFailure> {
+        let mut clients = self.clients.lock().expect("client cache lock");
+        if let Some(c) = clients.get(connection) {
+            return Ok(Ch::new(c.clone(), self.templates.clone()));
+        }
+        let conn = self.plan.connections.get(connection).ok_or_else(|| {
+            TaskFailure::permanent(format!("connection `{connection}` is not defined"))
+        })?;
+        let client = ChClient::from_connection(conn)?;
+        clients.insert(connection.to_string(), client.clone());
+        Ok(Ch::new(client, self.templates.clone()))
+    }
+
+    /// [`Self::clickhouse`] for `task` of `table`: its statements come only from the
+    /// templates its fingerprint covers.
+    fn clickhouse_for(
+        &self,
+        connection: &str,
+        table: &TableSpec,
+        task: &Task,
+    ) -> Result<Ch, TaskFailure> {
+        Ok(self
+            .clickhouse(connection)?
+            .for_task(self.templates_of(table, task)))
+    }
+
+    /// The templates `task` of `table` may render.
+    fn templates_of(&self, table: &TableSpec, task: &Task) -> Vec<&'static str> {
+        let source = self.plan.connection(&table.source).kind;
+        table.strategy.strategy().templates(source, task.kind)
+    }
+
+    /// The export source of `table`, for `task`.
+    fn export_source(
+        &self,
+        table: &TableSpec,
+        task: &Task,
+    ) -> Result<Arc<dyn ExportSource>, TaskFailure> {
+        self.engines
+            .export_source(&table.source, self.templates_of(table, task))
+    }
+
+    /// The store for a connection.
+    pub async fn store(&self, connection: &str) -> Result<Arc<dyn Store>, TaskFailure> {
+        let mut stores = self.stores.lock().await;
+        if let Some(s) = stores.get(connection) {
+            return Ok(s.clone());
+        }
+        let conn = self.plan.connections.get(connection).ok_or_else(|| {
+            TaskFailure::permanent(format!("connection `{connection}` is not defined"))
+        })?;
+        let s = store::open(conn, self.plan.base_dir())
+            .await
+            .map_err(|e| TaskFailure {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })?;
+        stores.insert(connection.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+/// The `FROM` of a table entry in the source's SQL: its table, or its query rendered as
+/// a template (`{{ vars.X }}`, `{{ env.X }}` with real values: execution only).
+pub fn source_from(
+    plan: &Plan,
+    templates: &Templates,
+    table: &TableSpec,
+    source: &dyn ExportSource,
+) -> Result<String, TaskFailure> {
+    match (&table.query, &table.table) {
+        (Some(q), _) => {
+            let ctx = minijinja::context! {
+                plan => minijinja::context! { name => plan.name.clone() },
+                vars => plan.vars.clone(),
+                options => table.options.clone(),
+                env => crate::templates::env_value(true),
+            };
+            let q = templates
+                .render_str(&format!("query of table `{}`", table.name), q, &ctx)
+                .map_err(|e| TaskFailure::permanent(e.to_string()))?;
+            let q = q.trim().trim_end_matches(';').trim();
+            Ok(source.sql_from(SourceRef::Query(q)))
+        }
+        (None, Some(t)) => Ok(source.sql_from(SourceRef::Table {
+            database: &table.database,
+            table: t,
+        })),
+        (None, None) => Err(TaskFailure::permanent(format!(
+            "table `{}` has neither `table` nor `query`",
+            table.name
+        ))),
+    }
+}
+
+/// The row filter of a unit: partition AND bounds AND chunk.
+pub fn unit_filter(table: &TableSpec, partition: &Partition, chunk: Option<u32>) -> Option<String> {
+    let bounds = table.bounds_filter();
+    let chunk_filter = chunk
+        .and_then(|c| partition.chunks.iter().find(|k| k.index == c))
+        .map(|c| c.filter.as_str());
+    and_all([partition.filter.as_deref(), bounds.as_deref(), chunk_filter])
+}
+
+fn outcome(rows: u64, checksum: Option<String>, note: String, outputs: Vec<String>) -> TaskOutcome {
+    TaskOutcome {
+        rows: Some(rows),
+        checksum,
+        note: Some(note),
+        outputs,
+        ..Default::default()
+    }
+}
+
+fn wrong_kind(task: &Task, strategy: StrategyKind) -> TaskFailure {
+    TaskFailure::permanent(format!(
+        "task `{}`: strategy {} has no `{}` task",
+        task.id,
+        strategy.name(),
+        task.kind
+    ))
+}
+
+fn table_name(table: &TableSpec, task: &Task) -> Result<String, TaskFailure> {
+    match table.table.as_deref() {
+        Some("*") => Err(TaskFailure::permanent(format!(
+            "task `{}`: `table = \"*\"` must be expanded into one entry per table before it runs",
+            task.id
+        ))),
+        Some(t) => Ok(t.to_string()),
+        None => Err(TaskFailure::permanent(format!(
+            "task `{}`: this strategy needs `table`, not `query`",
+            task.id
+        ))),
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskRunner for TableRunner {
+    async fn run(&self, task: &Task, ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
+        let index = task.unit.table().ok_or_else(|| {
+            TaskFailure::permanent(format!("task `{}` is not a table task", task.id))
+        })?;
+        let table = self.plan.tables.get(index).ok_or_else(|| {
+            TaskFailure::permanent(format!("task `{}`: table index out of range", task.id))
+        })?;
+        let partition = match &task.unit {
+            WorkUnit::Partition {
+                partition, chunk, ..
+            } => Some((partition.clone(), *chunk)),
+            _ => None,
+        };
+        if task.kind == TaskKind::Split {
+            return self.split(task, table).await;
+        }
+        match table.strategy {
+            StrategyKind::Export => self.run_export(task, &ctx, table, partition).await,
+            StrategyKind::Copy => self.run_copy(task, &ctx, table, partition).await,
+            StrategyKind::S3Policy => self.run_s3_policy(task, &ctx, table, partition).await,
+        }
+    }
+}
+
+impl TableRunner {
+    async fn split(&self, task: &Task, table: &TableSpec) -> Result<TaskOutcome, TaskFailure> {
+        let name = table_name(table, task)?;
+        let declared = match &table.partitions {
+            PartitionSource::Declared(ids) => Some(ids.clone()),
+            _ => None,
+        };
+        // Copy loads the rows within bounds; a storage-policy move takes whole
+        // partitions, the bounds only select which.
+        let bounds = table.bounds_filter();
+        let request = UnitsRequest {
+            database: table.database.clone(),
+            table: name,
+            partition_expr: table.partition_expr.clone(),
+            bounds,
+            split_by: table.split_by.clone(),
+            max_rows: table.max_rows,
+            max_bytes: table.max_bytes,
+            declared,
+        };
+        let (partitions, rows, bytes, note) = match table.strategy {
+            StrategyKind::Export => {
+                let units = self.export_source(table, task)?.split(&request).await?;
+                (units.partitions, units.rows, units.bytes, units.note)
+            }
+            StrategyKind::Copy | StrategyKind::S3Policy => {
+                let ch = self.clickhouse_for(&table.source, table, task)?;
+                let req = SplitRequest::of_units(&request, Grouping::Physical);
+                let r = split::split(&ch, &req).await?;
+                (r.partitions, r.rows, r.bytes, r.note)
+            }
+        };
+        Ok(TaskOutcome {
+            rows: Some(rows),
+            bytes: Some(bytes),
+            note: Some(note),
+            ..Default::default()
+        }
+        .with_artifact(&partitions))
+    }
+
+    fn partition_of<'a>(
+        &self,
+        task: &Task,
+        partition: &'a Option<(Arc<Partition>, Option<u32>)>,
+    ) -> Result<&'a (Arc<Partition>, Option<u32>), TaskFailure> {
+        partition
+            .as_ref()
+            .ok_or_else(|| TaskFailure::permanent(format!("task `{}` needs a partition", task.id)))
+    }
+}
