@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use flow::plan::check::{check_source, LoadOptions};
+use flow::check::{check_source, LoadOptions};
 use flow::plan::schema::PlanFile;
 use flow::plan::SourceFile;
 

@@ -7,6 +7,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod check;
 pub mod cli;
 pub mod engines;
 pub mod exec;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod redact;
 pub mod report;
 pub mod run;
+pub mod runtime;
 pub mod state;
 pub mod strategy;
 pub mod task;

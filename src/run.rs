@@ -42,7 +42,7 @@ pub async fn list_whole_databases(
     }
     let mut said = Vec::new();
     let shared = Arc::new(plan.clone());
-    let engines = crate::engines::table::TableRunner::new(shared, templates.clone());
+    let engines = crate::runtime::TableRunner::new(shared, templates.clone());
     let mut listed = std::collections::BTreeMap::new();
     for index in wildcards {
         let table = &plan.tables[index];

@@ -1,7 +1,9 @@
-//! What a task is and ends with: its id and kind, its outcome (with the typed artifact
-//! it hands to its dependents), or why it failed and whether trying again may help. A
-//! leaf: the scheduler (`exec`) produces these, `state` stores them, engines return
-//! them, and it depends on none of them.
+//! What a task is and ends with: its id and kind, the unit it works on (a partition,
+//! a chunk) and where the work happens, its outcome (with the typed artifact it hands
+//! to its dependents), or why it failed and whether trying again may help; and why a
+//! graph of tasks could not be built. A leaf: strategies and the graph builder make
+//! tasks of these, the scheduler (`exec`) produces outcomes, `state` stores them,
+//! engines return them, and it depends on none of them.
 
 use std::fmt;
 
@@ -237,4 +239,81 @@ mod tests {
         );
         assert!(!err.retryable);
     }
+}
+
+/// Where the work of a task happens; `flow plan` shows it so users know what path
+/// the data takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// The database server does the work itself (INSERT … SELECT, INSERT INTO FUNCTION s3).
+    InServer,
+    /// Data streams through flow in bounded buffers.
+    Streamed,
+    /// Metadata only (queries of system tables, DDL, manifests).
+    Metadata,
+    /// An external command.
+    External,
+}
+
+/// One partition of a source table, as listed by a split (online) or declared in the
+/// plan (offline). `filter` is the SQL condition that selects exactly its rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// The partition id as the server names it (`201506`), or `all` for mode = "all".
+    pub id: String,
+    /// SQL literal of the partition value, when known (`201506`, `('eu', 3)`).
+    pub value: Option<String>,
+    /// SQL condition selecting exactly this partition's rows (`toYYYYMM(pickup_date) = 201506`),
+    /// set by the split; None for mode = "all" or an offline partition of unknown expression.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Rows and bytes as reported by the source at split time (None offline).
+    pub rows: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Sub-split chunks of an oversized partition; empty means one piece.
+    pub chunks: Vec<Chunk>,
+}
+
+/// A split's outcome: the units it listed.
+impl Artifact for Vec<Partition> {
+    const NAME: &'static str = "list of partitions";
+}
+
+/// A row-bounded piece of an oversized partition, selected by a range of `split_by`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub index: u32,
+    /// SQL condition on the split column, e.g. `pickup_date >= '2015-06-11' AND pickup_date < '2015-06-21'`.
+    pub filter: String,
+    pub rows: Option<u64>,
+}
+
+/// A problem found while building a graph. Plans are checked before expansion, so
+/// these indicate a strategy bug or a plan the checker let through.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GraphError {
+    #[error("task id `{0}` is used twice")]
+    DuplicateId(TaskId),
+    #[error("task `{from}` depends on `{to}`, which does not exist")]
+    MissingDependency { from: TaskId, to: TaskId },
+    #[error("tasks form a cycle through `{0}`")]
+    Cycle(TaskId),
+    #[error("destructive task `{0}` has no verify task before it")]
+    UnverifiedDestructive(TaskId),
+    #[error("{0}")]
+    Template(String),
+    #[error("tasks `{first}` and `{second}` would both write `{key}` on connection `{target}`: the second would overwrite the first")]
+    KeyCollision {
+        key: String,
+        target: String,
+        first: TaskId,
+        second: TaskId,
+    },
+    #[error("table {table}: `path` renders the same key `{key}` for every {unit}: all of them would write one object")]
+    PathNotUnique {
+        table: String,
+        key: String,
+        unit: &'static str,
+    },
 }

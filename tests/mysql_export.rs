@@ -8,12 +8,12 @@ mod support;
 use std::path::Path;
 use std::sync::Arc;
 
+use flow::check::{load, LoadOptions};
 use flow::engines::export::{verify_partition, ExportUnit, VerifyRequest};
 use flow::engines::registry::{self, Engines};
 use flow::engines::source::SourceRef;
 use flow::engines::store::fs::FsStore;
 use flow::graph::TaskKind;
-use flow::plan::check::{load, LoadOptions};
 use flow::plan::schema::ConnectionKind;
 use flow::plan::{ExportFormat, Formatting, ServerSide};
 use mysql_async::prelude::Queryable;

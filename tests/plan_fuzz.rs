@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use flow::check::{check_source, LoadOptions};
 use flow::graph::expand::{expand, PartitionMap};
-use flow::plan::check::{check_source, LoadOptions};
 use flow::plan::SourceFile;
 use flow::templates::Templates;
 use proptest::prelude::*;

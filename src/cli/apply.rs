@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use super::{
     load_plan, OutputFormat, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE,
 };
-use crate::engines::exec::KILL_GRACE;
 use crate::exec::process_group::{self, GroupError};
 use crate::exec::runner::TaskRunner;
 use crate::exec::scheduler::{Interrupts, RunOptions, RunSummary};
@@ -43,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::plan::Plan;
 use crate::report::{self, ReportContext};
 use crate::run::{list_whole_databases, Run};
+use crate::runtime::exec_steps::KILL_GRACE;
 use crate::state::lock::{LockError, PlanLock};
 use crate::state::{self, SqliteStore, StateStore, StateWriter};
 
@@ -225,7 +225,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
     let run_id = store.begin_run(std::process::id(), &state::lock::this_host(), started_at)?;
     let writer = StateWriter::spawn(state::shared(store));
 
-    let runner: Arc<dyn TaskRunner> = Arc::new(crate::engines::Dispatch::new(
+    let runner: Arc<dyn TaskRunner> = Arc::new(crate::runtime::Dispatch::new(
         plan.clone(),
         templates.clone(),
     ));

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::plan::check::{load, LoadOptions};
+use crate::check::{load, LoadOptions};
 use crate::plan::Plan;
 use crate::templates::Templates;
 

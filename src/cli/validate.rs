@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::{vars_map, OutputFormat, EXIT_FAILED, EXIT_OK};
-use crate::plan::check::{load, LoadOptions};
+use crate::check::{load, LoadOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {

@@ -95,7 +95,7 @@ pub struct VerifiedPartition {
 /// What a partition's verify checks.
 #[derive(Debug)]
 pub struct VerifyRequest<'a> {
-    pub partition: &'a crate::graph::Partition,
+    pub partition: &'a crate::task::Partition,
     /// `db`.`table` or `(<query>)`.
     pub from: &'a str,
     /// The partition's row filter (partition AND bounds).

@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engines::export::{ExportUnit, ExportedFile};
 use crate::engines::store::Store;
-use crate::graph::{Partition, TaskKind};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Connection, ExportFormat};
 use crate::task::TaskFailure;
+use crate::task::{Partition, TaskKind};
 use crate::templates::Templates;
 
 /// Which units of a table entry an export works on.

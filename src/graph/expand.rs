@@ -18,6 +18,7 @@ use super::{
 use crate::plan::identity::{identity, object_location};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Mode, PartitionSource, Plan, StepKind, TableSpec};
+use crate::strategy::TaskSink;
 use crate::templates::{env_value, Templates};
 
 /// Partitions listed by each table's split, by table index.
@@ -270,69 +271,6 @@ impl<'g> TableBuilder<'g> {
         self.table
     }
 
-    /// A task about the whole table: `<table>/<name>`.
-    pub fn table_task(
-        &mut self,
-        name: &str,
-        kind: TaskKind,
-        placement: Placement,
-        connections: Vec<String>,
-        inputs: BTreeMap<String, String>,
-    ) -> Result<NodeIndex, GraphError> {
-        let id = format!("{}/{name}", self.table.name);
-        let unit = WorkUnit::Table {
-            table: self.table.index,
-        };
-        self.add(id, kind, unit, placement, connections, inputs)
-    }
-
-    /// The split task (`<table>/split`, reading the source's metadata) of a table in
-    /// partition mode; None in mode all, which has nothing to list.
-    pub fn split_task(&mut self) -> Result<Option<NodeIndex>, GraphError> {
-        if !self.is_partitioned() {
-            return Ok(None);
-        }
-        let source = self.table.source.clone();
-        // The declared partitions are what the split lists: another list is another split.
-        let mut inputs = BTreeMap::new();
-        if let PartitionSource::Declared(ids) = &self.table.partitions {
-            inputs.insert("partitions".to_string(), ids.join(","));
-        }
-        self.table_task(
-            "split",
-            TaskKind::Split,
-            Placement::Metadata,
-            vec![source],
-            inputs,
-        )
-        .map(Some)
-    }
-
-    /// A task about one partition (or chunk): `<table>/<partition>[/cNNN]/<name>`.
-    /// `filter` (the full row condition of the unit) is added to the inputs.
-    pub fn partition_task(
-        &mut self,
-        (partition, chunk): (&Arc<Partition>, Option<u32>),
-        name: &str,
-        kind: TaskKind,
-        placement: Placement,
-        connections: Vec<String>,
-        mut inputs: BTreeMap<String, String>,
-    ) -> Result<NodeIndex, GraphError> {
-        let id = match chunk {
-            Some(c) => format!("{}/{}/c{c:03}/{name}", self.table.name, partition.id),
-            None => format!("{}/{}/{name}", self.table.name, partition.id),
-        };
-        inputs.insert("partition".into(), partition.id.clone());
-        inputs.insert("filter".into(), self.unit_filter(partition, chunk));
-        let unit = WorkUnit::Partition {
-            table: self.table.index,
-            partition: partition.clone(),
-            chunk,
-        };
-        self.add(id, kind, unit, placement, connections, inputs)
-    }
-
     fn add(
         &mut self,
         id: String,
@@ -367,11 +305,6 @@ impl<'g> TableBuilder<'g> {
         Ok(index)
     }
 
-    /// `task` runs after `after`.
-    pub fn depend(&mut self, task: NodeIndex, after: NodeIndex) {
-        self.graph.depend(task, after);
-    }
-
     /// The row condition of a unit: partition AND bounds AND chunk (`1` when none).
     pub fn unit_filter(&self, partition: &Partition, chunk: Option<u32>) -> String {
         let mut parts = Vec::new();
@@ -390,9 +323,80 @@ impl<'g> TableBuilder<'g> {
             parts.join(" AND ")
         }
     }
+}
+
+/// What a strategy adds a table's tasks through.
+impl TaskSink for TableBuilder<'_> {
+    /// A task about the whole table: `<table>/<name>`.
+    fn table_task(
+        &mut self,
+        name: &str,
+        kind: TaskKind,
+        placement: Placement,
+        connections: Vec<String>,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError> {
+        let id = format!("{}/{name}", self.table.name);
+        let unit = WorkUnit::Table {
+            table: self.table.index,
+        };
+        self.add(id, kind, unit, placement, connections, inputs)
+    }
+
+    /// The split task (`<table>/split`, reading the source's metadata) of a table in
+    /// partition mode; None in mode all, which has nothing to list.
+    fn split_task(&mut self) -> Result<Option<NodeIndex>, GraphError> {
+        if !self.is_partitioned() {
+            return Ok(None);
+        }
+        let source = self.table.source.clone();
+        // The declared partitions are what the split lists: another list is another split.
+        let mut inputs = BTreeMap::new();
+        if let PartitionSource::Declared(ids) = &self.table.partitions {
+            inputs.insert("partitions".to_string(), ids.join(","));
+        }
+        self.table_task(
+            "split",
+            TaskKind::Split,
+            Placement::Metadata,
+            vec![source],
+            inputs,
+        )
+        .map(Some)
+    }
+
+    /// A task about one partition (or chunk): `<table>/<partition>[/cNNN]/<name>`.
+    /// `filter` (the full row condition of the unit) is added to the inputs.
+    fn partition_task(
+        &mut self,
+        (partition, chunk): (&Arc<Partition>, Option<u32>),
+        name: &str,
+        kind: TaskKind,
+        placement: Placement,
+        connections: Vec<String>,
+        mut inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError> {
+        let id = match chunk {
+            Some(c) => format!("{}/{}/c{c:03}/{name}", self.table.name, partition.id),
+            None => format!("{}/{}/{name}", self.table.name, partition.id),
+        };
+        inputs.insert("partition".into(), partition.id.clone());
+        inputs.insert("filter".into(), self.unit_filter(partition, chunk));
+        let unit = WorkUnit::Partition {
+            table: self.table.index,
+            partition: partition.clone(),
+            chunk,
+        };
+        self.add(id, kind, unit, placement, connections, inputs)
+    }
+
+    /// `task` runs after `after`.
+    fn depend(&mut self, task: NodeIndex, after: NodeIndex) {
+        self.graph.depend(task, after);
+    }
 
     /// Renders the table's `path` template for one unit (export object key).
-    pub fn render_path(
+    fn render_path(
         &self,
         default: &str,
         partition: &Partition,
@@ -418,7 +422,7 @@ impl<'g> TableBuilder<'g> {
         }
     }
 
-    pub fn is_partitioned(&self) -> bool {
+    fn is_partitioned(&self) -> bool {
         self.table.mode == Mode::Partition
     }
 }

@@ -14,6 +14,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
+pub use crate::task::GraphError;
 pub use task::{
     Chunk, Fingerprint, Partition, Placement, Task, TaskId, TaskInputs, TaskKind, WorkUnit,
 };
@@ -27,35 +28,6 @@ pub struct TaskGraph {
     /// `find_edge` walks a node's edges, which made a split with 100k dependents
     /// quadratic to build.
     edges: HashSet<(NodeIndex, NodeIndex)>,
-}
-
-/// A problem found while building a graph. Plans are checked before expansion, so
-/// these indicate a strategy bug or a plan the checker let through.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum GraphError {
-    #[error("task id `{0}` is used twice")]
-    DuplicateId(TaskId),
-    #[error("task `{from}` depends on `{to}`, which does not exist")]
-    MissingDependency { from: TaskId, to: TaskId },
-    #[error("tasks form a cycle through `{0}`")]
-    Cycle(TaskId),
-    #[error("destructive task `{0}` has no verify task before it")]
-    UnverifiedDestructive(TaskId),
-    #[error("{0}")]
-    Template(String),
-    #[error("tasks `{first}` and `{second}` would both write `{key}` on connection `{target}`: the second would overwrite the first")]
-    KeyCollision {
-        key: String,
-        target: String,
-        first: TaskId,
-        second: TaskId,
-    },
-    #[error("table {table}: `path` renders the same key `{key}` for every {unit}: all of them would write one object")]
-    PathNotUnique {
-        table: String,
-        key: String,
-        unit: &'static str,
-    },
 }
 
 impl GraphError {

@@ -13,55 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::task::{TaskId, TaskKind};
-
-/// Where the work of a task happens; `flow plan` shows it so users know what path
-/// the data takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Placement {
-    /// The database server does the work itself (INSERT … SELECT, INSERT INTO FUNCTION s3).
-    InServer,
-    /// Data streams through flow in bounded buffers.
-    Streamed,
-    /// Metadata only (queries of system tables, DDL, manifests).
-    Metadata,
-    /// An external command.
-    External,
-}
-
-/// One partition of a source table, as listed by a split (online) or declared in the
-/// plan (offline). `filter` is the SQL condition that selects exactly its rows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Partition {
-    /// The partition id as the server names it (`201506`), or `all` for mode = "all".
-    pub id: String,
-    /// SQL literal of the partition value, when known (`201506`, `('eu', 3)`).
-    pub value: Option<String>,
-    /// SQL condition selecting exactly this partition's rows (`toYYYYMM(pickup_date) = 201506`),
-    /// set by the split; None for mode = "all" or an offline partition of unknown expression.
-    #[serde(default)]
-    pub filter: Option<String>,
-    /// Rows and bytes as reported by the source at split time (None offline).
-    pub rows: Option<u64>,
-    pub bytes: Option<u64>,
-    /// Sub-split chunks of an oversized partition; empty means one piece.
-    pub chunks: Vec<Chunk>,
-}
-
-/// A split's outcome: the units it listed.
-impl crate::task::Artifact for Vec<Partition> {
-    const NAME: &'static str = "list of partitions";
-}
-
-/// A row-bounded piece of an oversized partition, selected by a range of `split_by`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk {
-    pub index: u32,
-    /// SQL condition on the split column, e.g. `pickup_date >= '2015-06-11' AND pickup_date < '2015-06-21'`.
-    pub filter: String,
-    pub rows: Option<u64>,
-}
+pub use crate::task::{Chunk, Partition, Placement, TaskId, TaskKind};
 
 /// What a task works on.
 #[derive(Clone, Debug, PartialEq, Eq)]

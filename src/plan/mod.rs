@@ -1,12 +1,12 @@
 //! Plans: load a TOML file, check it, and produce a resolved, typed [`Plan`].
 //!
 //! Three layers, each with one job: `schema` is the file as written (serde, spans;
-//! `keys` reports every unknown key before serde stops at the first),
-//! `check` turns it into a [`Plan`] and collects *every* problem at once, each pointing
-//! at the file line with a fix, and `interpolate` resolves `${env:VAR}` only when a
-//! value is needed, so secrets stay out of the plan model, logs and state.
+//! `keys` reports every unknown key before serde stops at the first), the checker
+//! ([`crate::check`], a layer above, since it asks the strategies, the engines and the
+//! graph builder) turns it into a [`Plan`] and collects *every* problem at once, each
+//! pointing at the file line with a fix, and `interpolate` resolves `${env:VAR}` only
+//! when a value is needed, so secrets stay out of the plan model, logs and state.
 
-pub mod check;
 pub mod destructive;
 pub mod diagnostic;
 pub mod identity;
@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use check::load;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, SourceFile};
 pub use interpolate::{Interpolated, Secret};
 pub use schema::{ConnectionKind, Mode, StepKind};
@@ -142,8 +141,43 @@ pub enum PartitionSource {
     Online,
 }
 
-/// The strategies flow knows; each is one module under `strategy/`.
-pub use crate::strategy::StrategyKind;
+/// The strategies flow knows, by name; each is one module under `strategy/`, which
+/// gives each kind its strategy ([`StrategyKind::strategy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyKind {
+    Export,
+    Copy,
+    S3Policy,
+}
+
+impl StrategyKind {
+    pub const ALL: &'static [StrategyKind] = &[
+        StrategyKind::Export,
+        StrategyKind::Copy,
+        StrategyKind::S3Policy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyKind::Export => "export",
+            StrategyKind::Copy => "copy",
+            StrategyKind::S3Policy => "s3-policy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|k| format!("\"{}\"", k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
 
 /// A checked `[[tables]]` entry.
 #[derive(Debug, Clone)]

@@ -9,11 +9,10 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy};
-use crate::graph::expand::TableBuilder;
-use crate::graph::{GraphError, Partition, Placement, TaskKind};
+use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy, TaskSink};
 use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
+use crate::task::{GraphError, Partition, Placement, TaskKind};
 
 /// `options.swap_with`.
 pub const SWAP_WITH: &str = "swap_with";
@@ -26,7 +25,7 @@ impl Strategy for Copy {
     }
 
     fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
-        super::templates::used_by(super::StrategyKind::Copy, kind)
+        crate::engines::clickhouse::task_templates::used_by(super::StrategyKind::Copy, kind)
     }
 
     fn own_keys(&self) -> &'static [&'static str] {
@@ -98,7 +97,7 @@ impl Strategy for Copy {
         _plan: &Plan,
         table: &TableSpec,
         partitions: Option<&[Arc<Partition>]>,
-        b: &mut TableBuilder<'_>,
+        b: &mut dyn TaskSink,
     ) -> Result<(), GraphError> {
         let source = table.source.clone();
         let target = table.target.clone().unwrap_or_else(|| source.clone());

@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Requirements, Setting, SettingKind, SourceLimits, Strategy};
+use super::{Requirements, Setting, SettingKind, SourceLimits, Strategy, TaskSink};
 use crate::engines::registry;
-use crate::graph::expand::TableBuilder;
-use crate::graph::{GraphError, Partition, Placement, TaskKind};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Plan, ServerSide, TableSpec};
+use crate::task::{GraphError, Partition, Placement, TaskKind};
 
 pub struct Export;
 
@@ -88,7 +87,7 @@ impl Strategy for Export {
         plan: &Plan,
         table: &TableSpec,
         partitions: Option<&[Arc<Partition>]>,
-        b: &mut TableBuilder<'_>,
+        b: &mut dyn TaskSink,
     ) -> Result<(), GraphError> {
         let source = table.source.clone();
         let target = table.target.clone().expect("export targets are checked");
@@ -166,7 +165,7 @@ impl Strategy for Export {
 /// Before the partitions are known (listed at apply time), a `path` that renders one
 /// key for two partitions, or for two chunks of a partition that may be cut, is refused
 /// now: every unit would overwrite the same object.
-fn path_distinguishes_units(table: &TableSpec, b: &TableBuilder<'_>) -> Result<(), GraphError> {
+fn path_distinguishes_units(table: &TableSpec, b: &dyn TaskSink) -> Result<(), GraphError> {
     if !b.is_partitioned() {
         return Ok(());
     }

@@ -2,27 +2,63 @@
 //!
 //! A strategy does two things at plan time: it checks the table entry (connection
 //! kinds, required keys) and it expands the table into tasks. Engines do the work at
-//! run time. Adding a strategy is one module here plus one line in [`StrategyKind`].
+//! run time. Adding a strategy is one module here, one variant in [`StrategyKind`] (in
+//! `plan`, which names the kinds) and one line in [`StrategyKind::strategy`]; its run-time
+//! code is one module of `runtime::table`.
 
 pub mod copy;
 pub mod export;
 pub mod s3_policy;
-pub mod templates;
 
 use std::sync::Arc;
 
-use crate::graph::expand::TableBuilder;
-use crate::graph::{GraphError, Partition, TaskKind};
+use std::collections::BTreeMap;
+
+use petgraph::graph::NodeIndex;
+
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Plan, TableSpec};
+use crate::task::{GraphError, Partition, Placement, TaskKind};
 
-/// The registry of strategies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StrategyKind {
-    Export,
-    Copy,
-    S3Policy,
+pub use crate::plan::StrategyKind;
+
+/// What a strategy adds a table's tasks through: the graph builder implements it, so a
+/// strategy knows the tasks it wants and their order, not how the graph keeps them.
+/// Task ids are `<table>/<name>` and `<table>/<partition>[/cNNN]/<name>`; every task
+/// gets the table's shared inputs (and its templates') for its fingerprint.
+pub trait TaskSink {
+    /// Whether the table is listed partition by partition (mode = "partition").
+    fn is_partitioned(&self) -> bool;
+    /// The table's split task (reading the source's metadata); None in mode all.
+    fn split_task(&mut self) -> Result<Option<NodeIndex>, GraphError>;
+    /// A task about the whole table.
+    fn table_task(
+        &mut self,
+        name: &str,
+        kind: TaskKind,
+        placement: Placement,
+        connections: Vec<String>,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError>;
+    /// A task about one partition (or chunk of it); its row filter joins the inputs.
+    fn partition_task(
+        &mut self,
+        unit: (&Arc<Partition>, Option<u32>),
+        name: &str,
+        kind: TaskKind,
+        placement: Placement,
+        connections: Vec<String>,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError>;
+    /// `task` runs after `after`.
+    fn depend(&mut self, task: NodeIndex, after: NodeIndex);
+    /// The table's `path` template (or `default`) rendered for one unit.
+    fn render_path(
+        &self,
+        default: &str,
+        partition: &Partition,
+        chunk: Option<u32>,
+    ) -> Result<String, GraphError>;
 }
 
 /// What a strategy needs from a plan's table entry, checked before expansion.
@@ -128,7 +164,7 @@ pub trait Strategy: Sync {
         plan: &Plan,
         table: &TableSpec,
         partitions: Option<&[Arc<Partition>]>,
-        builder: &mut TableBuilder<'_>,
+        builder: &mut dyn TaskSink,
     ) -> Result<(), GraphError>;
     /// The engine templates a task of `kind` renders from a `source` connection (its
     /// fingerprint covers them).
@@ -157,33 +193,8 @@ pub trait Strategy: Sync {
     }
 }
 
+/// Each kind's strategy: the registry, one line per strategy.
 impl StrategyKind {
-    pub const ALL: &'static [StrategyKind] = &[
-        StrategyKind::Export,
-        StrategyKind::Copy,
-        StrategyKind::S3Policy,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StrategyKind::Export => "export",
-            StrategyKind::Copy => "copy",
-            StrategyKind::S3Policy => "s3-policy",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|k| k.name() == name)
-    }
-
-    pub fn names() -> String {
-        Self::ALL
-            .iter()
-            .map(|k| format!("\"{}\"", k.name()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     pub fn strategy(self) -> &'static dyn Strategy {
         match self {
             StrategyKind::Export => &export::Export,

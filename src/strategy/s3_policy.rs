@@ -16,11 +16,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy};
-use crate::graph::expand::TableBuilder;
-use crate::graph::{GraphError, Partition, Placement, TaskKind};
+use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy, TaskSink};
 use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
+use crate::task::{GraphError, Partition, Placement, TaskKind};
 
 /// `options.new_table`.
 pub const NEW_TABLE: &str = "new_table";
@@ -55,7 +54,7 @@ impl Strategy for S3Policy {
     }
 
     fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
-        super::templates::used_by(super::StrategyKind::S3Policy, kind)
+        crate::engines::clickhouse::task_templates::used_by(super::StrategyKind::S3Policy, kind)
     }
 
     fn own_keys(&self) -> &'static [&'static str] {
@@ -144,7 +143,7 @@ impl Strategy for S3Policy {
         _plan: &Plan,
         table: &TableSpec,
         partitions: Option<&[Arc<Partition>]>,
-        b: &mut TableBuilder<'_>,
+        b: &mut dyn TaskSink,
     ) -> Result<(), GraphError> {
         let conn = vec![table.source.clone()];
         let mut policy = BTreeMap::new();

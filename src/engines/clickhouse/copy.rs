@@ -28,8 +28,8 @@ use super::checksum::{checksum_expr_for, Column, Compared};
 use super::errors::exception_in_tail;
 use super::part_sets::part_sets;
 use super::{and_all, partition_id_filter, qualified, Ch, ChError, Feature, Stats};
-use crate::exec::runner::TaskFailure;
-use crate::graph::Partition;
+use crate::task::Partition;
+use crate::task::TaskFailure;
 use crate::templates::quote_identifier;
 
 /// Bytes collected before they are sent on to the target's INSERT.

@@ -44,8 +44,8 @@ pub use crate::engines::export::{
     VerifyRequest,
 };
 use crate::engines::store::{ObjectWriter, ServerSideTarget, Store};
-use crate::exec::runner::TaskFailure;
 use crate::plan::{ExportFormat, Formatting, ServerSide};
+use crate::task::TaskFailure;
 
 fn block_failure(
     action: &str,

@@ -27,6 +27,7 @@ pub mod s3_policy;
 pub mod source;
 pub mod split;
 pub mod table_lock;
+pub mod task_templates;
 pub mod text_out;
 pub mod tier_move;
 pub mod values;
@@ -43,7 +44,7 @@ pub use checksum::Column;
 pub use client::{json_str, json_u64, ChClient, ChParams, JsonRow};
 pub use errors::ChError;
 
-use crate::exec::runner::TaskFailure;
+use crate::task::TaskFailure;
 use crate::templates::{quote_identifier, Templates};
 
 /// A client plus the templates its statements come from.
@@ -52,7 +53,7 @@ pub struct Ch {
     pub client: ChClient,
     pub templates: Templates,
     /// The templates the task this handle runs for may render (its fingerprint covers
-    /// them, see [`crate::strategy::templates`]); None outside a task.
+    /// them, see [`task_templates`]); None outside a task.
     task_templates: Option<Arc<[&'static str]>>,
 }
 

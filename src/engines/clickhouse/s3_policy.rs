@@ -57,8 +57,8 @@ use super::checksum::{checksum_expr_for, Compared};
 use super::part_sets::{part_sets, PartSet, Signed};
 use super::table_lock::TableLock;
 use super::{partition_id_filter, qualified, Ch, ChError, Column, Feature, Stats};
-use crate::exec::runner::TaskFailure;
 use crate::task::Artifact;
+use crate::task::TaskFailure;
 
 /// Passes of the catch-up before it reports what is still arriving.
 const CATCH_UP_PASSES: usize = 3;

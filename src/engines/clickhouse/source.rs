@@ -14,10 +14,10 @@ use crate::engines::source::{
     ExportSource, ExportSourceEntry, Signature, SourceRef, Units, UnitsRequest,
 };
 use crate::engines::store::Store;
-use crate::graph::TaskKind;
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Connection, ExportFormat};
 use crate::task::TaskFailure;
+use crate::task::TaskKind;
 use crate::templates::Templates;
 
 /// The ClickHouse export source of one connection.
@@ -114,5 +114,5 @@ pub const EXPORT_SOURCE: ExportSourceEntry = ExportSourceEntry {
 
 /// The templates an export task of `kind` renders from ClickHouse.
 fn export_templates(kind: TaskKind) -> Vec<&'static str> {
-    crate::strategy::templates::used_by(crate::strategy::StrategyKind::Export, kind)
+    super::task_templates::used_by(crate::plan::StrategyKind::Export, kind)
 }

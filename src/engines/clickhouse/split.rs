@@ -39,7 +39,7 @@ use minijinja::context;
 use super::values::{equals_filter, id_from_literal, parse_values};
 use super::{and_all, json_str, json_u64, partition_id_filter, Ch, ChError, Feature};
 use crate::engines::source::UnitsRequest;
-use crate::graph::{Chunk, Partition};
+use crate::task::{Chunk, Partition};
 
 /// Most chunks one partition is cut into.
 pub const MAX_CHUNKS: u64 = 1000;

@@ -6,7 +6,7 @@
 use minijinja::context;
 
 use super::{qualified, Ch};
-use crate::exec::runner::TaskFailure;
+use crate::task::TaskFailure;
 
 /// The lock of one table for one plan.
 pub struct TableLock<'a> {

@@ -42,8 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::table_lock::TableLock;
 use super::{json_str, json_u64, qualified, Ch, ChError, Feature};
-use crate::exec::runner::TaskFailure;
 use crate::task::Artifact;
+use crate::task::TaskFailure;
 
 /// Most backups one step keeps of one partition (one per attempt).
 const MAX_BACKUPS: u32 = 100;

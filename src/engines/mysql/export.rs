@@ -41,10 +41,10 @@ use crate::engines::source::{
     ExportSource, ExportSourceEntry, Signature, SourceRef, Units, UnitsRequest,
 };
 use crate::engines::store::Store;
-use crate::graph::{Chunk, Partition, TaskKind};
 use crate::plan::schema::ConnectionKind;
 use crate::plan::{Connection, ExportFormat};
 use crate::task::TaskFailure;
+use crate::task::{Chunk, Partition, TaskKind};
 use crate::templates::Templates;
 
 /// Most chunks one unit is cut into.

@@ -234,9 +234,9 @@ impl MysqlClient {
     }
 }
 
-impl From<MysqlError> for crate::exec::runner::TaskFailure {
+impl From<MysqlError> for crate::task::TaskFailure {
     fn from(e: MysqlError) -> Self {
-        crate::exec::runner::TaskFailure {
+        crate::task::TaskFailure {
             retryable: e.retryable,
             message: e.to_string(),
         }

@@ -1,4 +1,4 @@
-//! Which engine templates each kind of task of each strategy renders.
+//! Which ClickHouse templates each kind of task of each strategy renders.
 //!
 //! A task's fingerprint covers the templates it uses (their text as in effect: built-in
 //! or the plan's `templates_dir`), not every template flow ships: adding a template for
@@ -8,8 +8,8 @@
 //! template outside the set of the task it runs for, so a test that runs the task finds
 //! a missing entry.
 
-use super::StrategyKind;
-use crate::graph::TaskKind;
+use crate::plan::StrategyKind;
+use crate::task::TaskKind;
 
 /// Rendered by the helpers every ClickHouse task goes through (capabilities, columns,
 /// table info, counts).

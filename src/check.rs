@@ -14,17 +14,19 @@ use std::time::Duration;
 use petgraph::graph::DiGraph;
 use toml::Spanned;
 
-use super::destructive;
-use super::diagnostic::{Diagnostic, Diagnostics, SourceFile};
-use super::interpolate::Interpolated;
-use super::partitions::expand_range;
-use super::schema::{ConnectionDef, ConnectionKind, Mode, PlanFile, StepDef, StepKind, TableDef};
-use super::secrets;
-use super::{
-    Connection, ExportFormat, Formatting, PartitionSource, Plan, ServerSide, StepSpec, TableSpec,
-};
 use crate::graph::expand::{expand, path_context, PartitionMap};
 use crate::graph::GraphError;
+use crate::plan::destructive;
+use crate::plan::diagnostic::{Diagnostic, Diagnostics, SourceFile};
+use crate::plan::interpolate::Interpolated;
+use crate::plan::partitions::expand_range;
+use crate::plan::schema::{
+    ConnectionDef, ConnectionKind, Mode, PlanFile, StepDef, StepKind, TableDef,
+};
+use crate::plan::secrets;
+use crate::plan::{
+    Connection, ExportFormat, Formatting, PartitionSource, Plan, ServerSide, StepSpec, TableSpec,
+};
 use crate::strategy::StrategyKind;
 use crate::templates::Templates;
 
@@ -100,7 +102,7 @@ fn not_utf8(path: &Path, e: &std::string::FromUtf8Error) -> Loaded {
 pub fn check_source(source: SourceFile, options: &LoadOptions) -> Loaded {
     let source = Arc::new(source);
     let mut diagnostics = Diagnostics::default();
-    let unknown = super::keys::check(&source.text);
+    let unknown = crate::plan::keys::check(&source.text);
     if !unknown.is_empty() {
         diagnostics.items = unknown;
         diagnostics.sort();

@@ -120,7 +120,7 @@ impl TableRunner {
 
 /// The `FROM` of a table entry in the source's SQL: its table, or its query rendered as
 /// a template (`{{ vars.X }}`, `{{ env.X }}` with real values: execution only).
-pub fn source_from(
+fn source_from(
     plan: &Plan,
     templates: &Templates,
     table: &TableSpec,
@@ -152,7 +152,7 @@ pub fn source_from(
 }
 
 /// The row filter of a unit: partition AND bounds AND chunk.
-pub fn unit_filter(table: &TableSpec, partition: &Partition, chunk: Option<u32>) -> Option<String> {
+fn unit_filter(table: &TableSpec, partition: &Partition, chunk: Option<u32>) -> Option<String> {
     let bounds = table.bounds_filter();
     let chunk_filter = chunk
         .and_then(|c| partition.chunks.iter().find(|k| k.index == c))
