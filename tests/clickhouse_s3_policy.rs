@@ -1119,3 +1119,54 @@ async fn in_place_refuses_policies_and_volumes_that_cannot_hold_the_move() {
     assert!(err.message.contains("options.to_volume"), "{}", err.message);
     assert!(err.message.contains("cold"), "{}", err.message);
 }
+
+#[tokio::test]
+async fn in_place_moves_a_table_with_an_awkward_name_and_string_partitions() {
+    // A name with a quote, a backtick, a space and non-ASCII, partitioned by a string
+    // key: every statement quotes it, and the backup and marker names stay plain.
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "inplacename");
+    let d = db.name().to_string();
+    let table = "ev'en`ts ü";
+    db.exec(&format!(
+        "CREATE TABLE {d}.`ev'en\\`ts ü` (id UInt64, region String) ENGINE = MergeTree \
+         PARTITION BY region ORDER BY id"
+    ));
+    db.exec(&format!(
+        "INSERT INTO {d}.`ev'en\\`ts ü` SELECT number, ['eu', 'us \\'west\\'', 'ap/1'][number % 3 + 1] \
+         FROM numbers(3000)"
+    ));
+    let ch = ch(&url);
+    let from = format!("`{d}`.`ev'en\\`ts ü`");
+    let before = stats(&ch, &from, None).await;
+    let m = TierMove {
+        table: table.into(),
+        ..in_place(&ch, &d, "plan-a")
+    };
+    m.prepare().await.unwrap();
+    let ids: Vec<String> = db
+        .exec(&format!(
+            "SELECT DISTINCT partition_id FROM system.parts WHERE database = '{d}' \
+             AND table = 'ev\\'en`ts ü' AND active FORMAT TSV"
+        ))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let cancel = CancellationToken::new();
+    for id in &ids {
+        let loaded = m.load(id, &cancel).await.unwrap();
+        let verified = m.verify(id, loaded.moved.as_ref()).await.unwrap();
+        m.drop_partition(id, verified.moved.as_ref()).await.unwrap();
+    }
+    m.catch_up(&cancel).await.unwrap();
+    m.full_verify().await.unwrap();
+    assert_eq!(stats(&ch, &from, None).await, before, "every row, once");
+    assert_eq!(disks_of(&db, "ev\\'en`ts ü"), "['s3']");
+    let disks = db.exec("SELECT path FROM system.disks FORMAT TSV");
+    assert_eq!(kept_parts(&disks, &backup_names(&m, &ids)), 0);
+    let left = db.exec(&format!(
+        "SELECT count() FROM system.tables WHERE database = '{d}' AND name LIKE '%\\_\\_flow%'"
+    ));
+    assert_eq!(left.trim(), "0", "no marker is left");
+}
