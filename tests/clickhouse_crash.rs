@@ -151,6 +151,49 @@ fn assert_on_s3(db: &support::ChDatabase, table: &str) {
     );
 }
 
+/// `events` and `expected` with the same 100,000 rows over 330 days from 2015-01-01.
+fn create_events_and_expected(db: &support::ChDatabase) {
+    let d = db.name();
+    for t in ["events", "expected"] {
+        db.exec(&format!(
+            "CREATE TABLE {d}.{t} (id UInt64, d Date, s String) \
+             ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+        ));
+        db.exec(&format!(
+            "INSERT INTO {d}.{t} SELECT number, toDate('2015-01-01') + number % 330, \
+             toString(number) FROM numbers(100000)"
+        ));
+    }
+}
+
+/// Writes 20 rows every 50 ms into `events`, then the same into `expected` (so a row in
+/// `expected` is always in `events` too), until `stop`; batch `n` dates its rows by
+/// `day(n, number)`, days after 2015-01-01. Returns the number of batches written.
+fn live_writer(
+    url: &str,
+    d: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    day: &'static str,
+) -> std::thread::JoinHandle<u64> {
+    let (url, d) = (url.to_string(), d.to_string());
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let select = format!(
+                "SELECT {} + number, toDate('2015-01-01') + {}, 'live' FROM numbers(20)",
+                1_000_000 + n * 20,
+                day.replace("{n}", &n.to_string())
+            );
+            for t in ["events", "expected"] {
+                support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
+            }
+            n += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    })
+}
+
 fn write_plan(dir: &Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("plan.toml");
     std::fs::write(&path, body).unwrap();
@@ -268,16 +311,7 @@ fn s3_policy_with_rows_arriving_survives_sigkill() {
     let url = support::chdb_url();
     let db = support::ChDatabase::new(&url, "crashlive");
     let d = db.name().to_string();
-    for t in ["events", "expected"] {
-        db.exec(&format!(
-            "CREATE TABLE {d}.{t} (id UInt64, d Date, s String) \
-             ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
-        ));
-        db.exec(&format!(
-            "INSERT INTO {d}.{t} SELECT number, toDate('2015-01-01') + number % 330, toString(number) \
-             FROM numbers(100000)"
-        ));
-    }
+    create_events_and_expected(&db);
     let dir = tempfile::tempdir().unwrap();
     let plan = write_plan(
         dir.path(),
@@ -306,25 +340,8 @@ keep_old = false
         ),
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, url, d) = (stop.clone(), url.clone(), d.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let select = format!(
-                    "SELECT {} + number, toDate('2015-10-01') + ({n} + number) % 90, 'live' FROM numbers(20)",
-                    1_000_000 + n * 20
-                );
-                // `events` first: a row in `expected` is always in `events` too.
-                for t in ["events", "expected"] {
-                    support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
-                }
-                n += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            n
-        })
-    };
+    // Into the hot months from 2015-10-01 (day 273) on.
+    let writer = live_writer(&url, &d, stop.clone(), "273 + ({n} + number) % 90");
     let killed = run_with_kills_then(&plan, 2500, || {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
@@ -467,26 +484,8 @@ fn the_shipped_s3_policy_plan_moves_a_live_table_without_upper() {
         &shipped.replace("database = \"default\"", &format!("database = \"{d}\"")),
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, url, d) = (stop.clone(), url.clone(), d.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Every month of the table, and one it did not have before.
-                let select = format!(
-                    "SELECT {} + number, toDate('2015-01-01') + ({n} * 37 + number * 11) % 200, 'live' \
-                     FROM numbers(5)",
-                    1_000_000 + n * 5
-                );
-                for t in ["events", "expected"] {
-                    support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
-                }
-                n += 1;
-                std::thread::sleep(Duration::from_millis(40));
-            }
-            n
-        })
-    };
+    // Into every month.
+    let writer = live_writer(&url, &d, stop.clone(), "({n} * 7 + number) % 330");
     let out = Command::new(env!("CARGO_BIN_EXE_flow"))
         .arg("apply")
         .arg(&plan)
@@ -527,16 +526,7 @@ fn s3_policy_in_place_with_rows_arriving_survives_sigkill() {
     let url = support::chdb_url();
     let db = support::ChDatabase::new(&url, "crashtier");
     let d = db.name().to_string();
-    for t in ["events", "expected"] {
-        db.exec(&format!(
-            "CREATE TABLE {d}.{t} (id UInt64, d Date, s String) \
-             ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
-        ));
-        db.exec(&format!(
-            "INSERT INTO {d}.{t} SELECT number, toDate('2015-01-01') + number % 330, toString(number) \
-             FROM numbers(100000)"
-        ));
-    }
+    create_events_and_expected(&db);
     let dir = tempfile::tempdir().unwrap();
     let plan = write_plan(
         dir.path(),

@@ -241,6 +241,13 @@ impl TierMove {
         Ok(())
     }
 
+    /// [`Self::check_ready`], then the disks of the target volume: how every step but
+    /// prepare starts.
+    async fn ready_disks(&self) -> Result<BTreeSet<String>, TaskFailure> {
+        self.check_ready().await?;
+        self.volume_disks().await
+    }
+
     /// The disks of the target volume; fails when the policy or the volume is unknown.
     async fn volume_disks(&self) -> Result<BTreeSet<String>, TaskFailure> {
         let rows = self
@@ -518,8 +525,7 @@ impl TierMove {
         partition_id: &str,
         cancel: &CancellationToken,
     ) -> Result<TierResult, TaskFailure> {
-        self.check_ready().await?;
-        let disks = self.volume_disks().await?;
+        let disks = self.ready_disks().await?;
         let moved = self.move_frozen(LOAD, partition_id, &disks, cancel).await?;
         Ok(TierResult {
             rows: moved.rows(),
@@ -662,8 +668,7 @@ impl TierMove {
         loaded: Option<&MovedParts>,
     ) -> Result<TierResult, TaskFailure> {
         let loaded = loaded.ok_or_else(|| missing("verify", "load"))?;
-        self.check_ready().await?;
-        let disks = self.volume_disks().await?;
+        let disks = self.ready_disks().await?;
         let note = self.check_moved(LOAD, partition_id, loaded, &disks).await?;
         Ok(TierResult {
             rows: loaded.rows(),
@@ -711,8 +716,7 @@ impl TierMove {
         verified: Option<&MovedParts>,
     ) -> Result<TierResult, TaskFailure> {
         let verified = verified.ok_or_else(|| missing("drop", "verify"))?;
-        self.check_ready().await?;
-        let disks = self.volume_disks().await?;
+        let disks = self.ready_disks().await?;
         // Checked again on what is removed now: the verified parts are as verified.
         self.still_as_moved(LOAD, partition_id, verified, &disks)
             .await?;
@@ -730,8 +734,7 @@ impl TierMove {
 
     /// Moves, checks and releases every part still off the volume.
     pub async fn catch_up(&self, cancel: &CancellationToken) -> Result<TierResult, TaskFailure> {
-        self.check_ready().await?;
-        let disks = self.volume_disks().await?;
+        let disks = self.ready_disks().await?;
         let mut moved_rows = 0;
         let mut moved_parts = 0;
         for _ in 0..CATCH_UP_PASSES {
@@ -795,8 +798,7 @@ impl TierMove {
     /// The whole-table check at the end: the table is on the policy, and where its rows
     /// are; then the lock is released.
     pub async fn full_verify(&self) -> Result<TierResult, TaskFailure> {
-        self.check_ready().await?;
-        let disks = self.volume_disks().await?;
+        let disks = self.ready_disks().await?;
         let parts = self.parts(None).await?;
         let on: u64 = parts
             .iter()
