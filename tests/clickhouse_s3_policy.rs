@@ -1170,3 +1170,59 @@ async fn in_place_moves_a_table_with_an_awkward_name_and_string_partitions() {
     ));
     assert_eq!(left.trim(), "0", "no marker is left");
 }
+
+#[test]
+fn flow_plan_says_whether_the_servers_policy_fits_the_mode() {
+    let url = support::chdb_url();
+    let db = support::ChDatabase::new(&url, "planfit");
+    let d = db.name();
+    let dir = tempfile::tempdir().unwrap();
+    let plan_of = |policy: &str, options: &str| {
+        format!(
+            r#"[plan]
+name = "fit"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+
+[[tables]]
+source = "ch"
+database = "{d}"
+table = "events"
+strategy = "s3-policy"
+storage_policy = "{policy}"
+{options}
+"#
+        )
+    };
+    let plan_says = |text: String| {
+        let path = dir.path().join("plan.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flow"))
+            .current_dir(dir.path())
+            .args(["plan", "plan.toml"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", support::output_text(&out));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let said = plan_says(plan_of("tiered", r#"options = { to_volume = "cold" }"#));
+    assert!(
+        said.contains("in place onto volume `cold` of policy `tiered`: disks s3"),
+        "{said}"
+    );
+    let said = plan_says(plan_of("s3", ""));
+    assert!(said.contains("copy onto policy `s3`"), "{said}");
+    // A copy onto the tiered policy would stay local: said before anything runs.
+    let said = plan_says(plan_of("tiered", ""));
+    assert!(
+        said.contains("warning") && said.contains("options.to_volume") && said.contains("cold"),
+        "{said}"
+    );
+    let said = plan_says(plan_of("tiered", r#"options = { to_volume = "main" }"#));
+    assert!(
+        said.contains("warning") && said.contains("local disk"),
+        "{said}"
+    );
+}

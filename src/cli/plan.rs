@@ -285,6 +285,45 @@ pub fn render_text(model: &PlanJson) -> String {
     out
 }
 
+/// For each s3-policy table, whether the server's policy fits its mode (read-only): a
+/// copy onto a policy whose first volume is local, or a volume that is not of S3 disks,
+/// is said now rather than at the table's prepare.
+async fn say_target_policies(plan: &Plan, templates: &Templates) {
+    let runner =
+        crate::runtime::TableRunner::new(std::sync::Arc::new(plan.clone()), templates.clone());
+    for table in plan
+        .tables
+        .iter()
+        .filter(|t| t.strategy == crate::strategy::StrategyKind::S3Policy)
+    {
+        let to_volume = crate::strategy::s3_policy::in_place_volume(table);
+        let checked = match runner.clickhouse(&table.source) {
+            Ok(ch) => {
+                crate::engines::clickhouse::target_policy::TargetPolicy::check(
+                    &ch,
+                    &table.storage_policy,
+                    to_volume,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok((_, fit)) => crate::errln!("table {}: {fit}", table.name),
+            Err(e) if e.retryable => crate::errln!(
+                "warning: table {}: the storage policy was not checked: {}",
+                table.name,
+                e.message
+            ),
+            Err(e) => crate::errln!(
+                "warning: table {}: {} (its prepare step will refuse it)",
+                table.name,
+                e.message
+            ),
+        }
+    }
+}
+
 pub async fn run(args: &PlanArgs) -> anyhow::Result<u8> {
     let (plan, templates) = match load_plan(&args.plan, &args.vars) {
         Ok(p) => p,
@@ -315,6 +354,9 @@ pub async fn run(args: &PlanArgs) -> anyhow::Result<u8> {
             }
         }
     };
+    if !args.offline {
+        say_target_policies(&plan, &templates).await;
+    }
     let listed = if args.offline {
         PartitionMap::new()
     } else {

@@ -27,6 +27,7 @@ pub mod s3_policy;
 pub mod source;
 pub mod split;
 pub mod table_lock;
+pub mod target_policy;
 pub mod task_templates;
 pub mod text_out;
 pub mod tier_move;

@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use super::checksum::{checksum_expr_for, Compared};
 use super::part_sets::{part_sets, PartSet, Signed};
 use super::table_lock::TableLock;
+use super::target_policy::TargetPolicy;
 use super::{partition_id_filter, qualified, Ch, ChError, Column, Feature, Stats};
 use crate::task::Artifact;
 use crate::task::TaskFailure;
@@ -456,15 +457,7 @@ impl PolicyMove {
         self.ch
             .require(Feature::MovePartitionToTable, "strategy s3-policy")
             .await?;
-        let volumes = self.policy_volumes().await?;
-        if volumes.is_empty() {
-            return Err(fail(format!(
-                "s3-policy: storage policy `{}` does not exist on the server (system.storage_policies); \
-                 define it in the server's storage_configuration or fix `storage_policy`",
-                self.policy
-            )));
-        }
-        self.refuse_local_first_volume(&volumes).await?;
+        TargetPolicy::check(&self.ch, &self.policy, None).await?;
         self.lock().await?;
         let roles = self.roles().await?;
         match roles {
@@ -514,54 +507,6 @@ impl PolicyMove {
             note: format!("{new} created on storage policy `{}`", self.policy),
             ..Default::default()
         })
-    }
-
-    /// A copy writes its parts to the policy's first volume (the server lists volumes
-    /// by priority): when that volume has a local disk, the copy would stay local.
-    async fn refuse_local_first_volume(
-        &self,
-        volumes: &[super::JsonRow],
-    ) -> Result<(), TaskFailure> {
-        let Some(first) = volumes.first() else {
-            return Ok(());
-        };
-        let disks: Vec<&str> = first
-            .get("disks")
-            .and_then(|d| d.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str())
-            .collect();
-        let types = self
-            .ch
-            .rows("list the server's disks", "disk_types", context! {})
-            .await?;
-        let local = types.iter().find(|r| {
-            super::json_str(r, "type").is_some_and(|t| t.eq_ignore_ascii_case("local"))
-                && super::json_str(r, "name").is_some_and(|n| disks.contains(&n.as_str()))
-        });
-        let Some(local) = local else {
-            return Ok(());
-        };
-        let cold: Vec<String> = volumes
-            .iter()
-            .skip(1)
-            .filter_map(|r| super::json_str(r, "volume_name"))
-            .collect();
-        Err(fail(format!(
-            "s3-policy: storage policy `{}` writes new parts to its first volume `{}`, which has \
-             local disk `{}`: a copy onto it would stay local; to have the server move the \
-             parts to an S3 volume of it in place, set `options.to_volume` (its other volumes: \
-             {}), or name a policy of S3 disks only",
-            self.policy,
-            super::json_str(first, "volume_name").unwrap_or_default(),
-            super::json_str(local, "name").unwrap_or_default(),
-            if cold.is_empty() {
-                "none".to_string()
-            } else {
-                cold.join(", ")
-            }
-        )))
     }
 
     /// Checks this plan holds the table's lock and reads which table plays which role;
@@ -1437,26 +1382,13 @@ impl PolicyMove {
             .await
     }
 
-    /// The policy's volumes (system.storage_policies rows); none when it is unknown.
-    async fn policy_volumes(&self) -> Result<Vec<super::JsonRow>, ChError> {
-        self.ch
-            .rows(
-                &format!("look up storage policy {}", self.policy),
-                "storage_policy",
-                context! { policy => &self.policy },
-            )
-            .await
-    }
-
-    async fn policy_disks(&self) -> Result<Vec<String>, ChError> {
-        Ok(self
-            .policy_volumes()
+    /// Every disk of the policy.
+    async fn policy_disks(&self) -> Result<Vec<String>, TaskFailure> {
+        Ok(TargetPolicy::read(&self.ch, &self.policy)
             .await?
-            .iter()
-            .filter_map(|r| r.get("disks"))
-            .filter_map(|d| d.as_array())
-            .flatten()
-            .filter_map(|d| d.as_str().map(str::to_string))
+            .volumes
+            .into_iter()
+            .flat_map(|v| v.disks)
             .collect())
     }
 

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::table_lock::TableLock;
+use super::target_policy::TargetPolicy;
 use super::{json_str, json_u64, qualified, Ch, ChError, Feature};
 use crate::task::Artifact;
 use crate::task::TaskFailure;
@@ -250,45 +251,9 @@ impl TierMove {
 
     /// The disks of the target volume; fails when the policy or the volume is unknown.
     async fn volume_disks(&self) -> Result<BTreeSet<String>, TaskFailure> {
-        let rows = self
-            .ch
-            .rows(
-                &format!("look up storage policy {}", self.policy),
-                "storage_policy",
-                context! { policy => &self.policy },
-            )
-            .await?;
-        if rows.is_empty() {
-            return Err(fail(format!(
-                "s3-policy: storage policy `{}` does not exist on the server \
-                 (system.storage_policies); define it in the server's storage_configuration \
-                 or fix `storage_policy`",
-                self.policy
-            )));
-        }
-        let volumes: Vec<String> = rows
-            .iter()
-            .filter_map(|r| json_str(r, "volume_name"))
-            .collect();
-        let row = rows
-            .iter()
-            .find(|r| json_str(r, "volume_name").as_deref() == Some(self.volume.as_str()))
-            .ok_or_else(|| {
-                fail(format!(
-                    "s3-policy: storage policy `{}` has no volume `{}` (its volumes: {}); fix \
-                     `options.to_volume`",
-                    self.policy,
-                    self.volume,
-                    volumes.join(", ")
-                ))
-            })?;
-        Ok(row
-            .get("disks")
-            .and_then(|d| d.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str().map(str::to_string))
-            .collect())
+        TargetPolicy::read(&self.ch, &self.policy)
+            .await?
+            .volume_disks(&self.volume)
     }
 
     async fn parts(&self, partition_id: Option<&str>) -> Result<Vec<PartRow>, ChError> {
@@ -324,26 +289,7 @@ impl TierMove {
                 .require(feature, "strategy s3-policy with options.to_volume")
                 .await?;
         }
-        let disks = self.volume_disks().await?;
-        let types = self
-            .ch
-            .rows("list the server's disks", "disk_types", context! {})
-            .await?;
-        let local: Vec<String> = types
-            .iter()
-            .filter(|r| json_str(r, "type").is_some_and(|t| t.eq_ignore_ascii_case("local")))
-            .filter_map(|r| json_str(r, "name"))
-            .filter(|n| disks.contains(n))
-            .collect();
-        if !local.is_empty() {
-            return Err(fail(format!(
-                "s3-policy: volume `{}` of policy `{}` keeps parts on local disk(s) {}; \
-                 `options.to_volume` must name a volume of S3 (object storage) disks",
-                self.volume,
-                self.policy,
-                local.join(", ")
-            )));
-        }
+        TargetPolicy::check(&self.ch, &self.policy, Some(&self.volume)).await?;
         self.lock().take().await?;
         let (current, _) = self.survey().await?;
         if current.as_deref() == Some(self.policy.as_str()) {
