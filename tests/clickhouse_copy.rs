@@ -351,3 +351,70 @@ async fn swap_happens_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn decimals_and_uuids_hash_as_bytes_alike_on_18_16_and_the_modern_engine() {
+    // The copy compares Decimal and UUID columns as their bytes when both sides have
+    // the same types, also across versions: this is the fact it relies on.
+    use flow::engines::clickhouse::checksum::{checksum_expr_for, compared_for, Compared};
+    let ddl = "(id UInt32, a Decimal(9, 2), b Decimal(18, 4), c Decimal(38, 10), u UUID, \
+               n Nullable(Decimal(12, 3)), xs Array(Decimal(10, 2)), us Array(UUID)) \
+               ENGINE = MergeTree ORDER BY id";
+    // Values built from integers and text, so both versions make the same rows.
+    let dec = |scale: u32, expr: &str| {
+        format!(
+            "CAST(concat(toString({expr}), '.', toString(number % {})) AS Decimal(38, {scale}))",
+            10u64.pow(scale.min(4))
+        )
+    };
+    let uuid = "toUUID(concat('61f0c404-5cb3-11e7-907b-', \
+                substring(concat(hex(toUInt64(number * 7919 + 1)), '000000000000'), 1, 12)))";
+    let rows = format!(
+        "SELECT toUInt32(number), {}, {}, {}, {uuid}, if(number % 3 = 0, NULL, {}), [{}, {}], [{uuid}] \
+         FROM numbers(5000)",
+        dec(2, "intDiv(number, 7) - 300"),
+        dec(4, "number * 3 - 9999"),
+        dec(10, "number"),
+        dec(3, "number"),
+        dec(2, "number"),
+        dec(2, "0 - 1"),
+    );
+    let old_db = support::ChDatabase::new(&support::ch_url(), "bytesold");
+    let new_db = support::ChDatabase::new(&support::chdb_url(), "bytesnew");
+    for db in [&old_db, &new_db] {
+        db.exec(&format!("CREATE TABLE {}.t {ddl}", db.name()));
+        db.exec(&format!("INSERT INTO {}.t {rows}", db.name()));
+    }
+    let old = ch(&support::ch_url());
+    let new = ch(&support::chdb_url());
+    let (t_old, t_new) = (
+        format!("{}.t", old_db.name()),
+        format!("{}.t", new_db.name()),
+    );
+    let cols_old = old.columns(&t_old).await.unwrap();
+    let cols_new = new.columns(&t_new).await.unwrap();
+    assert_eq!(
+        compared_for(&cols_old, &cols_new),
+        Compared::SameTypes,
+        "{cols_old:?} {cols_new:?}"
+    );
+    // The rows are the same (canonical text agrees), so the bytes must hash alike.
+    assert_eq!(
+        stats(&old, &t_old, None).await,
+        stats(&new, &t_new, None).await,
+        "both versions made the same rows"
+    );
+    let expr_old = checksum_expr_for(&cols_old, Compared::SameTypes);
+    let expr_new = checksum_expr_for(&cols_new, Compared::SameTypes);
+    assert!(expr_old.contains("reinterpretAsString"), "{expr_old}");
+    let a = old
+        .stats("bytes checksum", &t_old, None, Some(&expr_old))
+        .await
+        .unwrap();
+    let b = new
+        .stats("bytes checksum", &t_new, None, Some(&expr_new))
+        .await
+        .unwrap();
+    assert_eq!(a.rows, 5000);
+    assert_eq!(a, b, "the same rows hash alike as bytes on both versions");
+}

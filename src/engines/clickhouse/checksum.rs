@@ -27,23 +27,36 @@ pub struct Column {
     pub data_type: String,
 }
 
-/// Which servers the checksums of one comparison are computed on.
+/// What the two sides of one comparison have in common.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compared {
-    /// Possibly different versions (a copy from 18.16 to a current release): every
-    /// value is hashed in a form all versions agree on.
-    AcrossServers,
-    /// Both sides on one server (a policy move, a copy inside one server): Decimals and
-    /// UUIDs are hashed as their bytes (`reinterpretAsString`, which every version has
-    /// and which is exact for one type), not as canonical text, which costs the server
-    /// a conversion and a regular expression per value.
-    OnOneServer,
+    /// The sides may have other column types (a target created with `Decimal(12, 2)`
+    /// for a source's `Decimal(10, 2)`): every value is hashed in a canonical text form
+    /// that all versions and widths agree on.
+    AnyTypes,
+    /// Both sides have the same column types (a policy move; a copy whose target has
+    /// the source's types, on one server or from 18.16 to a current release): Decimals
+    /// and UUIDs are hashed as their bytes (`reinterpretAsString`), not as canonical
+    /// text, which costs the server a conversion and a regular expression per value.
+    /// One type has one byte layout in every version flow supports (18.16 and 26.9 give
+    /// the same hashes for table columns; tests/clickhouse_engine.rs checks it).
+    SameTypes,
+}
+
+/// How the checksums of two sides with these columns are compared: as bytes where both
+/// have the same columns with the same types, in canonical text otherwise.
+pub fn compared_for(a: &[Column], b: &[Column]) -> Compared {
+    if a == b {
+        Compared::SameTypes
+    } else {
+        Compared::AnyTypes
+    }
 }
 
 /// The checksum expression over `columns` (an UInt64, wrapping sum), comparable
 /// across server versions.
 pub fn checksum_expr(columns: &[Column]) -> String {
-    checksum_expr_for(columns, Compared::AcrossServers)
+    checksum_expr_for(columns, Compared::AnyTypes)
 }
 
 /// The checksum expression over `columns` for checksums compared as `compared`.
@@ -127,7 +140,7 @@ fn hash_args(expr: &str, ty: &str, depth: usize, compared: Compared) -> Vec<Stri
         return vec![canonical_nan(expr)];
     }
     let as_bytes_on_one_server =
-        |t: &str| compared == Compared::OnOneServer && (is_decimal(t) || t == "UUID");
+        |t: &str| compared == Compared::SameTypes && (is_decimal(t) || t == "UUID");
     if is_natively_hashable(ty) {
         return vec![expr.to_string()];
     }
@@ -299,7 +312,7 @@ mod tests {
             col("u", "UUID"),
             col("f", "Float64"),
         ];
-        let e = checksum_expr_for(&cols, Compared::OnOneServer);
+        let e = checksum_expr_for(&cols, Compared::SameTypes);
         assert!(!e.contains("replaceRegexpOne"), "{e}");
         assert!(!e.contains("toString"), "{e}");
         assert!(

@@ -24,7 +24,7 @@
 use minijinja::context;
 use tokio_util::sync::CancellationToken;
 
-use super::checksum::{checksum_expr_for, Column, Compared};
+use super::checksum::{checksum_expr_for, compared_for, Column};
 use super::errors::exception_in_tail;
 use super::part_sets::part_sets;
 use super::{and_all, partition_id_filter, qualified, Ch, ChError, Feature, Stats};
@@ -362,13 +362,9 @@ impl CopyJob {
     /// version agrees on, and the two sides are read at the same time (one query on
     /// each server, as when read one after the other).
     pub async fn compare(&self, partition: &Partition) -> Result<(Stats, Stats), ChError> {
-        let compared = if self.same_server {
-            Compared::OnOneServer
-        } else {
-            Compared::AcrossServers
-        };
         let src_cols = self.source.columns(&self.src()).await?;
         let dst_cols = self.target.columns(&self.dst()).await?;
+        let compared = compared_for(&src_cols, &dst_cols);
         let (src_checksum, dst_checksum) = (
             checksum_expr_for(&src_cols, compared),
             checksum_expr_for(&dst_cols, compared),

@@ -339,7 +339,7 @@ impl PolicyMove {
 
     async fn stats(&self, table: &str, partition_id: &str) -> Result<Stats, ChError> {
         // Both sides of every comparison are on this one server.
-        let checksum = checksum_expr_for(self.columns().await?, Compared::OnOneServer);
+        let checksum = checksum_expr_for(self.columns().await?, Compared::SameTypes);
         self.ch
             .stats(
                 &format!("checksum partition {partition_id} of {table}"),
