@@ -357,10 +357,11 @@ impl CopyJob {
         Ok(())
     }
 
-    /// Source partition (within bounds) against the target partition. On one server
-    /// the checksums hash Decimals and UUIDs as bytes; across servers in a form every
-    /// version agrees on, and the two sides are read at the same time (one query on
-    /// each server, as when read one after the other).
+    /// Source partition (within bounds) against the target partition. Where both
+    /// sides have the same column types the checksums hash Decimals and UUIDs as bytes
+    /// (every supported version agrees), otherwise in a canonical text form; across
+    /// servers the two sides are read at the same time (one query on each server, as
+    /// when read one after the other).
     pub async fn compare(&self, partition: &Partition) -> Result<(Stats, Stats), ChError> {
         let src_cols = self.source.columns(&self.src()).await?;
         let dst_cols = self.target.columns(&self.dst()).await?;
