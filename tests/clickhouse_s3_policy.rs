@@ -1226,3 +1226,74 @@ storage_policy = "{policy}"
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn switching_the_mode_of_an_unfinished_move_is_refused() {
+    // A plan changed between runs from one mode to the other must not leave the rows
+    // already copied, or the backups of parts not yet checked, behind.
+    let url = support::chdb_url();
+    let ch = ch(&url);
+    let cancel = CancellationToken::new();
+
+    let db = support::ChDatabase::new(&url, "switchcopy");
+    create_events(&db);
+    let d = db.name().to_string();
+    let before = total(&ch, &d, "events").await;
+    let copy = mover(&ch, &d, "plan-a");
+    copy.prepare().await.unwrap();
+    let id = partition_ids(&ch, &d, None).await[0].clone();
+    let loaded = copy.load(&id, &cancel).await.unwrap();
+    let verified = copy
+        .verify(&id, loaded.signatures.as_ref(), &cancel)
+        .await
+        .unwrap();
+    copy.drop_partition(&id, verified.signatures.as_ref(), &cancel)
+        .await
+        .unwrap();
+    let err = in_place(&ch, &d, "plan-a").prepare().await.unwrap_err();
+    assert!(
+        err.message.contains("unfinished") && err.message.contains("events__flow_new"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        disks_of(&db, "events"),
+        "['default']",
+        "the table stays as it was"
+    );
+    // The copy still finishes, with every row.
+    for id in partition_ids(&ch, &d, None).await {
+        let loaded = copy.load(&id, &cancel).await.unwrap();
+        let verified = copy
+            .verify(&id, loaded.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+        copy.drop_partition(&id, verified.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+    }
+    copy.catch_up(&cancel).await.unwrap();
+    copy.full_verify().await.unwrap();
+    copy.swap(false, &cancel).await.unwrap();
+    copy.cleanup(&cancel).await.unwrap();
+    assert_eq!(total(&ch, &d, "events").await, before);
+
+    let db = support::ChDatabase::new(&url, "switchtier");
+    create_events(&db);
+    let d = db.name().to_string();
+    let tier = in_place(&ch, &d, "plan-a");
+    tier.prepare().await.unwrap();
+    let id = partition_ids(&ch, &d, None).await[0].clone();
+    tier.load(&id, &cancel).await.unwrap();
+    let err = mover(&ch, &d, "plan-a").prepare().await.unwrap_err();
+    assert!(
+        err.message.contains("move in place") && err.message.contains("events__flow_frozen_"),
+        "{}",
+        err.message
+    );
+    let helpers = db.exec(&format!(
+        "SELECT count() FROM system.tables WHERE database = '{d}' AND name IN \
+         ('events__flow_new', 'events__flow_quarantine')"
+    ));
+    assert_eq!(helpers.trim(), "0", "the copy created nothing");
+}

@@ -20,6 +20,7 @@ pub mod copy;
 pub mod ddl;
 pub mod errors;
 pub mod export;
+pub mod helper_names;
 pub mod native;
 pub mod part_sets;
 pub use crate::engines::rows;

@@ -54,6 +54,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::checksum::{checksum_expr_for, Compared};
+use super::helper_names;
 use super::part_sets::{part_sets, PartSet, Signed};
 use super::table_lock::TableLock;
 use super::target_policy::TargetPolicy;
@@ -191,7 +192,7 @@ impl PolicyMove {
     }
 
     pub fn default_new_table(table: &str) -> String {
-        format!("{table}__flow_new")
+        helper_names::new_table(table)
     }
 
     fn q(&self, name: &str) -> String {
@@ -203,7 +204,7 @@ impl PolicyMove {
     }
 
     fn quarantine_name(&self) -> String {
-        format!("{}__flow_quarantine", self.table)
+        helper_names::quarantine(&self.table)
     }
 
     fn lock_name(&self) -> String {
@@ -458,6 +459,19 @@ impl PolicyMove {
             .require(Feature::MovePartitionToTable, "strategy s3-policy")
             .await?;
         TargetPolicy::check(&self.ch, &self.policy, None).await?;
+        let frozen = self
+            .list_prefixed(&helper_names::frozen_markers_prefix(&self.table))
+            .await?;
+        if !frozen.is_empty() {
+            return Err(fail(format!(
+                "s3-policy: a move in place of {} is unfinished: {} FREEZE backup(s) of moved \
+                 parts are not checked and released yet (marker tables {}); finish that move \
+                 (resume the plan with its `options.to_volume`) before copying the table",
+                self.s(),
+                frozen.len(),
+                frozen.join(", ")
+            )));
+        }
         self.lock().await?;
         let roles = self.roles().await?;
         match roles {

@@ -40,6 +40,7 @@ use minijinja::context;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::helper_names;
 use super::table_lock::TableLock;
 use super::target_policy::TargetPolicy;
 use super::{json_str, json_u64, qualified, Ch, ChError, Feature};
@@ -70,6 +71,17 @@ pub struct TierMove {
     pub volume: String,
     /// Who holds the lock (the plan name).
     pub holder: String,
+}
+
+/// The table and the tables around it, as `system.tables` lists them now.
+#[derive(Debug, Default)]
+struct Survey {
+    /// The table's storage policy.
+    policy: Option<String>,
+    /// The lock marker's comment, when there is one.
+    lock: Option<String>,
+    /// The helper tables of a copy-mode move that exist.
+    copy_tables: Vec<String>,
 }
 
 /// An active part as `system.parts` lists it.
@@ -157,7 +169,7 @@ impl TierMove {
 
     /// The prefix of the marker tables that record the table's backups.
     fn markers_prefix(&self) -> String {
-        format!("{}__flow_frozen_", self.table)
+        helper_names::frozen_markers_prefix(&self.table)
     }
 
     fn marker(&self, step: &str, partition_id: &str, n: u32) -> String {
@@ -194,26 +206,29 @@ impl TierMove {
     }
 
     /// The table's storage policy and the lock marker's comment, in one query.
-    async fn survey(&self) -> Result<(Option<String>, Option<String>), TaskFailure> {
+    async fn survey(&self) -> Result<Survey, TaskFailure> {
         let marker = TableLock::marker_name(&self.table);
+        let copy_tables = helper_names::copy_mode_tables(&self.table);
+        let mut names = vec![self.table.as_str(), marker.as_str()];
+        names.extend(copy_tables.iter().map(String::as_str));
         let rows = self
             .ch
             .rows(
                 &format!("look up {}", self.s()),
                 "policy_tables",
-                context! { database => &self.database, tables => [&self.table, &marker] },
+                context! { database => &self.database, tables => names },
             )
             .await?;
-        let mut table_policy = None;
-        let mut lock = None;
+        let mut survey = Survey::default();
         let mut found = false;
         for r in &rows {
             match json_str(r, "name") {
                 Some(n) if n == self.table => {
                     found = true;
-                    table_policy = json_str(r, "storage_policy");
+                    survey.policy = json_str(r, "storage_policy");
                 }
-                Some(n) if n == marker => lock = json_str(r, "comment"),
+                Some(n) if n == marker => survey.lock = json_str(r, "comment"),
+                Some(n) if copy_tables.contains(&n) => survey.copy_tables.push(n),
                 _ => {}
             }
         }
@@ -223,12 +238,12 @@ impl TierMove {
                 self.s()
             )));
         }
-        Ok((table_policy, lock))
+        Ok(survey)
     }
 
     /// Checks this plan holds the lock and the table is on the policy (prepare ran).
     async fn check_ready(&self) -> Result<(), TaskFailure> {
-        let (policy, lock) = self.survey().await?;
+        let Survey { policy, lock, .. } = self.survey().await?;
         self.lock().check(lock.as_deref())?;
         if policy.as_deref() != Some(self.policy.as_str()) {
             return Err(fail(format!(
@@ -291,7 +306,25 @@ impl TierMove {
         }
         TargetPolicy::check(&self.ch, &self.policy, Some(&self.volume)).await?;
         self.lock().take().await?;
-        let (current, _) = self.survey().await?;
+        let survey = self.survey().await?;
+        if !survey.copy_tables.is_empty() {
+            // A copy-mode move of this table is unfinished: its rows may be in those
+            // tables, which a move in place would leave behind.
+            return Err(fail(format!(
+                "s3-policy: a copy into a new table of {} is unfinished ({} exist): moving \
+                 it in place now would leave the rows already copied behind; finish that move \
+                 (resume the plan without `options.to_volume`), or move their rows back and \
+                 drop them",
+                self.s(),
+                survey
+                    .copy_tables
+                    .iter()
+                    .map(|t| qualified(&self.database, t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let current = survey.policy;
         if current.as_deref() == Some(self.policy.as_str()) {
             return Ok(TierResult {
                 note: format!(
