@@ -68,6 +68,26 @@ async fn total(ch: &Ch, db: &str, table: &str) -> Stats {
     stats(ch, &format!("`{db}`.`{table}`"), None).await
 }
 
+/// Every step of a prepared copy-mode move after prepare, each partition in turn, with
+/// the figures handed on like the runner does; the old table is dropped at the end.
+async fn copy_to_the_end(m: &PolicyMove, ch: &Ch, db: &str) {
+    let cancel = CancellationToken::new();
+    for id in partition_ids(ch, db, None).await {
+        let loaded = m.load(&id, &cancel).await.unwrap();
+        let verified = m
+            .verify(&id, loaded.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+        m.drop_partition(&id, verified.signatures.as_ref(), &cancel)
+            .await
+            .unwrap();
+    }
+    m.catch_up(&cancel).await.unwrap();
+    m.full_verify().await.unwrap();
+    m.swap(false, &cancel).await.unwrap();
+    m.cleanup(&cancel).await.unwrap();
+}
+
 /// `expected`: a copy of `events`, into which a test writes every row it writes into
 /// `events` ([`write_both`]), so that the two must end equal.
 fn create_expected(db: &support::ChDatabase) {
@@ -798,21 +818,7 @@ async fn a_replacing_table_with_unmerged_rows_moves_every_row() {
     assert_eq!(before.rows, 1000, "the duplicates are there, unmerged");
     let m = mover(&ch, d, "plan-a");
     m.prepare().await.unwrap();
-    let cancel = CancellationToken::new();
-    for id in partition_ids(&ch, d, None).await {
-        let loaded = m.load(&id, &cancel).await.unwrap();
-        let verified = m
-            .verify(&id, loaded.signatures.as_ref(), &cancel)
-            .await
-            .unwrap();
-        m.drop_partition(&id, verified.signatures.as_ref(), &cancel)
-            .await
-            .unwrap();
-    }
-    m.catch_up(&cancel).await.unwrap();
-    m.full_verify().await.unwrap();
-    m.swap(false, &cancel).await.unwrap();
-    m.cleanup(&cancel).await.unwrap();
+    copy_to_the_end(&m, &ch, d).await;
     // One part per partition in the moved table (one INSERT each): nothing to merge.
     assert_eq!(
         total(&ch, d, "events").await,
@@ -1262,20 +1268,7 @@ async fn switching_the_mode_of_an_unfinished_move_is_refused() {
         "the table stays as it was"
     );
     // The copy still finishes, with every row.
-    for id in partition_ids(&ch, &d, None).await {
-        let loaded = copy.load(&id, &cancel).await.unwrap();
-        let verified = copy
-            .verify(&id, loaded.signatures.as_ref(), &cancel)
-            .await
-            .unwrap();
-        copy.drop_partition(&id, verified.signatures.as_ref(), &cancel)
-            .await
-            .unwrap();
-    }
-    copy.catch_up(&cancel).await.unwrap();
-    copy.full_verify().await.unwrap();
-    copy.swap(false, &cancel).await.unwrap();
-    copy.cleanup(&cancel).await.unwrap();
+    copy_to_the_end(&copy, &ch, &d).await;
     assert_eq!(total(&ch, &d, "events").await, before);
 
     let db = support::ChDatabase::new(&url, "switchtier");
