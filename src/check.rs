@@ -1030,13 +1030,10 @@ impl Checker {
 
         if let Some(strategy) = strategy {
             self.settings(def, &label, strategy);
-            let database = def
-                .database
-                .as_ref()
-                .map_or("default", |d| d.get_ref().trim());
             let entry = crate::strategy::EntryContext {
                 label: &label,
-                database,
+                database: &database,
+                table: table_name.as_deref(),
                 same_server: &|a, b| same_server(connections, a, b),
             };
             for p in strategy.strategy().check_entry(def, &entry) {

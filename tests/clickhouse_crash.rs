@@ -166,32 +166,75 @@ fn create_events_and_expected(db: &support::ChDatabase) {
     }
 }
 
-/// Writes 20 rows every 50 ms into `events`, then the same into `expected` (so a row in
-/// `expected` is always in `events` too), until `stop`; batch `n` dates its rows by
-/// `day(n, number)`, days after 2015-01-01. Returns the number of batches written.
+/// How a live writer writes: `rows` rows a batch, a batch every `every`; batch `n`
+/// dates its rows `day` days after 2015-01-01 (an expression of `{n}` and `number`).
+struct Batches {
+    rows: u64,
+    every: Duration,
+    day: &'static str,
+}
+
+/// Writes batches into `events`, then the same into `expected` (so a row in `expected`
+/// is always in `events` too), until `stop`. Returns the number of batches written.
 fn live_writer(
     url: &str,
     d: &str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    day: &'static str,
+    batches: Batches,
 ) -> std::thread::JoinHandle<u64> {
     let (url, d) = (url.to_string(), d.to_string());
     std::thread::spawn(move || {
         let mut n = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let select = format!(
-                "SELECT {} + number, toDate('2015-01-01') + {}, 'live' FROM numbers(20)",
-                1_000_000 + n * 20,
-                day.replace("{n}", &n.to_string())
+                "SELECT {} + number, toDate('2015-01-01') + {}, 'live' FROM numbers({})",
+                1_000_000 + n * batches.rows,
+                batches.day.replace("{n}", &n.to_string()),
+                batches.rows
             );
             for t in ["events", "expected"] {
                 support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
             }
             n += 1;
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(batches.every);
         }
         n
     })
+}
+
+/// A plan moving `events` of `database` with the seed's pace and generous retries, for
+/// the runs with rows arriving; `table_keys` are the entry's strategy keys.
+fn live_plan(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    database: &str,
+    table_keys: &str,
+) -> std::path::PathBuf {
+    write_plan(
+        dir,
+        &format!(
+            r#"
+[plan]
+name = "{name}"
+concurrency = 3
+retries = 8
+retry_backoff = "300ms"
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+pause_between = "250ms"
+
+[[tables]]
+source = "ch"
+database = "{database}"
+table = "events"
+strategy = "s3-policy"
+{table_keys}
+"#
+        ),
+    )
 }
 
 fn write_plan(dir: &Path, body: &str) -> std::path::PathBuf {
@@ -313,35 +356,25 @@ fn s3_policy_with_rows_arriving_survives_sigkill() {
     let d = db.name().to_string();
     create_events_and_expected(&db);
     let dir = tempfile::tempdir().unwrap();
-    let plan = write_plan(
+    let plan = live_plan(
         dir.path(),
-        &format!(
-            r#"
-[plan]
-name = "crash-live"
-concurrency = 3
-retries = 8
-retry_backoff = "300ms"
-
-[connections.ch]
-kind = "clickhouse"
-url = "{url}"
-pause_between = "250ms"
-
-[[tables]]
-source = "ch"
-database = "{d}"
-table = "events"
-upper = "d < '2015-10-01'"
-strategy = "s3-policy"
-storage_policy = "s3"
-keep_old = false
-"#
-        ),
+        "crash-live",
+        &url,
+        &d,
+        "upper = \"d < '2015-10-01'\"\nstorage_policy = \"s3\"\nkeep_old = false",
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Into the hot months from 2015-10-01 (day 273) on.
-    let writer = live_writer(&url, &d, stop.clone(), "273 + ({n} + number) % 90");
+    let writer = live_writer(
+        &url,
+        &d,
+        stop.clone(),
+        Batches {
+            rows: 20,
+            every: Duration::from_millis(50),
+            day: "273 + ({n} + number) % 90",
+        },
+    );
     let killed = run_with_kills_then(&plan, 2500, || {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
@@ -484,8 +517,17 @@ fn the_shipped_s3_policy_plan_moves_a_live_table_without_upper() {
         &shipped.replace("database = \"default\"", &format!("database = \"{d}\"")),
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Into every month.
-    let writer = live_writer(&url, &d, stop.clone(), "({n} * 7 + number) % 330");
+    // Every month of the table, and one it did not have before.
+    let writer = live_writer(
+        &url,
+        &d,
+        stop.clone(),
+        Batches {
+            rows: 5,
+            every: Duration::from_millis(40),
+            day: "({n} * 37 + number * 11) % 200",
+        },
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_flow"))
         .arg("apply")
         .arg(&plan)
@@ -528,51 +570,25 @@ fn s3_policy_in_place_with_rows_arriving_survives_sigkill() {
     let d = db.name().to_string();
     create_events_and_expected(&db);
     let dir = tempfile::tempdir().unwrap();
-    let plan = write_plan(
+    let plan = live_plan(
         dir.path(),
-        &format!(
-            r#"
-[plan]
-name = "crash-tier"
-concurrency = 3
-retries = 8
-retry_backoff = "300ms"
-
-[connections.ch]
-kind = "clickhouse"
-url = "{url}"
-pause_between = "250ms"
-
-[[tables]]
-source = "ch"
-database = "{d}"
-table = "events"
-strategy = "s3-policy"
-storage_policy = "tiered"
-options = {{ to_volume = "cold" }}
-"#
-        ),
+        "crash-tier",
+        &url,
+        &d,
+        "storage_policy = \"tiered\"\noptions = { to_volume = \"cold\" }",
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, url, d) = (stop.clone(), url.clone(), d.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let select = format!(
-                    "SELECT {} + number, toDate('2015-01-01') + ({n} * 7 + number) % 330, 'live' \
-                     FROM numbers(20)",
-                    1_000_000 + n * 20
-                );
-                for t in ["events", "expected"] {
-                    support::ch_exec(&url, &format!("INSERT INTO {d}.{t} {select}"));
-                }
-                n += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            n
-        })
-    };
+    // Into every month.
+    let writer = live_writer(
+        &url,
+        &d,
+        stop.clone(),
+        Batches {
+            rows: 20,
+            every: Duration::from_millis(50),
+            day: "({n} * 7 + number) % 330",
+        },
+    );
     let killed = run_with_kills_then(&plan, 2500, || {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });

@@ -63,7 +63,7 @@ impl Strategy for Copy {
                 help: "add `target` (another server), `target_database` or `target_table`".into(),
             }];
         }
-        let Some(table_name) = text(&def.table) else {
+        let Some(table_name) = entry.table.map(str::to_string) else {
             return Vec::new();
         };
         let database = entry.database;

@@ -95,6 +95,8 @@ pub struct EntryContext<'a> {
     pub label: &'a str,
     /// The source database (`default` when the entry does not say).
     pub database: &'a str,
+    /// The source table (None for a query).
+    pub table: Option<&'a str>,
     /// Whether two connections reach one server.
     pub same_server: &'a dyn Fn(&str, &str) -> bool,
 }

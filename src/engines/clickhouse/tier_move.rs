@@ -108,7 +108,6 @@ pub struct MovedPart {
 pub struct MovedParts {
     pub parts: Vec<MovedPart>,
     /// Rows of the parts this attempt moved itself.
-    #[serde(default)]
     pub rows_moved_now: u64,
 }
 
