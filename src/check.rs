@@ -1076,7 +1076,7 @@ impl Checker {
                     "no target",
                     format!(
                         "add `target = \"…\"` naming a {} connection",
-                        kinds(req.target_kinds)
+                        kinds(&req.target_kinds)
                     ),
                 ),
                 (Some(t), _) if req.target_kinds.is_empty() => self.error(
@@ -1093,12 +1093,15 @@ impl Checker {
                     format!(
                         "table {label}: strategy \"{}\" needs a {} target, \"{}\" is {}",
                         strategy.name(),
-                        kinds(req.target_kinds),
+                        kinds(&req.target_kinds),
                         t.get_ref(),
                         kind.as_str()
                     ),
                     "wrong kind of connection",
-                    format!("point `target` at a {} connection", kinds(req.target_kinds)),
+                    format!(
+                        "point `target` at a {} connection",
+                        kinds(&req.target_kinds)
+                    ),
                 ),
                 _ => {}
             }

@@ -46,22 +46,10 @@ pub async fn list_whole_databases(
     let mut listed = std::collections::BTreeMap::new();
     for index in wildcards {
         let table = &plan.tables[index];
-        let ch = engines
-            .clickhouse(&table.source)
+        let names = engines
+            .tables_of_database(table)
+            .await
             .map_err(|e| anyhow::anyhow!("table {}: {}", table.name, e.message))?;
-        let names = crate::engines::clickhouse::s3_policy::tables_to_move(
-            &ch,
-            &table.database,
-            &table.storage_policy,
-        )
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "table {}: listing the tables of {}: {e}",
-                table.name,
-                table.database
-            )
-        })?;
         said.push((table.name.clone(), names.clone()));
         listed.insert(index, names);
     }

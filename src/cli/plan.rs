@@ -285,33 +285,18 @@ pub fn render_text(model: &PlanJson) -> String {
     out
 }
 
-/// For each s3-policy table, whether the server's policy fits its mode (read-only): a
+/// For each table, whether its target fits its migration (read-only): for s3-policy, a
 /// copy onto a policy whose first volume is local, or a volume that is not of S3 disks,
 /// is said now rather than at the table's prepare.
-async fn say_target_policies(plan: &Plan, templates: &Templates) {
+async fn say_preflights(plan: &Plan, templates: &Templates) {
     let runner =
         crate::runtime::TableRunner::new(std::sync::Arc::new(plan.clone()), templates.clone());
-    for table in plan
-        .tables
-        .iter()
-        .filter(|t| t.strategy == crate::strategy::StrategyKind::S3Policy)
-    {
-        let to_volume = crate::strategy::s3_policy::in_place_volume(table);
-        let checked = match runner.clickhouse(&table.source) {
-            Ok(ch) => {
-                crate::engines::clickhouse::target_policy::TargetPolicy::check(
-                    &ch,
-                    &table.storage_policy,
-                    to_volume,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        match checked {
-            Ok((_, fit)) => crate::errln!("table {}: {fit}", table.name),
+    for table in &plan.tables {
+        match runner.preflight(table).await {
+            Ok(None) => {}
+            Ok(Some(fit)) => crate::errln!("table {}: {fit}", table.name),
             Err(e) if e.retryable => crate::errln!(
-                "warning: table {}: the storage policy was not checked: {}",
+                "warning: table {}: the target was not checked: {}",
                 table.name,
                 e.message
             ),
@@ -355,7 +340,7 @@ pub async fn run(args: &PlanArgs) -> anyhow::Result<u8> {
         }
     };
     if !args.offline {
-        say_target_policies(&plan, &templates).await;
+        say_preflights(&plan, &templates).await;
     }
     let listed = if args.offline {
         PartitionMap::new()

@@ -3,7 +3,9 @@
 
 pub mod aws;
 pub mod clickhouse;
+pub mod clients;
 pub mod export;
+pub mod migration;
 pub mod mysql;
 pub mod registry;
 pub mod rows;

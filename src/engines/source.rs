@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::engines::clients::Clients;
 use crate::engines::export::{ExportUnit, ExportedFile};
 use crate::engines::store::Store;
 use crate::plan::schema::ConnectionKind;
@@ -105,6 +106,14 @@ pub struct ExportSourceEntry {
     pub open: OpenExportSource,
 }
 
+/// What an engine's constructor gets: the connection, by name and definition, the
+/// plan's templates, and the run's clients (so a connection has one client).
+pub struct OpenSource<'a> {
+    pub name: &'a str,
+    pub connection: &'a Connection,
+    pub templates: &'a Templates,
+    pub clients: &'a Clients,
+}
+
 /// An engine's constructor for a connection.
-pub type OpenExportSource =
-    fn(&Connection, &Templates) -> Result<Arc<dyn ExportSource>, TaskFailure>;
+pub type OpenExportSource = fn(&OpenSource<'_>) -> Result<Arc<dyn ExportSource>, TaskFailure>;

@@ -1,6 +1,7 @@
 //! The runtime: which code runs a task of a plan. [`Dispatch`] is the one
-//! [`TaskRunner`] of a run: exec steps go to [`exec_steps`], sql steps to
-//! [`sql_steps`], table tasks to [`table`], which dispatches on the strategy to its runtime.
+//! [`TaskRunner`] of a run; it routes on the task's unit: exec steps go to
+//! [`exec_steps`], sql steps to [`sql_steps`], table tasks to [`table`], which
+//! dispatches on the strategy to its runtime.
 //!
 //! It is the layer above both the engines (what talks to servers) and the strategies
 //! (what a table entry turns into): it reads the strategy's settings of a table and
@@ -47,10 +48,18 @@ impl Dispatch {
 #[async_trait::async_trait]
 impl TaskRunner for Dispatch {
     async fn run(&self, task: &Task, ctx: TaskContext) -> Result<TaskOutcome, TaskFailure> {
-        match task.kind {
-            TaskKind::Exec => self.exec.run(task, ctx).await,
-            TaskKind::Sql => self.sql.run(task, ctx).await,
-            _ => self.table.run(task, ctx).await,
+        // By the unit first: a step's kind says its runner; a table task goes to its
+        // strategy's runtime, whatever its kind.
+        match (&task.unit, task.kind) {
+            (WorkUnit::Step { .. }, TaskKind::Exec) => self.exec.run(task, ctx).await,
+            (WorkUnit::Step { .. }, TaskKind::Sql) => self.sql.run(task, ctx).await,
+            (WorkUnit::Step { .. }, kind) => Err(TaskFailure::permanent(format!(
+                "task `{}`: a step is sql or exec, not `{kind}`",
+                task.id
+            ))),
+            (WorkUnit::Table { .. } | WorkUnit::Partition { .. }, _) => {
+                self.table.run(task, ctx).await
+            }
         }
     }
 }

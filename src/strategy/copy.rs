@@ -10,12 +10,28 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy, TaskSink};
+use crate::engines::registry;
 use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
 use crate::task::{GraphError, Partition, Placement, TaskKind};
 
 /// `options.swap_with`.
 pub const SWAP_WITH: &str = "swap_with";
+
+/// Copy's settings of a table entry, decoded (the checker made sure they are valid).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The table the copy is exchanged with at the swap.
+    pub swap_with: Option<String>,
+}
+
+impl Settings {
+    pub fn of(table: &TableSpec) -> Self {
+        Settings {
+            swap_with: table.options.get(SWAP_WITH).cloned(),
+        }
+    }
+}
 
 pub struct Copy;
 
@@ -24,8 +40,10 @@ impl Strategy for Copy {
         "ClickHouse → ClickHouse per partition via staging + REPLACE PARTITION, verified by checksum"
     }
 
-    fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
-        crate::engines::clickhouse::task_templates::used_by(super::StrategyKind::Copy, kind)
+    fn templates(&self, source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
+        registry::migration(super::StrategyKind::Copy, source)
+            .map(|engine| (engine.templates)(kind))
+            .unwrap_or_default()
     }
 
     fn own_keys(&self) -> &'static [&'static str] {
@@ -42,8 +60,8 @@ impl Strategy for Copy {
 
     fn requirements(&self) -> Requirements {
         Requirements {
-            source_kinds: vec![ConnectionKind::Clickhouse],
-            target_kinds: &[ConnectionKind::Clickhouse],
+            source_kinds: registry::migration_source_kinds(super::StrategyKind::Copy),
+            target_kinds: registry::migration_target_kinds(super::StrategyKind::Copy),
             target_required: false,
             allows_query: false,
             allows_whole_database: false,

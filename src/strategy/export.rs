@@ -73,7 +73,7 @@ impl Strategy for Export {
     fn requirements(&self) -> Requirements {
         Requirements {
             source_kinds: registry::export_source_kinds(),
-            target_kinds: &[ConnectionKind::Fs, ConnectionKind::S3],
+            target_kinds: vec![ConnectionKind::Fs, ConnectionKind::S3],
             target_required: true,
             allows_query: true,
             allows_whole_database: false,

@@ -66,7 +66,7 @@ pub struct Requirements {
     /// Connection kinds allowed as the source.
     pub source_kinds: Vec<ConnectionKind>,
     /// Connection kinds allowed as the target; empty = no target.
-    pub target_kinds: &'static [ConnectionKind],
+    pub target_kinds: Vec<ConnectionKind>,
     /// Whether `target` must be set.
     pub target_required: bool,
     /// Whether a `query` may replace `table`.

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy, TaskSink};
+use crate::engines::registry;
 use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
 use crate::task::{GraphError, Partition, Placement, TaskKind};
@@ -26,6 +27,25 @@ pub const NEW_TABLE: &str = "new_table";
 
 /// `options.to_volume`: the volume of `storage_policy` the parts are moved to, in place.
 pub const TO_VOLUME: &str = "to_volume";
+
+/// s3-policy's settings of a table entry, decoded (the checker made sure they are
+/// valid).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Copy mode: the table created on the new policy.
+    pub new_table: Option<String>,
+    /// In place: the volume of the policy the parts are moved to.
+    pub to_volume: Option<String>,
+}
+
+impl Settings {
+    pub fn of(table: &TableSpec) -> Self {
+        Settings {
+            new_table: table.options.get(NEW_TABLE).cloned(),
+            to_volume: table.options.get(TO_VOLUME).cloned(),
+        }
+    }
+}
 
 /// The volume a table's parts are moved to in place, when the table is in that mode.
 pub fn in_place_volume(table: &TableSpec) -> Option<&str> {
@@ -53,8 +73,10 @@ impl Strategy for S3Policy {
         "move a ClickHouse table onto an S3 storage policy in place: copy, verify, drop per partition, then swap"
     }
 
-    fn templates(&self, _source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
-        crate::engines::clickhouse::task_templates::used_by(super::StrategyKind::S3Policy, kind)
+    fn templates(&self, source: ConnectionKind, kind: TaskKind) -> Vec<&'static str> {
+        registry::migration(super::StrategyKind::S3Policy, source)
+            .map(|engine| (engine.templates)(kind))
+            .unwrap_or_default()
     }
 
     fn own_keys(&self) -> &'static [&'static str] {
@@ -128,8 +150,8 @@ impl Strategy for S3Policy {
 
     fn requirements(&self) -> Requirements {
         Requirements {
-            source_kinds: vec![ConnectionKind::Clickhouse],
-            target_kinds: &[],
+            source_kinds: registry::migration_source_kinds(super::StrategyKind::S3Policy),
+            target_kinds: Vec::new(),
             target_required: false,
             allows_query: false,
             allows_whole_database: true,

@@ -21,6 +21,7 @@ pub mod ddl;
 pub mod errors;
 pub mod export;
 pub mod helper_names;
+pub mod migration;
 pub mod native;
 pub mod part_sets;
 pub use crate::engines::rows;

@@ -11,14 +11,13 @@ use super::split::{self, Grouping, SplitRequest};
 use super::{qualified, Ch, ChClient};
 use crate::engines::export::{ExportUnit, ExportedFile};
 use crate::engines::source::{
-    ExportSource, ExportSourceEntry, Signature, SourceRef, Units, UnitsRequest,
+    ExportSource, ExportSourceEntry, OpenSource, Signature, SourceRef, Units, UnitsRequest,
 };
 use crate::engines::store::Store;
 use crate::plan::schema::ConnectionKind;
-use crate::plan::{Connection, ExportFormat};
+use crate::plan::ExportFormat;
 use crate::task::TaskFailure;
 use crate::task::TaskKind;
-use crate::templates::Templates;
 
 /// The ClickHouse export source of one connection.
 pub struct ClickhouseSource {
@@ -32,14 +31,13 @@ impl ClickhouseSource {
     }
 
     /// The registry's constructor.
-    pub fn open(
-        connection: &Connection,
-        templates: &Templates,
-    ) -> Result<Arc<dyn ExportSource>, TaskFailure> {
-        let client = ChClient::from_connection(connection)?;
+    pub fn open(open: &OpenSource<'_>) -> Result<Arc<dyn ExportSource>, TaskFailure> {
+        let client = open.clients.get_or_open(open.name, || {
+            Ok(ChClient::from_connection(open.connection)?)
+        })?;
         Ok(Arc::new(ClickhouseSource::new(Ch::new(
             client,
-            templates.clone(),
+            open.templates.clone(),
         ))))
     }
 }

@@ -38,11 +38,11 @@ use super::MysqlClient;
 use crate::engines::export::{ExportPath, ExportUnit, ExportedFile};
 use crate::engines::rows::StreamTracker;
 use crate::engines::source::{
-    ExportSource, ExportSourceEntry, Signature, SourceRef, Units, UnitsRequest,
+    ExportSource, ExportSourceEntry, OpenSource, Signature, SourceRef, Units, UnitsRequest,
 };
 use crate::engines::store::Store;
 use crate::plan::schema::ConnectionKind;
-use crate::plan::{Connection, ExportFormat};
+use crate::plan::ExportFormat;
 use crate::task::TaskFailure;
 use crate::task::{Chunk, Partition, TaskKind};
 use crate::templates::Templates;
@@ -119,13 +119,13 @@ struct SourceColumn {
 }
 
 impl MysqlSource {
-    fn open(
-        connection: &Connection,
-        templates: &Templates,
-    ) -> Result<Arc<dyn ExportSource>, TaskFailure> {
+    fn open(open: &OpenSource<'_>) -> Result<Arc<dyn ExportSource>, TaskFailure> {
+        let client = open.clients.get_or_open(open.name, || {
+            Ok(MysqlClient::from_connection(open.connection)?)
+        })?;
         Ok(Arc::new(MysqlSource {
-            client: MysqlClient::from_connection(connection)?,
-            templates: templates.clone(),
+            client,
+            templates: open.templates.clone(),
             task_templates: None,
         }))
     }

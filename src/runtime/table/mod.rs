@@ -1,22 +1,21 @@
 //! The runner of table tasks: reads which table, partition and kind a task is about and
-//! calls the strategy's runtime, one module each ([`export_tasks`], [`copy_tasks`],
-//! [`s3_policy_tasks`]), which calls the engine code.
+//! calls the strategy's runtime: [`export_tasks`] for `export` (through the engine's
+//! `ExportSource`), [`migration_tasks`] for `copy` and `s3-policy` (through the
+//! engine's `TableMigration`).
 //!
-//! It owns what tasks of one run share: one ClickHouse client per connection (with
-//! the server's capabilities learned once), one opened store per connection, and the
-//! engines of the registry. It knows no SQL itself.
+//! It owns what tasks of one run share: the engines of the registry (one client per
+//! connection, with the server's capabilities learned once) and one opened store per
+//! connection. It knows no SQL and no engine itself.
 
-mod copy_tasks;
 mod export_tasks;
-mod s3_policy_tasks;
+mod migration_tasks;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::engines::clickhouse::split::{self, Grouping, SplitRequest};
-use crate::engines::clickhouse::{and_all, Ch, ChClient};
+use crate::engines::and_all;
 use crate::engines::registry::Engines;
 use crate::engines::source::{ExportSource, SourceRef, UnitsRequest};
 use crate::engines::store::{self, Store};
@@ -30,7 +29,6 @@ use crate::templates::Templates;
 pub struct TableRunner {
     plan: Arc<Plan>,
     templates: Templates,
-    clients: Mutex<HashMap<String, ChClient>>,
     stores: AsyncMutex<HashMap<String, Arc<dyn Store>>>,
     engines: Engines,
 }
@@ -47,7 +45,6 @@ impl TableRunner {
     /// `templates` must be the plan's (built-in plus its `templates_dir`).
     pub fn new(plan: Arc<Plan>, templates: Templates) -> Self {
         TableRunner {
-            clients: Mutex::new(HashMap::new()),
             stores: AsyncMutex::new(HashMap::new()),
             engines: Engines::new(plan.clone(), templates.clone()),
             plan,
@@ -55,37 +52,25 @@ impl TableRunner {
         }
     }
 
-    /// The ClickHouse engine for a connection (one client per connection per run).
-    pub fn clickhouse(&self, connection: &str) -> Result<Ch, TaskFailure> {
-        let mut clients = self.clients.lock().expect("client cache lock");
-        if let Some(c) = clients.get(connection) {
-            return Ok(Ch::new(c.clone(), self.templates.clone()));
-        }
-        let conn = self.plan.connections.get(connection).ok_or_else(|| {
-            TaskFailure::permanent(format!("connection `{connection}` is not defined"))
-        })?;
-        let client = ChClient::from_connection(conn)?;
-        clients.insert(connection.to_string(), client.clone());
-        Ok(Ch::new(client, self.templates.clone()))
-    }
-
-    /// [`Self::clickhouse`] for `task` of `table`: its statements come only from the
-    /// templates its fingerprint covers.
-    fn clickhouse_for(
-        &self,
-        connection: &str,
-        table: &TableSpec,
-        task: &Task,
-    ) -> Result<Ch, TaskFailure> {
-        Ok(self
-            .clickhouse(connection)?
-            .for_task(self.templates_of(table, task)))
-    }
-
     /// The templates `task` of `table` may render.
     fn templates_of(&self, table: &TableSpec, task: &Task) -> Vec<&'static str> {
         let source = self.plan.connection(&table.source).kind;
         table.strategy.strategy().templates(source, task.kind)
+    }
+
+    /// The tables a whole-database entry (`table = "*"`) covers now, listed on its
+    /// server (read-only).
+    pub async fn tables_of_database(&self, table: &TableSpec) -> Result<Vec<String>, TaskFailure> {
+        self.migration_of(table, None)?.tables_to_migrate().await
+    }
+
+    /// Whether the target of `table` fits its migration, in one line, read-only (None
+    /// when its strategy checks nothing before the prepare: export).
+    pub async fn preflight(&self, table: &TableSpec) -> Result<Option<String>, TaskFailure> {
+        if table.strategy == StrategyKind::Export {
+            return Ok(None);
+        }
+        self.migration_of(table, None)?.preflight().await
     }
 
     /// The export source of `table`, for `task`.
@@ -160,16 +145,6 @@ fn unit_filter(table: &TableSpec, partition: &Partition, chunk: Option<u32>) -> 
     and_all([partition.filter.as_deref(), bounds.as_deref(), chunk_filter])
 }
 
-fn outcome(rows: u64, checksum: Option<String>, note: String, outputs: Vec<String>) -> TaskOutcome {
-    TaskOutcome {
-        rows: Some(rows),
-        checksum,
-        note: Some(note),
-        outputs,
-        ..Default::default()
-    }
-}
-
 fn wrong_kind(task: &Task, strategy: StrategyKind) -> TaskFailure {
     TaskFailure::permanent(format!(
         "task `{}`: strategy {} has no `{}` task",
@@ -213,8 +188,9 @@ impl TaskRunner for TableRunner {
         }
         match table.strategy {
             StrategyKind::Export => self.run_export(task, &ctx, table, partition).await,
-            StrategyKind::Copy => self.run_copy(task, &ctx, table, partition).await,
-            StrategyKind::S3Policy => self.run_s3_policy(task, &ctx, table, partition).await,
+            StrategyKind::Copy | StrategyKind::S3Policy => {
+                self.run_migration(task, &ctx, table, partition).await
+            }
         }
     }
 }
@@ -226,8 +202,6 @@ impl TableRunner {
             PartitionSource::Declared(ids) => Some(ids.clone()),
             _ => None,
         };
-        // Copy loads the rows within bounds; a storage-policy move takes whole
-        // partitions, the bounds only select which.
         let bounds = table.bounds_filter();
         let request = UnitsRequest {
             database: table.database.clone(),
@@ -245,10 +219,11 @@ impl TableRunner {
                 (units.partitions, units.rows, units.bytes, units.note)
             }
             StrategyKind::Copy | StrategyKind::S3Policy => {
-                let ch = self.clickhouse_for(&table.source, table, task)?;
-                let req = SplitRequest::of_units(&request, Grouping::Physical);
-                let r = split::split(&ch, &req).await?;
-                (r.partitions, r.rows, r.bytes, r.note)
+                let units = self
+                    .migration_of(table, Some(task))?
+                    .split(&request)
+                    .await?;
+                (units.partitions, units.rows, units.bytes, units.note)
             }
         };
         Ok(TaskOutcome {
