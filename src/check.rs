@@ -25,7 +25,8 @@ use crate::plan::schema::{
 };
 use crate::plan::secrets;
 use crate::plan::{
-    Connection, ExportFormat, Formatting, PartitionSource, Plan, ServerSide, StepSpec, TableSpec,
+    Connection, ExportFormat, Formatting, PartitionSource, Plan, ServerSide, SettingValue,
+    StepSpec, TableSpec,
 };
 use crate::strategy::StrategyKind;
 use crate::templates::Templates;
@@ -872,43 +873,104 @@ impl Checker {
         }
     }
 
-    /// The strategy settings among a table's `options`: each strategy declares its own
-    /// (name, kind); a value of the wrong kind, or another strategy's setting, is an error
-    /// at its line — it would be ignored otherwise.
-    fn settings(&mut self, def: &TableDef, label: &str, strategy: StrategyKind) {
-        for owner in StrategyKind::ALL {
-            for setting in owner.strategy().settings() {
-                let Some(value) = def.options.get(setting.key) else {
-                    continue;
-                };
-                if *owner != strategy {
-                    self.error(
-                        span(value),
+    /// A table's strategy settings (`settings`): each strategy declares its own (name,
+    /// kind); an unknown one, another strategy's, or a value of the wrong kind is an
+    /// error at its line — it would be ignored otherwise. A setting written among the
+    /// template variables (`options`, where settings were once written) is refused with
+    /// the fix, not read as a template variable. Returns the checked values.
+    fn settings(
+        &mut self,
+        def: &TableDef,
+        label: &str,
+        strategy: StrategyKind,
+    ) -> BTreeMap<String, SettingValue> {
+        let declared = |key: &str| {
+            StrategyKind::ALL.iter().find_map(|owner| {
+                owner
+                    .strategy()
+                    .settings()
+                    .iter()
+                    .find(|s| s.key == key)
+                    .map(|s| (*owner, s))
+            })
+        };
+        let own: Vec<&str> = strategy
+            .strategy()
+            .settings()
+            .iter()
+            .map(|s| s.key)
+            .collect();
+        let mut checked = BTreeMap::new();
+        for (key, value) in &def.settings {
+            match declared(key) {
+                None => self.error(
+                    span(value),
+                    format!(
+                        "table {label}: strategy \"{}\" has no setting `{key}`",
+                        strategy.name()
+                    ),
+                    "unknown setting",
+                    if own.is_empty() {
                         format!(
-                            "table {label}: `options.{}` is a setting of strategy \"{}\", not of \"{}\"",
-                            setting.key,
-                            owner.name(),
+                            "remove it: strategy \"{}\" has no settings (template variables go in `options`)",
                             strategy.name()
-                        ),
-                        "not used by this strategy",
-                        "remove it (or rename it, if it is a template variable of yours)",
-                    );
-                    continue;
-                }
-                if let Err(problem) = setting.kind.check(value.get_ref()) {
-                    self.error(
+                        )
+                    } else {
+                        format!(
+                            "its settings are `{}` (template variables go in `options`, server settings in the connection's `settings`)",
+                            own.join("`, `")
+                        )
+                    },
+                ),
+                Some((owner, _)) if owner != strategy => self.error(
+                    span(value),
+                    format!(
+                        "table {label}: `settings.{key}` is a setting of strategy \"{}\", not of \"{}\"",
+                        owner.name(),
+                        strategy.name()
+                    ),
+                    "not used by this strategy",
+                    "remove it",
+                ),
+                Some((_, setting)) => match setting.kind.check(value.get_ref()) {
+                    Ok(v) => {
+                        checked.insert(key.clone(), v);
+                    }
+                    Err(problem) => self.error(
                         span(value),
                         format!(
-                            "table {label}: `options.{}` = \"{}\": {problem}",
-                            setting.key,
+                            "table {label}: `settings.{key}` = {}: {problem}",
                             value.get_ref()
                         ),
                         "invalid setting",
                         setting.help,
-                    );
-                }
+                    ),
+                },
             }
         }
+        for (key, value) in &def.options {
+            if let Some((owner, _)) = declared(key) {
+                let written = match owner.strategy().settings().iter().find(|s| s.key == key) {
+                    Some(s) if s.kind == crate::strategy::SettingKind::Bool => {
+                        match value.get_ref().as_str() {
+                            b @ ("true" | "false") => b.to_string(),
+                            _ => "true (or false)".to_string(),
+                        }
+                    }
+                    _ => format!("{:?}", value.get_ref()),
+                };
+                self.error(
+                    span(value),
+                    format!(
+                        "table {label}: `options.{key}` is a setting of strategy \"{}\"; `options` holds template variables only",
+                        owner.name()
+                    ),
+                    "a setting, not a template variable",
+                    format!("write it as `settings.{key} = {written}` in this table"),
+                );
+            }
+        }
+        checked
     }
 
     /// What the source engine cannot do, checked against the table entry: its formats
@@ -1028,8 +1090,9 @@ impl Checker {
             }
         }
 
+        let mut settings = BTreeMap::new();
         if let Some(strategy) = strategy {
-            self.settings(def, &label, strategy);
+            settings = self.settings(def, &label, strategy);
             let entry = crate::strategy::EntryContext {
                 label: &label,
                 database: &database,
@@ -1395,6 +1458,7 @@ impl Checker {
             keep_old: def.keep_old.unwrap_or(true),
             server_side,
             formatting,
+            settings,
             options: def
                 .options
                 .iter()

@@ -575,7 +575,7 @@ fn s3_policy_in_place_with_rows_arriving_survives_sigkill() {
         "crash-tier",
         &url,
         &d,
-        "storage_policy = \"tiered\"\noptions = { to_volume = \"cold\" }",
+        "storage_policy = \"tiered\"\nsettings = { to_volume = \"cold\" }",
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Into every month.

@@ -1123,7 +1123,7 @@ async fn in_place_refuses_policies_and_volumes_that_cannot_hold_the_move() {
         "plan-a",
     );
     let err = copy.prepare().await.unwrap_err();
-    assert!(err.message.contains("options.to_volume"), "{}", err.message);
+    assert!(err.message.contains("settings.to_volume"), "{}", err.message);
     assert!(err.message.contains("cold"), "{}", err.message);
 }
 
@@ -1214,7 +1214,7 @@ storage_policy = "{policy}"
         assert!(out.status.success(), "{}", support::output_text(&out));
         String::from_utf8_lossy(&out.stderr).to_string()
     };
-    let said = plan_says(plan_of("tiered", r#"options = { to_volume = "cold" }"#));
+    let said = plan_says(plan_of("tiered", r#"settings = { to_volume = "cold" }"#));
     assert!(
         said.contains("in place onto volume `cold` of policy `tiered`: disks s3"),
         "{said}"
@@ -1224,10 +1224,10 @@ storage_policy = "{policy}"
     // A copy onto the tiered policy would stay local: said before anything runs.
     let said = plan_says(plan_of("tiered", ""));
     assert!(
-        said.contains("warning") && said.contains("options.to_volume") && said.contains("cold"),
+        said.contains("warning") && said.contains("settings.to_volume") && said.contains("cold"),
         "{said}"
     );
-    let said = plan_says(plan_of("tiered", r#"options = { to_volume = "main" }"#));
+    let said = plan_says(plan_of("tiered", r#"settings = { to_volume = "main" }"#));
     assert!(
         said.contains("warning") && said.contains("local disk"),
         "{said}"

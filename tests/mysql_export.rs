@@ -271,7 +271,7 @@ max_rows = 300
 strategy = "export"
 target = "out"
 format = "csv"
-options = { verify_read_back = "true" }
+settings = { verify_read_back = true }
 
 [[tables]]
 name = "by-month"

@@ -2,7 +2,7 @@
 //! written, the per-partition verify against the store and the source, and the manifest.
 //!
 //! The verify checks that every file is in the store with the size (and the store's
-//! version) the export wrote — with `options.verify_read_back = "true"` it also reads
+//! version) the export wrote — with `settings.verify_read_back = true` it also reads
 //! each streamed file back and checks its blake3 and rows — and that the source still
 //! has the partition's rows: their count, and where the source engine recorded a row
 //! checksum at export time ([`ExportedFile::source_checksum`]), that checksum too. The

@@ -490,6 +490,13 @@ fn common_inputs(
     for (k, v) in &table.options {
         inputs.insert(format!("options.{k}"), v.clone());
     }
+    // A strategy setting is an input under the name it had when settings were written
+    // among the template variables (`options.to_volume`), with the same text, so a
+    // task recorded then keeps its fingerprint; validate refuses a setting in
+    // `options`, so the two never meet.
+    for (k, v) in &table.settings {
+        inputs.insert(format!("options.{k}"), v.to_string());
+    }
     // Where the data comes from and goes to: a moved source or target dirties the table.
     for name in std::iter::once(&table.source).chain(table.target.iter()) {
         if let Some(id) = identities.get(name.as_str()) {

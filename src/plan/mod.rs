@@ -214,11 +214,43 @@ pub struct TableSpec {
     pub keep_old: bool,
     pub server_side: ServerSide,
     pub formatting: Formatting,
+    /// The strategy's settings, checked: each strategy decodes its own from here.
+    pub settings: BTreeMap<String, SettingValue>,
+    /// Template variables only.
     pub options: BTreeMap<String, String>,
     pub span: Range<usize>,
 }
 
+/// A strategy setting's value, of the kind the strategy declared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingValue {
+    Bool(bool),
+    Text(String),
+}
+
+impl std::fmt::Display for SettingValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingValue::Bool(b) => write!(f, "{b}"),
+            SettingValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 impl TableSpec {
+    /// A text setting of the table's strategy, when set.
+    pub fn text_setting(&self, key: &str) -> Option<&str> {
+        match self.settings.get(key) {
+            Some(SettingValue::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// A boolean setting of the table's strategy (false when not set).
+    pub fn bool_setting(&self, key: &str) -> bool {
+        matches!(self.settings.get(key), Some(SettingValue::Bool(true)))
+    }
+
     /// The combined row filter from the bounds, or None when unbounded.
     pub fn bounds_filter(&self) -> Option<String> {
         match (&self.lower, &self.upper) {

@@ -249,8 +249,14 @@ pub struct TableDef {
     /// blocks, when it can reproduce the server's text exactly) or "server".
     #[schemars(with = "Option<String>")]
     pub formatting: Option<Spanned<String>>,
-    /// Options passed to templates as `{{ options.NAME }}`; the names a strategy
-    /// declares as its settings (`verify_read_back`, `swap_with`, …) are checked.
+    /// The strategy's settings, typed (`verify_read_back = true`, `manifest`,
+    /// `swap_with`, `new_table`, `to_volume`): each strategy declares its own, and
+    /// validate refuses an unknown one, another strategy's, or a value of the wrong type.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub settings: BTreeMap<String, Spanned<toml::Value>>,
+    /// Template variables, passed to templates as `{{ options.NAME }}` (not settings:
+    /// a strategy setting written here is refused, with the fix).
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub options: BTreeMap<String, Spanned<String>>,

@@ -15,7 +15,7 @@ use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
 use crate::task::{GraphError, Partition, Placement, TaskKind};
 
-/// `options.swap_with`.
+/// `settings.swap_with`.
 pub const SWAP_WITH: &str = "swap_with";
 
 /// Copy's settings of a table entry, decoded (the checker made sure they are valid).
@@ -28,7 +28,7 @@ pub struct Settings {
 impl Settings {
     pub fn of(table: &TableSpec) -> Self {
         Settings {
-            swap_with: table.options.get(SWAP_WITH).cloned(),
+            swap_with: table.text_setting(SWAP_WITH).map(str::to_string),
         }
     }
 }

@@ -16,9 +16,9 @@ use crate::task::{GraphError, Partition, Placement, TaskKind};
 
 pub struct Export;
 
-/// `options.verify_read_back = "true"`: verify re-reads and re-hashes every file.
+/// `settings.verify_read_back = true`: verify re-reads and re-hashes every file.
 pub const VERIFY_READ_BACK: &str = "verify_read_back";
-/// `options.manifest`: the manifest's object key.
+/// `settings.manifest`: the manifest's object key.
 pub const MANIFEST: &str = "manifest";
 
 /// Object key used when a table has no `path`.
@@ -50,7 +50,7 @@ impl Strategy for Export {
             Setting {
                 key: VERIFY_READ_BACK,
                 kind: SettingKind::Bool,
-                help: "set it to \"true\" (verify re-reads every file) or \"false\"",
+                help: "set it to true (verify re-reads every file) or false",
             },
             Setting {
                 key: MANIFEST,
@@ -144,8 +144,8 @@ impl Strategy for Export {
             }
             verifies.push(verify);
         }
-        let manifest_path = match table.options.get(MANIFEST) {
-            Some(key) => key.clone(),
+        let manifest_path = match table.text_setting(MANIFEST) {
+            Some(key) => key.to_string(),
             None => manifest_key(&table.name, &keys),
         };
         let manifest = b.table_task(

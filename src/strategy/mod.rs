@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use petgraph::graph::NodeIndex;
 
 use crate::plan::schema::ConnectionKind;
-use crate::plan::{Plan, TableSpec};
+use crate::plan::{Plan, SettingValue, TableSpec};
 use crate::task::{GraphError, Partition, Placement, TaskKind};
 
 pub use crate::plan::StrategyKind;
@@ -110,7 +110,7 @@ pub struct EntryProblem {
     pub help: String,
 }
 
-/// A setting a strategy reads from a table's `options` (`options.verify_read_back`).
+/// A setting a strategy reads from a table's `settings` (`settings.verify_read_back`).
 pub struct Setting {
     pub key: &'static str,
     pub kind: SettingKind,
@@ -130,29 +130,28 @@ pub enum SettingKind {
 }
 
 impl SettingKind {
-    /// Why `value` is not one; Ok when it is.
-    pub fn check(self, value: &str) -> Result<(), String> {
-        match self {
-            SettingKind::Bool if value == "true" || value == "false" => Ok(()),
-            SettingKind::Bool => Err("expected \"true\" or \"false\"".into()),
-            SettingKind::TableName | SettingKind::ObjectKey if value.trim().is_empty() => {
-                Err("empty".into())
+    /// The value, decoded; or why it is not one of this kind.
+    pub fn check(self, value: &toml::Value) -> Result<SettingValue, String> {
+        let text = match (self, value) {
+            (SettingKind::Bool, toml::Value::Boolean(b)) => return Ok(SettingValue::Bool(*b)),
+            (SettingKind::Bool, _) => {
+                return Err("expected true or false (a TOML boolean, without quotes)".into())
             }
-            SettingKind::TableName if value.contains('\0') || value.len() > 200 => {
+            (_, toml::Value::String(s)) => s,
+            (_, _) => return Err("expected a string".into()),
+        };
+        match self {
+            _ if text.trim().is_empty() => Err("empty".into()),
+            SettingKind::TableName if text.contains('\0') || text.len() > 200 => {
                 Err("not a table name (at most 200 characters, no NUL)".into())
             }
-            SettingKind::TableName => Ok(()),
             SettingKind::ObjectKey => {
-                crate::engines::store::check_key(value).map_err(|e| e.to_string())
+                crate::engines::store::check_key(text).map_err(|e| e.to_string())?;
+                Ok(SettingValue::Text(text.clone()))
             }
+            _ => Ok(SettingValue::Text(text.clone())),
         }
     }
-}
-
-/// The value of a boolean setting of `table` (false when not set; the check made sure
-/// a set one is `true` or `false`).
-pub fn bool_setting(table: &TableSpec, key: &str) -> bool {
-    table.options.get(key).is_some_and(|v| v == "true")
 }
 
 /// One strategy.
@@ -176,7 +175,7 @@ pub trait Strategy: Sync {
     fn own_keys(&self) -> &'static [&'static str] {
         &[]
     }
-    /// The settings it reads from a table's `options`, checked at validate.
+    /// The settings it reads from a table's `settings`, checked at validate.
     fn settings(&self) -> &'static [Setting] {
         &[]
     }

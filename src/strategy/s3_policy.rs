@@ -7,7 +7,7 @@
 //!   meanwhile → full verify → swap → optional cleanup of the old table. Every drop has
 //!   its partition's verify before it, and the swap and cleanup have the full verify
 //!   before them. For a policy of S3 disks only.
-//! - in place (`options.to_volume`): prepare (the table is put on the policy, which
+//! - in place (`settings.to_volume`): prepare (the table is put on the policy, which
 //!   holds its current disks and the volume) → per partition load (the server moves
 //!   the parts, flow keeps their local bytes) → verify (part hashes and the server's
 //!   own check) → drop (the kept local bytes) → catch-up → full verify. No new table,
@@ -22,10 +22,10 @@ use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
 use crate::task::{GraphError, Partition, Placement, TaskKind};
 
-/// `options.new_table`.
+/// `settings.new_table`.
 pub const NEW_TABLE: &str = "new_table";
 
-/// `options.to_volume`: the volume of `storage_policy` the parts are moved to, in place.
+/// `settings.to_volume`: the volume of `storage_policy` the parts are moved to, in place.
 pub const TO_VOLUME: &str = "to_volume";
 
 /// s3-policy's settings of a table entry, decoded (the checker made sure they are
@@ -41,15 +41,15 @@ pub struct Settings {
 impl Settings {
     pub fn of(table: &TableSpec) -> Self {
         Settings {
-            new_table: table.options.get(NEW_TABLE).cloned(),
-            to_volume: table.options.get(TO_VOLUME).cloned(),
+            new_table: table.text_setting(NEW_TABLE).map(str::to_string),
+            to_volume: in_place_volume(table).map(str::to_string),
         }
     }
 }
 
 /// The volume a table's parts are moved to in place, when the table is in that mode.
 pub fn in_place_volume(table: &TableSpec) -> Option<&str> {
-    table.options.get(TO_VOLUME).map(String::as_str)
+    table.text_setting(TO_VOLUME)
 }
 
 /// How the table is moved, one line (`flow plan`).
@@ -100,24 +100,25 @@ impl Strategy for S3Policy {
 
     fn check_entry(&self, def: &TableDef, entry: &EntryContext<'_>) -> Vec<EntryProblem> {
         let label = entry.label;
-        let Some(volume) = def.options.get(TO_VOLUME) else {
+        let Some(volume) = def.settings.get(TO_VOLUME) else {
             return Vec::new();
         };
         let in_place = |what: &str| {
             format!(
                 "table {label}: {what} means nothing when the table is moved in place \
-                 (`options.to_volume` = \"{}\")",
+                 (`settings.to_volume` = {})",
                 volume.get_ref()
             )
         };
         let mut problems = Vec::new();
-        if let Some(new_table) = def.options.get(NEW_TABLE) {
+        if let Some(new_table) = def.settings.get(NEW_TABLE) {
             problems.push(EntryProblem {
                 at: Some(new_table.span()),
-                message: in_place("`options.new_table`"),
+                message: in_place("`settings.new_table`"),
                 label: "no new table in place",
-                help: "remove `options.new_table`, or `options.to_volume` to copy into a new table"
-                    .into(),
+                help:
+                    "remove `settings.new_table`, or `settings.to_volume` to copy into a new table"
+                        .into(),
             });
         }
         for (key, set) in [
@@ -142,7 +143,7 @@ impl Strategy for S3Policy {
                     "table {label}: a whole database (`table = \"*\"`) cannot be moved in place yet"
                 ),
                 label: "whole database in place",
-                help: "name each table in its own entry with `options.to_volume`".into(),
+                help: "name each table in its own entry with `settings.to_volume`".into(),
             });
         }
         problems

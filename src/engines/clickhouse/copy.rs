@@ -477,7 +477,7 @@ impl CopyJob {
             };
             if !tables.contains_key(&a) {
                 return Err(TaskFailure::permanent(format!(
-                    "swap: {qa} does not exist; nothing to exchange {qb} with (set options.swap_with)"
+                    "swap: {qa} does not exist; nothing to exchange {qb} with (set settings.swap_with)"
                 )));
             }
             let uuid_a = tables.get(&a).and_then(|t| t.uuid.clone());

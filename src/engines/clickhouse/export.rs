@@ -23,7 +23,7 @@
 //! After writing, the source's `count()` for the same filter must equal the rows
 //! written; a difference means rows changed during the export (bound the table with
 //! `upper`). The per-partition verify checks that every file is in the store with the
-//! size the export wrote (and, with `options.verify_read_back = "true"`, reads it back
+//! size the export wrote (and, with `settings.verify_read_back = true`, reads it back
 //! and checks its blake3 and rows again — doubling the I/O, hence opt-in) and that the
 //! source still has the partition's total rows. The manifest, written last, lists
 //! every file with rows, bytes and hash.
@@ -400,7 +400,7 @@ pub async fn export_streamed(
             writer.abort().await;
             return Err(TaskFailure::permanent(format!(
                 "{action}: flow formatted {formatted} rows but the text holds {counted} \
-                 records; set options.formatting = \"server\" for this table and report \
+                 records; set formatting = \"server\" for this table and report \
                  the column types"
             )));
         }

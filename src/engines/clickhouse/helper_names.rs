@@ -2,7 +2,7 @@
 //! place, so that each mode sees the other's unfinished work (a plan switched from one
 //! mode to the other between runs must not leave rows or backups behind).
 
-/// The new table of a copy (default; `options.new_table` may name another).
+/// The new table of a copy (default; `settings.new_table` may name another).
 pub fn new_table(table: &str) -> String {
     format!("{table}__flow_new")
 }

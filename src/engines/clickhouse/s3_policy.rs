@@ -281,7 +281,7 @@ impl PolicyMove {
                     if !on_policy(n) {
                         return Err(fail(format!(
                             "s3-policy: {} exists but uses storage policy `{}`, not `{}`; it is \
-                             not flow's copy — drop or rename it, or set options.new_table",
+                             not flow's copy — drop or rename it, or set settings.new_table",
                             self.q(&self.new_table),
                             n.clone().unwrap_or_default(),
                             self.policy
@@ -466,7 +466,7 @@ impl PolicyMove {
             return Err(fail(format!(
                 "s3-policy: a move in place of {} is unfinished: {} FREEZE backup(s) of moved \
                  parts are not checked and released yet (marker tables {}); finish that move \
-                 (resume the plan with its `options.to_volume`) before copying the table",
+                 (resume the plan with its `settings.to_volume`) before copying the table",
                 self.s(),
                 frozen.len(),
                 frozen.join(", ")

@@ -95,7 +95,7 @@ impl TargetPolicy {
             .ok_or_else(|| {
                 fail(format!(
                     "s3-policy: storage policy `{}` has no volume `{name}` (its volumes: {}); fix \
-                 `options.to_volume`",
+                 `settings.to_volume`",
                     self.name,
                     self.volume_names(0)
                 ))
@@ -130,7 +130,7 @@ impl TargetPolicy {
                         "s3-policy: storage policy `{}` writes new parts to its first volume \
                          `{}`, which has local disk `{local}`: a copy onto it would stay local; \
                          to have the server move the parts to an S3 volume of it in place, set \
-                         `options.to_volume` (its other volumes: {}), or name a policy of S3 \
+                         `settings.to_volume` (its other volumes: {}), or name a policy of S3 \
                          disks only",
                         self.name,
                         first.name,
@@ -151,7 +151,7 @@ impl TargetPolicy {
                 if !local.is_empty() {
                     return Err(fail(format!(
                         "s3-policy: volume `{volume}` of policy `{}` keeps parts on local \
-                         disk(s) {}; `options.to_volume` must name a volume of S3 (object \
+                         disk(s) {}; `settings.to_volume` must name a volume of S3 (object \
                          storage) disks",
                         self.name,
                         local

@@ -1,4 +1,4 @@
-//! Strategy `s3-policy` in place (`options.to_volume` set): the server moves the
+//! Strategy `s3-policy` in place (`settings.to_volume` set): the server moves the
 //! table's parts to a volume of S3 disks itself, byte for byte, and flow keeps the
 //! local bytes until the moved parts are checked.
 //!
@@ -300,7 +300,7 @@ impl TierMove {
     pub async fn prepare(&self) -> Result<TierResult, TaskFailure> {
         for feature in [Feature::StoragePolicies, Feature::Unfreeze] {
             self.ch
-                .require(feature, "strategy s3-policy with options.to_volume")
+                .require(feature, "strategy s3-policy with settings.to_volume")
                 .await?;
         }
         TargetPolicy::check(&self.ch, &self.policy, Some(&self.volume)).await?;
@@ -312,7 +312,7 @@ impl TierMove {
             return Err(fail(format!(
                 "s3-policy: a copy into a new table of {} is unfinished ({} exist): moving \
                  it in place now would leave the rows already copied behind; finish that move \
-                 (resume the plan without `options.to_volume`), or move their rows back and \
+                 (resume the plan without `settings.to_volume`), or move their rows back and \
                  drop them",
                 self.s(),
                 survey
@@ -347,7 +347,7 @@ impl TierMove {
                     "{e}\n  help: the server switches a table's storage policy in place only to \
                      a policy that holds every volume and disk of its current policy `{current}` \
                      under the same names; add them to `{}` (before volume `{}`), or remove \
-                     `options.to_volume` to copy the table into a new one on an S3-only policy",
+                     `settings.to_volume` to copy the table into a new one on an S3-only policy",
                     self.policy, self.volume
                 ))
             })?;

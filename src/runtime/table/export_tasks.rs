@@ -79,11 +79,10 @@ impl TableRunner {
                 }
                 files.sort_by_key(|f| f.chunk);
                 // Re-reading every file doubles the I/O of an export; it is asked for
-                // with options.verify_read_back = "true". By default verify checks that
+                // with settings.verify_read_back = true. By default verify checks that
                 // every file is there with the size the export wrote and that the
                 // source still has the rows the export counted.
-                let read_back =
-                    crate::strategy::bool_setting(table, crate::strategy::export::VERIFY_READ_BACK);
+                let read_back = table.bool_setting(crate::strategy::export::VERIFY_READ_BACK);
                 let filter = unit_filter(table, p, None);
                 let req = export::VerifyRequest {
                     partition: p,
