@@ -13,7 +13,6 @@
 mod support;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,8 @@ struct Cluster {
     client: Client,
     ns: String,
     kubeconfig: String,
-    cache: PathBuf,
+    /// kubectl's discovery cache, removed with the cluster handle.
+    cache: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -57,8 +57,10 @@ impl Cluster {
             .create(&PostParams::default(), &namespace)
             .await
             .expect("create the test namespace");
-        let cache =
-            std::env::temp_dir().join(format!("flow-standin-kubectl-{}", std::process::id()));
+        let cache = tempfile::Builder::new()
+            .prefix("flow-standin-kubectl-")
+            .tempdir()
+            .expect("a kubectl cache directory");
         Cluster {
             client,
             ns,
@@ -90,7 +92,7 @@ impl Cluster {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
-            .arg(&self.cache)
+            .arg(self.cache.path())
             .args(["--namespace", &self.ns, "--request-timeout", "20s"])
             .args(args)
             .output()
@@ -123,7 +125,7 @@ impl Cluster {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
-            .arg(&self.cache)
+            .arg(self.cache.path())
             .args(["--namespace", &self.ns, "create", "-f", "-"])
             .args(extra)
             .stdin(std::process::Stdio::piped())
