@@ -949,15 +949,12 @@ impl Checker {
             }
         }
         for (key, value) in &def.options {
-            if let Some((owner, _)) = declared(key) {
-                let written = match owner.strategy().settings().iter().find(|s| s.key == key) {
-                    Some(s) if s.kind == crate::strategy::SettingKind::Bool => {
-                        match value.get_ref().as_str() {
-                            b @ ("true" | "false") => b.to_string(),
-                            _ => "true (or false)".to_string(),
-                        }
-                    }
-                    _ => format!("{:?}", value.get_ref()),
+            if let Some((owner, setting)) = declared(key) {
+                // The value as TOML of the setting's type.
+                let written = match (setting.kind, value.get_ref().as_str()) {
+                    (crate::strategy::SettingKind::Bool, b @ ("true" | "false")) => b.to_string(),
+                    (crate::strategy::SettingKind::Bool, _) => "true (or false)".to_string(),
+                    (_, text) => toml::Value::String(text.to_string()).to_string(),
                 };
                 self.error(
                     span(value),

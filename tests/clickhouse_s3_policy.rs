@@ -1123,7 +1123,11 @@ async fn in_place_refuses_policies_and_volumes_that_cannot_hold_the_move() {
         "plan-a",
     );
     let err = copy.prepare().await.unwrap_err();
-    assert!(err.message.contains("settings.to_volume"), "{}", err.message);
+    assert!(
+        err.message.contains("settings.to_volume"),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("cold"), "{}", err.message);
 }
 

@@ -189,3 +189,84 @@ fn a_state_from_before_per_template_fingerprints_resumes_and_then_follows_each_t
         .unwrap();
     assert_eq!(split.1, "done", "{tasks:?}");
 }
+
+/// The v2 fixture where it was written.
+fn fixture_v2() -> PathBuf {
+    let dir = Path::new("/tmp/flow-fixture-v2");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join(".flow")).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v2");
+    std::fs::copy(src.join("plan.toml"), dir.join("plan.toml")).unwrap();
+    std::fs::copy(src.join("fixture-v2.db"), dir.join(".flow/fixture-v2.db")).unwrap();
+    dir.join("plan.toml")
+}
+
+#[test]
+fn settings_once_written_in_options_are_refused_with_the_fix_and_resume_once_moved() {
+    let plan = fixture_v2();
+    let plan_arg = plan.to_str().unwrap();
+    let resume = || flow(&["apply", plan_arg, "--resume", "--progress", "plain"]);
+
+    // As written then: refused at each setting's line, with the line to write, and
+    // nothing runs.
+    let out = resume();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    for (key, fix) in [
+        ("verify_read_back", "`settings.verify_read_back = true`"),
+        ("manifest", "`settings.manifest = \"trips/_manifest.json\"`"),
+        ("swap_with", "`settings.swap_with = \"trips_live\"`"),
+        ("to_volume", "`settings.to_volume = \"cold\"`"),
+    ] {
+        assert!(
+            all.contains(&format!("`options.{key}` is a setting of strategy")) && all.contains(fix),
+            "{key}: {all}"
+        );
+    }
+
+    // Rewritten the way the errors say: every task recorded then is still done, by the
+    // same inputs (no upgrade to say), and none runs — the servers do not exist.
+    let moved = std::fs::read_to_string(&plan)
+        .unwrap()
+        .replace(
+            "options = { verify_read_back = \"true\", manifest = \"trips/_manifest.json\" }",
+            "settings = { verify_read_back = true, manifest = \"trips/_manifest.json\" }",
+        )
+        .replace("options = { swap_with", "settings = { swap_with")
+        .replace("options = { to_volume", "settings = { to_volume");
+    assert!(!moved.contains("options ="), "{moved}");
+    std::fs::write(&plan, &moved).unwrap();
+    let tasks = statuses(plan_arg);
+    assert!(tasks.len() > 20, "{tasks:?}");
+    assert!(
+        tasks.iter().all(|(_, status, _)| status == "done"),
+        "{tasks:?}"
+    );
+    let out = resume();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains(&format!("0 done in this run, {} done before", tasks.len())),
+        "{all}"
+    );
+    assert!(!all.contains("upgrade:"), "{all}");
+
+    // The settings are inputs as before: another volume dirties the move, and says so.
+    std::fs::write(
+        &plan,
+        moved.replace("to_volume = \"cold\"", "to_volume = \"colder\""),
+    )
+    .unwrap();
+    let tasks = statuses(plan_arg);
+    let load = tasks
+        .iter()
+        .find(|(id, _, _)| id.starts_with("flow_fixture_v2.events/") && id.ends_with("/load"))
+        .unwrap_or_else(|| panic!("{tasks:?}"));
+    assert_eq!(load.1, "dirty", "{tasks:?}");
+    assert!(load.2.contains("options.to_volume"), "{load:?}");
+    let export = tasks
+        .iter()
+        .find(|(id, _, _)| id == "flow_fixture_v2.trips/201506/export")
+        .unwrap_or_else(|| panic!("{tasks:?}"));
+    assert_eq!(export.1, "done", "another table's setting: {tasks:?}");
+}

@@ -134,8 +134,7 @@ pub fn describe(
             target: table.target.clone(),
             partitions_from,
             partitions,
-            mode: (table.strategy == crate::strategy::StrategyKind::S3Policy)
-                .then(|| crate::strategy::s3_policy::mode_line(table)),
+            mode: table.strategy.strategy().mode_line(table),
             chain,
         });
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy, TaskSink};
+use crate::engines::migration::MigrationSettings;
 use crate::engines::registry;
 use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
@@ -56,6 +57,12 @@ impl Strategy for Copy {
             kind: SettingKind::TableName,
             help: "the name of the table the copy is exchanged with, in the target database",
         }]
+    }
+
+    fn runtime(&self, table: &TableSpec) -> super::Runtime {
+        super::Runtime::Migration(MigrationSettings::Copy {
+            swap_with: Settings::of(table).swap_with,
+        })
     }
 
     fn requirements(&self) -> Requirements {

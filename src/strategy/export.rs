@@ -60,6 +60,10 @@ impl Strategy for Export {
         ]
     }
 
+    fn runtime(&self, _table: &TableSpec) -> super::Runtime {
+        super::Runtime::Export
+    }
+
     fn source_limits(&self, source: ConnectionKind) -> SourceLimits {
         match registry::export_source(source) {
             Some(e) => SourceLimits {

@@ -1,10 +1,12 @@
 //! Strategies: what a `[[tables]]` entry turns into.
 //!
-//! A strategy does two things at plan time: it checks the table entry (connection
-//! kinds, required keys) and it expands the table into tasks. Engines do the work at
-//! run time. Adding a strategy is one module here, one variant in [`StrategyKind`] (in
-//! `plan`, which names the kinds) and one line in [`StrategyKind::strategy`]; its run-time
-//! code is one module of `runtime::table`.
+//! A strategy owns all of itself: its settings (typed, decoded from the entry's
+//! `settings`), its checks of the table entry (connection kinds, own keys, rules), its
+//! expansion into tasks, and which engine role runs them ([`Runtime`], with the settings
+//! decoded for the engine). Engines do the work at run time. Adding a strategy is one
+//! module here, one variant in [`StrategyKind`] (in `plan`, which names the kinds) and one
+//! line in [`StrategyKind::strategy`]; a strategy of a new engine role adds that role's
+//! runtime in `runtime::table`.
 
 pub mod copy;
 pub mod export;
@@ -192,6 +194,23 @@ pub trait Strategy: Sync {
     fn source_limits(&self, _source: ConnectionKind) -> SourceLimits {
         SourceLimits::default()
     }
+    /// How the table is moved, one line for `flow plan`, when the strategy has modes.
+    fn mode_line(&self, _table: &TableSpec) -> Option<String> {
+        None
+    }
+    /// Which engine role runs the table's tasks, with the strategy's settings decoded
+    /// for it.
+    fn runtime(&self, table: &TableSpec) -> Runtime;
+}
+
+/// The engine role a strategy's tasks run through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    /// An export source writes units into a store (`engines::source::ExportSource`).
+    Export,
+    /// A migration engine moves the table on its servers
+    /// (`engines::migration::TableMigration`), with these settings.
+    Migration(crate::engines::migration::MigrationSettings),
 }
 
 /// Each kind's strategy: the registry, one line per strategy.

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{EntryContext, EntryProblem, Requirements, Setting, SettingKind, Strategy, TaskSink};
+use crate::engines::migration::MigrationSettings;
 use crate::engines::registry;
 use crate::plan::schema::{ConnectionKind, TableDef};
 use crate::plan::{Plan, TableSpec};
@@ -53,7 +54,7 @@ pub fn in_place_volume(table: &TableSpec) -> Option<&str> {
 }
 
 /// How the table is moved, one line (`flow plan`).
-pub fn mode_line(table: &TableSpec) -> String {
+fn mode_line(table: &TableSpec) -> String {
     match in_place_volume(table) {
         Some(volume) => format!(
             "in place: the server moves the parts to volume `{volume}` of policy `{}`",
@@ -147,6 +148,21 @@ impl Strategy for S3Policy {
             });
         }
         problems
+    }
+
+    fn runtime(&self, table: &TableSpec) -> super::Runtime {
+        let Settings {
+            new_table,
+            to_volume,
+        } = Settings::of(table);
+        super::Runtime::Migration(MigrationSettings::StoragePolicy {
+            new_table,
+            to_volume,
+        })
+    }
+
+    fn mode_line(&self, table: &TableSpec) -> Option<String> {
+        Some(mode_line(table))
     }
 
     fn requirements(&self) -> Requirements {

@@ -1,6 +1,7 @@
-//! The runtime of strategies `copy` and `s3-policy`: the strategy's settings of the
-//! table become the engine's [`MigrationSettings`], and each task kind calls its step
-//! of the engine's [`TableMigration`].
+//! The runtime of the strategies that migrate a table on its servers (`copy`,
+//! `s3-policy`): the engine the registry has for the strategy and the source gets the
+//! strategy's settings, and each task kind calls its step of the engine's
+//! [`TableMigration`].
 
 use std::sync::Arc;
 
@@ -8,28 +9,7 @@ use super::{wrong_kind, TableRunner};
 use crate::engines::migration::{MigrationSettings, Step, TableMigration};
 use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome};
 use crate::graph::{Partition, Task, TaskKind};
-use crate::plan::{StrategyKind, TableSpec};
-
-/// The engine's settings of a table of strategy copy or s3-policy, from what the
-/// strategy decoded of the entry.
-fn settings(table: &TableSpec) -> Result<MigrationSettings, TaskFailure> {
-    match table.strategy {
-        StrategyKind::Copy => Ok(MigrationSettings::Copy {
-            swap_with: crate::strategy::copy::Settings::of(table).swap_with,
-        }),
-        StrategyKind::S3Policy => {
-            let s = crate::strategy::s3_policy::Settings::of(table);
-            Ok(MigrationSettings::StoragePolicy {
-                new_table: s.new_table,
-                to_volume: s.to_volume,
-            })
-        }
-        StrategyKind::Export => Err(TaskFailure::permanent(format!(
-            "table `{}`: strategy export is not a migration",
-            table.name
-        ))),
-    }
-}
+use crate::plan::TableSpec;
 
 impl TableRunner {
     /// The migration of `table` for `task` (None: for no task, so not held to a
@@ -37,10 +17,11 @@ impl TableRunner {
     pub(super) fn migration_of(
         &self,
         table: &TableSpec,
+        settings: MigrationSettings,
         task: Option<&Task>,
     ) -> Result<Box<dyn TableMigration>, TaskFailure> {
         let templates = task.map(|task| self.templates_of(table, task));
-        self.engines.migration(table, settings(table)?, templates)
+        self.engines.migration(table, settings, templates)
     }
 
     pub(super) async fn run_migration(
@@ -48,9 +29,10 @@ impl TableRunner {
         task: &Task,
         ctx: &TaskContext,
         table: &TableSpec,
+        settings: MigrationSettings,
         partition: Option<(Arc<Partition>, Option<u32>)>,
     ) -> Result<TaskOutcome, TaskFailure> {
-        let migration = self.migration_of(table, Some(task))?;
+        let migration = self.migration_of(table, settings, Some(task))?;
         let step = Step {
             task: &task.id,
             dependencies: &ctx.dependencies,

@@ -22,6 +22,7 @@ use crate::engines::store::{self, Store};
 use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
 use crate::graph::{Partition, Task, TaskKind, WorkUnit};
 use crate::plan::{PartitionSource, Plan, StrategyKind, TableSpec};
+use crate::strategy::Runtime;
 use crate::templates::Templates;
 
 /// Runs split, prepare, export, load, verify, drop, catch-up, swap, cleanup and
@@ -61,16 +62,29 @@ impl TableRunner {
     /// The tables a whole-database entry (`table = "*"`) covers now, listed on its
     /// server (read-only).
     pub async fn tables_of_database(&self, table: &TableSpec) -> Result<Vec<String>, TaskFailure> {
-        self.migration_of(table, None)?.tables_to_migrate().await
+        match table.strategy.strategy().runtime(table) {
+            Runtime::Migration(settings) => {
+                self.migration_of(table, settings, None)?
+                    .tables_to_migrate()
+                    .await
+            }
+            Runtime::Export => Err(TaskFailure::permanent(format!(
+                "table `{}`: strategy {} cannot take a whole database",
+                table.name,
+                table.strategy.name()
+            ))),
+        }
     }
 
     /// Whether the target of `table` fits its migration, in one line, read-only (None
     /// when its strategy checks nothing before the prepare: export).
     pub async fn preflight(&self, table: &TableSpec) -> Result<Option<String>, TaskFailure> {
-        if table.strategy == StrategyKind::Export {
-            return Ok(None);
+        match table.strategy.strategy().runtime(table) {
+            Runtime::Migration(settings) => {
+                self.migration_of(table, settings, None)?.preflight().await
+            }
+            Runtime::Export => Ok(None),
         }
-        self.migration_of(table, None)?.preflight().await
     }
 
     /// The export source of `table`, for `task`.
@@ -186,10 +200,11 @@ impl TaskRunner for TableRunner {
         if task.kind == TaskKind::Split {
             return self.split(task, table).await;
         }
-        match table.strategy {
-            StrategyKind::Export => self.run_export(task, &ctx, table, partition).await,
-            StrategyKind::Copy | StrategyKind::S3Policy => {
-                self.run_migration(task, &ctx, table, partition).await
+        match table.strategy.strategy().runtime(table) {
+            Runtime::Export => self.run_export(task, &ctx, table, partition).await,
+            Runtime::Migration(settings) => {
+                self.run_migration(task, &ctx, table, settings, partition)
+                    .await
             }
         }
     }
@@ -213,14 +228,14 @@ impl TableRunner {
             max_bytes: table.max_bytes,
             declared,
         };
-        let (partitions, rows, bytes, note) = match table.strategy {
-            StrategyKind::Export => {
+        let (partitions, rows, bytes, note) = match table.strategy.strategy().runtime(table) {
+            Runtime::Export => {
                 let units = self.export_source(table, task)?.split(&request).await?;
                 (units.partitions, units.rows, units.bytes, units.note)
             }
-            StrategyKind::Copy | StrategyKind::S3Policy => {
+            Runtime::Migration(settings) => {
                 let units = self
-                    .migration_of(table, Some(task))?
+                    .migration_of(table, settings, Some(task))?
                     .split(&request)
                     .await?;
                 (units.partitions, units.rows, units.bytes, units.note)
