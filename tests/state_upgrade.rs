@@ -94,14 +94,17 @@ fn an_earlier_flows_state_resumes_without_rerunning_and_then_tracks_the_new_inpu
     );
 }
 
-/// The v1 fixture where it was written (an fs target's identity is its absolute path).
-fn fixture_v1() -> PathBuf {
-    let dir = Path::new("/tmp/flow-fixture-v1");
-    let _ = std::fs::remove_dir_all(dir);
+/// Fixture `version` (`state-<version>/plan.toml` and `fixture-<version>.db`) where it
+/// was written, `/tmp/flow-fixture-<version>` (an fs target's identity is its absolute
+/// path); returns its plan.
+fn fixture_where_written(version: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/flow-fixture-{version}"));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join(".flow")).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v1");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/state-{version}"));
+    let db = format!("fixture-{version}.db");
     std::fs::copy(src.join("plan.toml"), dir.join("plan.toml")).unwrap();
-    std::fs::copy(src.join("fixture-v1.db"), dir.join(".flow/fixture-v1.db")).unwrap();
+    std::fs::copy(src.join(&db), dir.join(".flow").join(&db)).unwrap();
     dir.join("plan.toml")
 }
 
@@ -128,7 +131,7 @@ fn statuses(plan: &str) -> Vec<(String, String, String)> {
 
 #[test]
 fn a_state_from_before_per_template_fingerprints_resumes_and_then_follows_each_template() {
-    let plan = fixture_v1();
+    let plan = fixture_where_written("v1");
     let plan_arg = plan.to_str().unwrap();
     let resume = || flow(&["apply", plan_arg, "--resume", "--progress", "plain"]);
 
@@ -191,20 +194,9 @@ fn a_state_from_before_per_template_fingerprints_resumes_and_then_follows_each_t
     assert_eq!(split.1, "done", "{tasks:?}");
 }
 
-/// The v2 fixture where it was written.
-fn fixture_v2() -> PathBuf {
-    let dir = Path::new("/tmp/flow-fixture-v2");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join(".flow")).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v2");
-    std::fs::copy(src.join("plan.toml"), dir.join("plan.toml")).unwrap();
-    std::fs::copy(src.join("fixture-v2.db"), dir.join(".flow/fixture-v2.db")).unwrap();
-    dir.join("plan.toml")
-}
-
 #[test]
 fn settings_once_written_in_options_are_refused_with_the_fix_and_resume_once_moved() {
-    let plan = fixture_v2();
+    let plan = fixture_where_written("v2");
     let plan_arg = plan.to_str().unwrap();
     let resume = || flow(&["apply", plan_arg, "--resume", "--progress", "plain"]);
 
