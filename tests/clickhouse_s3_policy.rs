@@ -512,6 +512,33 @@ async fn an_unfinished_move_stays_on_the_whole_database_list() {
     assert!(listed.is_empty(), "{listed:?}");
 }
 
+/// A plan of one s3-policy entry on `url`: `plan_keys` in `[plan]`, the entry's
+/// `table_keys` after its strategy.
+fn policy_plan(
+    plan_keys: &str,
+    url: &str,
+    database: &str,
+    table: &str,
+    table_keys: &str,
+) -> String {
+    format!(
+        r#"[plan]
+{plan_keys}
+
+[connections.ch]
+kind = "clickhouse"
+url = "{url}"
+
+[[tables]]
+source = "ch"
+database = "{database}"
+table = "{table}"
+strategy = "s3-policy"
+{table_keys}
+"#
+    )
+}
+
 /// `flow plan` of a whole-database entry shows what `apply` would run: each table it
 /// lists now, with its own chain up to the swap, not one `*/split` that hides them.
 #[test]
@@ -536,21 +563,12 @@ fn flow_plan_of_a_whole_database_shows_each_table_and_its_swap() {
     let plan = dir.path().join("whole.toml");
     std::fs::write(
         &plan,
-        format!(
-            r#"[plan]
-name = "plan-whole"
-
-[connections.ch]
-kind = "clickhouse"
-url = "{url}"
-
-[[tables]]
-source = "ch"
-database = "{d}"
-table = "*"
-strategy = "s3-policy"
-storage_policy = "s3"
-"#
+        policy_plan(
+            "name = \"plan-whole\"",
+            &url,
+            d,
+            "*",
+            "storage_policy = \"s3\"",
         ),
     )
     .unwrap();
@@ -646,25 +664,12 @@ async fn a_load_one_row_short_stops_the_run_before_any_drop() {
     let plan = dir.path().join("plan.toml");
     std::fs::write(
         &plan,
-        format!(
-            r#"[plan]
-name = "policy-short"
-templates_dir = "tpl"
-retries = 2
-retry_backoff = "10ms"
-
-[connections.ch]
-kind = "clickhouse"
-url = "{url}"
-
-[[tables]]
-source = "ch"
-database = "{d}"
-table = "events"
-strategy = "s3-policy"
-storage_policy = "s3"
-keep_old = false
-"#
+        policy_plan(
+            "name = \"policy-short\"\ntemplates_dir = \"tpl\"\nretries = 2\nretry_backoff = \"10ms\"",
+            &url,
+            d,
+            "events",
+            "storage_policy = \"s3\"\nkeep_old = false",
         ),
     )
     .unwrap();
@@ -1188,23 +1193,13 @@ fn flow_plan_says_whether_the_servers_policy_fits_the_mode() {
     let db = support::ChDatabase::new(&url, "planfit");
     let d = db.name();
     let dir = tempfile::tempdir().unwrap();
-    let plan_of = |policy: &str, options: &str| {
-        format!(
-            r#"[plan]
-name = "fit"
-
-[connections.ch]
-kind = "clickhouse"
-url = "{url}"
-
-[[tables]]
-source = "ch"
-database = "{d}"
-table = "events"
-strategy = "s3-policy"
-storage_policy = "{policy}"
-{options}
-"#
+    let plan_of = |policy: &str, keys: &str| {
+        policy_plan(
+            "name = \"fit\"",
+            &url,
+            d,
+            "events",
+            &format!("storage_policy = \"{policy}\"\n{keys}"),
         )
     };
     let plan_says = |text: String| {

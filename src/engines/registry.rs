@@ -62,12 +62,16 @@ pub fn migration_source_kinds(strategy: StrategyKind) -> Vec<ConnectionKind> {
 
 /// The target connection kinds `strategy` can migrate to, from any source.
 pub fn migration_target_kinds(strategy: StrategyKind) -> Vec<ConnectionKind> {
-    let mut kinds: Vec<ConnectionKind> = MIGRATIONS
+    let mut kinds: Vec<ConnectionKind> = Vec::new();
+    for kind in MIGRATIONS
         .iter()
         .filter(|e| e.strategy == strategy)
         .flat_map(|e| e.targets.iter().copied())
-        .collect();
-    kinds.dedup();
+    {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
     kinds
 }
 

@@ -19,21 +19,6 @@ use crate::task::{GraphError, Partition, Placement, TaskKind};
 /// `settings.swap_with`.
 pub const SWAP_WITH: &str = "swap_with";
 
-/// Copy's settings of a table entry, decoded (the checker made sure they are valid).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Settings {
-    /// The table the copy is exchanged with at the swap.
-    pub swap_with: Option<String>,
-}
-
-impl Settings {
-    pub fn of(table: &TableSpec) -> Self {
-        Settings {
-            swap_with: table.text_setting(SWAP_WITH).map(str::to_string),
-        }
-    }
-}
-
 pub struct Copy;
 
 impl Strategy for Copy {
@@ -61,7 +46,7 @@ impl Strategy for Copy {
 
     fn runtime(&self, table: &TableSpec) -> super::Runtime {
         super::Runtime::Migration(MigrationSettings::Copy {
-            swap_with: Settings::of(table).swap_with,
+            swap_with: table.text_setting(SWAP_WITH).map(str::to_string),
         })
     }
 

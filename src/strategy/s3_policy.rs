@@ -29,25 +29,6 @@ pub const NEW_TABLE: &str = "new_table";
 /// `settings.to_volume`: the volume of `storage_policy` the parts are moved to, in place.
 pub const TO_VOLUME: &str = "to_volume";
 
-/// s3-policy's settings of a table entry, decoded (the checker made sure they are
-/// valid).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Settings {
-    /// Copy mode: the table created on the new policy.
-    pub new_table: Option<String>,
-    /// In place: the volume of the policy the parts are moved to.
-    pub to_volume: Option<String>,
-}
-
-impl Settings {
-    pub fn of(table: &TableSpec) -> Self {
-        Settings {
-            new_table: table.text_setting(NEW_TABLE).map(str::to_string),
-            to_volume: in_place_volume(table).map(str::to_string),
-        }
-    }
-}
-
 /// The volume a table's parts are moved to in place, when the table is in that mode.
 pub fn in_place_volume(table: &TableSpec) -> Option<&str> {
     table.text_setting(TO_VOLUME)
@@ -151,13 +132,9 @@ impl Strategy for S3Policy {
     }
 
     fn runtime(&self, table: &TableSpec) -> super::Runtime {
-        let Settings {
-            new_table,
-            to_volume,
-        } = Settings::of(table);
         super::Runtime::Migration(MigrationSettings::StoragePolicy {
-            new_table,
-            to_volume,
+            new_table: table.text_setting(NEW_TABLE).map(str::to_string),
+            to_volume: in_place_volume(table).map(str::to_string),
         })
     }
 

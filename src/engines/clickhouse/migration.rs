@@ -9,13 +9,12 @@ use super::split::{self, Grouping, SplitRequest};
 use super::target_policy::TargetPolicy;
 use super::tier_move::{MovedParts, TierMove};
 use super::{qualified, Ch, ChClient};
-use crate::engines::clients::Clients;
 use crate::engines::migration::{
     MigrationEntry, MigrationRequest, MigrationSettings, Step, TableMigration,
 };
 use crate::engines::source::{Units, UnitsRequest};
 use crate::plan::schema::ConnectionKind;
-use crate::plan::{Plan, StrategyKind, TableSpec};
+use crate::plan::{StrategyKind, TableSpec};
 use crate::task::{Partition, TaskFailure, TaskKind, TaskOutcome};
 
 /// `copy` from ClickHouse to ClickHouse.
@@ -45,14 +44,9 @@ fn s3_policy_templates(kind: TaskKind) -> Vec<&'static str> {
 }
 
 /// The engine of `connection` for one task: its client shared by the run.
-fn clickhouse(
-    plan: &Plan,
-    clients: &Clients,
-    connection: &str,
-    request: &MigrationRequest<'_>,
-) -> Result<Ch, TaskFailure> {
-    let client = clients.get_or_open(connection, || {
-        let conn = plan.connections.get(connection).ok_or_else(|| {
+fn clickhouse(request: &MigrationRequest<'_>, connection: &str) -> Result<Ch, TaskFailure> {
+    let client = request.clients.get_or_open(connection, || {
+        let conn = request.plan.connections.get(connection).ok_or_else(|| {
             TaskFailure::permanent(format!("connection `{connection}` is not defined"))
         })?;
         Ok(ChClient::from_connection(conn)?)
@@ -65,12 +59,7 @@ fn clickhouse(
 }
 
 fn source_of(request: &MigrationRequest<'_>) -> Result<Ch, TaskFailure> {
-    clickhouse(
-        request.plan,
-        request.clients,
-        &request.table.source,
-        request,
-    )
+    clickhouse(request, &request.table.source)
 }
 
 /// The table of an entry that names one (`*` is listed into tables before any step).
@@ -117,7 +106,7 @@ fn open_copy(request: &MigrationRequest<'_>) -> Result<Box<dyn TableMigration>, 
     let src_table = table_name(table)?.to_string();
     let target_conn = table.target.clone().unwrap_or_else(|| table.source.clone());
     let source = source_of(request)?;
-    let target = clickhouse(request.plan, request.clients, &target_conn, request)?;
+    let target = clickhouse(request, &target_conn)?;
     let same_server = target_conn == table.source || source.client.host() == target.client.host();
     Ok(Box::new(Copy(CopyJob {
         source,
