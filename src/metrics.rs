@@ -42,6 +42,7 @@ struct State {
     end: Option<DateTime<Utc>>,
     tables: BTreeMap<usize, Counts>,
     partitions: BTreeMap<(usize, String), Counts>,
+    volumes: BTreeMap<usize, Counts>,
     errors: u64,
 }
 
@@ -63,6 +64,9 @@ impl State {
             f(c);
         }
         if let Some(c) = partition {
+            f(c);
+        }
+        if let Some(c) = task.unit.volume().and_then(|v| self.volumes.get_mut(&v)) {
             f(c);
         }
     }
@@ -122,7 +126,9 @@ impl Metrics {
             .filter(|c| c.failed == 0 && c.skipped > 0)
             .count();
         let completed_partitions = s.partitions.values().filter(|c| c.complete()).count();
-        let rows: [(&str, &str, &str, f64); 10] = [
+        let completed_volumes = s.volumes.values().filter(|c| c.complete()).count();
+        let failed_volumes = s.volumes.values().filter(|c| c.failed > 0).count();
+        let rows: [(&str, &str, &str, f64); 13] = [
             ("migration_start_time", "gauge", "Unix time the migration started.", ts(s.start)),
             ("migration_end_time", "gauge", "Unix time the migration ended (0 while running).", ts(s.end)),
             ("migration_duration_seconds", "gauge", "Seconds from start to end, or to now while running.", duration),
@@ -132,6 +138,9 @@ impl Metrics {
             ("skipped_tables", "gauge", "Tables with tasks skipped because a dependency failed, and no failure of their own.", skipped_tables as f64),
             ("total_partitions", "gauge", "Partitions (after split) in the plan.", s.partitions.len() as f64),
             ("completed_partitions", "gauge", "Partitions whose every task is done.", completed_partitions as f64),
+            ("total_volumes", "gauge", "Volume entries in the plan.", s.volumes.len() as f64),
+            ("completed_volumes", "gauge", "Volume entries whose every task is done.", completed_volumes as f64),
+            ("failed_volumes", "gauge", "Volume entries with a failed task.", failed_volumes as f64),
             ("migration_errors_total", "counter", "Failed task attempts, retried or not.", s.errors as f64),
         ];
         let mut out = String::new();
@@ -231,10 +240,14 @@ impl Observer for Metrics {
                 s.start.get_or_insert_with(Utc::now);
                 s.tables.clear();
                 s.partitions.clear();
+                s.volumes.clear();
                 for index in graph.indices() {
                     let task = graph.task(index);
                     if let Some(t) = task.unit.table() {
                         s.tables.entry(t).or_default();
+                    }
+                    if let Some(v) = task.unit.volume() {
+                        s.volumes.entry(v).or_default();
                     }
                     if let WorkUnit::Partition {
                         table, partition, ..

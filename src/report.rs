@@ -23,6 +23,8 @@ pub struct ReportContext {
     pub plan: String,
     /// Table display names by table index (`TableSpec::name`).
     pub table_names: Vec<String>,
+    /// Volume entry names by index (`VolumeSpec::name`).
+    pub volume_names: Vec<String>,
     pub state_path: String,
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
@@ -104,6 +106,19 @@ pub struct TableReport {
     pub partitions: Vec<PartitionReport>,
 }
 
+/// A `[[volumes]]` entry: its tasks (snapshot, restore, verify, bind or swap…), whose
+/// notes and outputs name the snapshot, the new volume and the PVs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VolumeReport {
+    pub name: String,
+    pub status: TaskStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    pub tasks: Vec<TaskReport>,
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ErrorReport {
     pub task: TaskId,
@@ -120,6 +135,8 @@ pub struct Report {
     pub state: String,
     pub totals: Totals,
     pub tables: Vec<TableReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeReport>,
     pub steps: Vec<TaskReport>,
     pub errors: Vec<ErrorReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -214,6 +231,7 @@ pub fn build(
     records: &HashMap<TaskId, TaskRecord>,
 ) -> Report {
     let mut tables: BTreeMap<usize, TableTasks> = BTreeMap::new();
+    let mut volumes: BTreeMap<usize, Vec<TaskReport>> = BTreeMap::new();
     let mut steps = Vec::new();
     let mut totals = Totals::default();
     let mut all_errors = Vec::new();
@@ -245,9 +263,24 @@ pub fn build(
                 .entry(partition.id.clone())
                 .or_default()
                 .push(report),
+            WorkUnit::Volume { volume } => volumes.entry(*volume).or_default().push(report),
             WorkUnit::Step { .. } => steps.push(report),
         }
     }
+    let volumes = volumes
+        .into_iter()
+        .map(|(index, tasks)| VolumeReport {
+            name: ctx
+                .volume_names
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| format!("volume #{index}")),
+            status: group_status(&tasks),
+            duration_seconds: span(&tasks),
+            errors: errors(&tasks),
+            tasks,
+        })
+        .collect();
     let mut table_reports = Vec::new();
     for (index, (table_tasks, partitions)) in tables {
         let partitions: Vec<PartitionReport> = partitions
@@ -310,6 +343,7 @@ pub fn build(
         state: ctx.state_path.clone(),
         totals,
         tables: table_reports,
+        volumes,
         steps,
         errors: all_errors,
         warnings: ctx.warnings.clone(),
@@ -388,6 +422,7 @@ mod tests {
         let ctx = ReportContext {
             plan: "p".into(),
             table_names: vec!["default.trips".into()],
+            volume_names: vec![],
             state_path: ".flow/p.db".into(),
             started_at: now,
             ended_at: now,

@@ -52,6 +52,16 @@ pub enum TaskKind {
     Swap,
     /// Drop a table left over after a swap; destructive.
     Cleanup,
+    /// Scale a workload down so its volume stops changing (a StatefulSet to 0).
+    Quiesce,
+    /// Snapshot a volume (found again by tag on a retry).
+    Snapshot,
+    /// Make a new volume from a snapshot and wait until it is available.
+    Restore,
+    /// Bind a new volume to a new claim; replaces nothing.
+    Bind,
+    /// Scale a quiesced workload back to what it had.
+    Unquiesce,
     /// User SQL step.
     Sql,
     /// User command step.
@@ -81,6 +91,11 @@ impl TaskKind {
             TaskKind::Drop => "drop",
             TaskKind::Swap => "swap",
             TaskKind::Cleanup => "cleanup",
+            TaskKind::Quiesce => "quiesce",
+            TaskKind::Snapshot => "snapshot",
+            TaskKind::Restore => "restore",
+            TaskKind::Bind => "bind",
+            TaskKind::Unquiesce => "unquiesce",
             TaskKind::Sql => "sql",
             TaskKind::Exec => "exec",
         }

@@ -212,3 +212,91 @@ keep_old = false
         }
     );
 }
+
+const VOLUME_CONNECTIONS: &str = r#"
+[connections.aws]
+kind = "ec2"
+region = "us-east-1"
+[connections.k8s]
+kind = "kubernetes"
+kubeconfig = "kubeconfig"
+"#;
+
+/// ebs-copy: the source runs again as soon as the snapshot is taken; the new claim is
+/// bound after the verify of the new volume; a step before the volume (quiesce waits
+/// for it) and one after it (waits for all its tasks).
+#[test]
+fn ebs_copy_snapshots_restores_and_verifies_before_the_bind() {
+    let plan = format!(
+        r#"
+[plan]
+name = "shape-ebs-copy"
+{VOLUME_CONNECTIONS}
+[[volumes]]
+name = "ch-0"
+strategy = "ebs-copy"
+ec2 = "aws"
+source = "k8s"
+namespace = "db"
+claim = "data-ch-0"
+statefulset = "ch"
+target_namespace = "db-copy"
+after = ["freeze"]
+[[steps]]
+id = "freeze"
+kind = "exec"
+run = "true"
+[[steps]]
+id = "check"
+kind = "exec"
+run = "true"
+after = ["ch-0"]
+"#
+    );
+    assert_eq!(
+        shape(&plan),
+        deps! {
+            "freeze" <- [];
+            "ch-0/quiesce" <- ["freeze"];
+            "ch-0/snapshot" <- ["ch-0/quiesce"];
+            "ch-0/unquiesce" <- ["ch-0/snapshot"];
+            "ch-0/restore" <- ["ch-0/snapshot"];
+            "ch-0/verify" <- ["ch-0/restore"];
+            "ch-0/bind" <- ["ch-0/verify"];
+            "check" <- ["ch-0/quiesce", "ch-0/snapshot", "ch-0/unquiesce", "ch-0/restore",
+                        "ch-0/verify", "ch-0/bind"];
+        }
+    );
+}
+
+/// ebs-swap: the destructive swap after the verify, and the StatefulSet scaled back
+/// only after the swap (its claim must exist again first).
+#[test]
+fn ebs_swap_verifies_before_the_swap_and_scales_back_after_it() {
+    let plan = format!(
+        r#"
+[plan]
+name = "shape-ebs-swap"
+{VOLUME_CONNECTIONS}
+[[volumes]]
+name = "ch-0"
+strategy = "ebs-swap"
+ec2 = "aws"
+source = "k8s"
+namespace = "db"
+claim = "data-ch-0"
+statefulset = "ch"
+"#
+    );
+    assert_eq!(
+        shape(&plan),
+        deps! {
+            "ch-0/quiesce" <- [];
+            "ch-0/snapshot" <- ["ch-0/quiesce"];
+            "ch-0/restore" <- ["ch-0/snapshot"];
+            "ch-0/verify" <- ["ch-0/restore"];
+            "ch-0/swap" <- ["ch-0/verify"];
+            "ch-0/unquiesce" <- ["ch-0/swap"];
+        }
+    );
+}

@@ -287,6 +287,7 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<u8> {
             &ReportContext {
                 plan: plan.name.clone(),
                 table_names: plan.tables.iter().map(|t| t.name.clone()).collect(),
+                volume_names: plan.volumes.iter().map(|v| v.name.clone()).collect(),
                 state_path: db.display().to_string(),
                 started_at,
                 ended_at,

@@ -36,8 +36,21 @@ pub struct PlanJson {
     pub plan: String,
     pub concurrency: usize,
     pub tables: Vec<TableJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeJson>,
     pub steps: Vec<String>,
     pub tasks: Vec<TaskJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VolumeJson {
+    pub name: String,
+    pub strategy: &'static str,
+    /// The claim whose volume is snapshotted, and the claim the new volume goes to.
+    pub source: String,
+    pub target: String,
+    pub mode: String,
+    pub chain: Vec<ChainStep>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,20 +126,7 @@ pub fn describe(
         let partitions = known_partitions(table, listed)
             .map(|ps| ps.iter().map(|p| p.id.clone()).collect())
             .unwrap_or_default();
-        let mut chain: Vec<ChainStep> = Vec::new();
-        let mut seen = BTreeMap::new();
-        for t in chain_graph
-            .tasks()
-            .filter(|t| t.unit.table() == Some(table.index))
-        {
-            if seen.insert(t.kind, ()).is_none() {
-                chain.push(ChainStep {
-                    kind: t.kind,
-                    placement: t.placement,
-                    destructive: t.is_destructive(),
-                });
-            }
-        }
+        let chain = chain_of(chain_graph, |t| t.unit.table() == Some(table.index));
         tables.push(TableJson {
             name: table.name.clone(),
             strategy: table.strategy.name(),
@@ -138,6 +138,18 @@ pub fn describe(
             chain,
         });
     }
+    let volumes = plan
+        .volumes
+        .iter()
+        .map(|v| VolumeJson {
+            name: v.name.clone(),
+            strategy: v.strategy.name(),
+            source: v.source.to_string(),
+            target: v.target.to_string(),
+            mode: v.strategy.strategy().mode_line(v),
+            chain: chain_of(chain_graph, |t| t.unit.volume() == Some(v.index)),
+        })
+        .collect();
     let tasks = graph
         .topological()
         .into_iter()
@@ -169,8 +181,42 @@ pub fn describe(
         plan: plan.name.clone(),
         concurrency: plan.concurrency,
         tables,
+        volumes,
         steps: plan.steps.iter().map(|s| s.id.clone()).collect(),
         tasks,
+    }
+}
+
+/// The kinds of an entry's tasks, each once, in the order the graph holds them.
+fn chain_of(graph: &TaskGraph, of_entry: impl Fn(&crate::graph::Task) -> bool) -> Vec<ChainStep> {
+    let mut chain: Vec<ChainStep> = Vec::new();
+    let mut seen = BTreeMap::new();
+    for t in graph.tasks().filter(|t| of_entry(t)) {
+        if seen.insert(t.kind, ()).is_none() {
+            chain.push(ChainStep {
+                kind: t.kind,
+                placement: t.placement,
+                destructive: t.is_destructive(),
+            });
+        }
+    }
+    chain
+}
+
+fn render_chain(out: &mut String, chain: &[ChainStep]) {
+    use std::fmt::Write as _;
+    for step in chain {
+        let _ = writeln!(
+            out,
+            "  {:<10} {}{}",
+            step.kind.as_str(),
+            placement_word(step.placement),
+            if step.destructive {
+                "  DESTRUCTIVE (runs only after its verify)"
+            } else {
+                ""
+            }
+        );
     }
 }
 
@@ -241,19 +287,17 @@ pub fn render_text(model: &PlanJson) -> String {
         if let Some(mode) = &t.mode {
             let _ = writeln!(out, "  mode: {mode}");
         }
-        for step in &t.chain {
-            let _ = writeln!(
-                out,
-                "  {:<10} {}{}",
-                step.kind.as_str(),
-                placement_word(step.placement),
-                if step.destructive {
-                    "  DESTRUCTIVE (runs only after its verify)"
-                } else {
-                    ""
-                }
-            );
-        }
+        render_chain(&mut out, &t.chain);
+    }
+    for v in &model.volumes {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "volume {} [{}] {} → {}",
+            v.name, v.strategy, v.source, v.target
+        );
+        let _ = writeln!(out, "  mode: {}", v.mode);
+        render_chain(&mut out, &v.chain);
     }
     if !model.steps.is_empty() {
         let _ = writeln!(out, "\nsteps: {}", model.steps.join(", "));

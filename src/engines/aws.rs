@@ -1,6 +1,7 @@
 //! The AWS SDK configuration of a connection, built in one place for every AWS client
-//! flow makes (S3 stores now; EC2 for EBS snapshots is next): region, endpoint and
-//! credentials, so that all of them resolve them alike.
+//! flow makes (S3 stores, EC2 for EBS snapshots and volumes): region, endpoint and
+//! credentials, so that all of them resolve them alike; and what an SDK error says
+//! (the service's code and message, whether trying again may help), read alike too.
 //!
 //! - Credentials: the connection's static keys when it gives both, else the AWS
 //!   default chain (environment, profile, web identity, IMDS); one key without the
@@ -10,6 +11,7 @@
 //! - Endpoint: the connection's, for S3-compatible stores and test stacks.
 
 use aws_config::SdkConfig;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use crate::plan::Secret;
 
@@ -59,6 +61,77 @@ pub async fn sdk_config(settings: AwsSettings<'_>) -> Result<SdkConfig, String> 
         loader = loader.endpoint_url(endpoint);
     }
     Ok(loader.load().await)
+}
+
+/// What an AWS SDK error says: the service's code (`IdempotentParameterMismatch`),
+/// one line of text with the code, message and HTTP status, and whether a retry may
+/// help (timeouts, dropped connections, throttling, 5xx).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsError {
+    pub code: Option<String>,
+    pub status: Option<u16>,
+    pub text: String,
+    pub retryable: bool,
+}
+
+impl AwsError {
+    pub fn of<E>(err: SdkError<E>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let (code, message) = match &err {
+            SdkError::ServiceError(e) => (
+                e.err().code().map(str::to_string),
+                e.err().message().map(str::to_string),
+            ),
+            _ => (None, None),
+        };
+        let retryable = match &err {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(_) => {
+                matches!(status, Some(409 | 429 | 500 | 502 | 503 | 504))
+                    || matches!(
+                        code.as_deref(),
+                        Some(
+                            "SlowDown"
+                                | "RequestTimeout"
+                                | "InternalError"
+                                | "ServiceUnavailable"
+                                | "Unavailable"
+                                | "RequestLimitExceeded"
+                        )
+                    )
+            }
+            _ => false,
+        };
+        let mut text = match (&code, message) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c.clone(),
+            (None, Some(m)) => m,
+            (None, None) => {
+                // Walk the source chain: dispatch failures hide the reason there.
+                let mut msg = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(s) = source {
+                    msg.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                msg
+            }
+        };
+        if let Some(status) = status {
+            text.push_str(&format!(" (HTTP {status})"));
+        }
+        AwsError {
+            code,
+            status,
+            text,
+            retryable,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,13 +4,16 @@
 pub mod aws;
 pub mod clickhouse;
 pub mod clients;
+pub mod ec2;
 pub mod export;
+pub mod kubernetes;
 pub mod migration;
 pub mod mysql;
 pub mod registry;
 pub mod rows;
 pub mod source;
 pub mod store;
+pub mod volume;
 
 /// `a AND b AND c` of the present parts, each parenthesized; None when empty.
 pub fn and_all<'a>(parts: impl IntoIterator<Item = Option<&'a str>>) -> Option<String> {

@@ -31,6 +31,38 @@ pub const MIGRATIONS: &[MigrationEntry] = &[
     crate::engines::clickhouse::migration::S3_POLICY,
 ];
 
+/// The block store (snapshots, volumes) of a connection of kind `ec2`.
+pub async fn block_store(
+    connection: &crate::plan::Connection,
+) -> Result<Arc<dyn crate::engines::volume::BlockStore>, TaskFailure> {
+    match connection.kind {
+        ConnectionKind::Ec2 => Ok(Arc::new(
+            crate::engines::ec2::Ebs::connect(connection).await?,
+        )),
+        other => Err(TaskFailure::permanent(format!(
+            "connection `{}` is {}, not a block store (ec2)",
+            connection.name,
+            other.as_str()
+        ))),
+    }
+}
+
+/// The claim host (claims, PVs, StatefulSets) of a connection of kind `kubernetes`.
+pub async fn claim_host(
+    connection: &crate::plan::Connection,
+) -> Result<Arc<dyn crate::engines::volume::ClaimHost>, TaskFailure> {
+    match connection.kind {
+        ConnectionKind::Kubernetes => Ok(Arc::new(
+            crate::engines::kubernetes::Cluster::connect(connection).await?,
+        )),
+        other => Err(TaskFailure::permanent(format!(
+            "connection `{}` is {}, not a claim host (kubernetes)",
+            connection.name,
+            other.as_str()
+        ))),
+    }
+}
+
 /// The entry of an export source kind.
 pub fn export_source(kind: ConnectionKind) -> Option<&'static ExportSourceEntry> {
     EXPORT_SOURCES.iter().find(|e| e.kind == kind)

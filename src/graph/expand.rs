@@ -17,7 +17,8 @@ use super::{
 };
 use crate::plan::identity::{identity, object_location};
 use crate::plan::schema::ConnectionKind;
-use crate::plan::{Mode, PartitionSource, Plan, StepKind, TableSpec};
+use crate::plan::{Mode, PartitionSource, Plan, StepKind, TableSpec, VolumeSpec};
+use crate::strategy::volume::VolumeSink;
 use crate::strategy::TaskSink;
 use crate::templates::{env_value, Templates};
 
@@ -59,6 +60,17 @@ pub fn expand(
         table_tasks.insert(table.name.as_str(), tasks);
     }
     check_object_keys(plan, &graph)?;
+    for volume in &plan.volumes {
+        let mut builder = VolumeBuilder {
+            graph: &mut graph,
+            volume,
+            common: Arc::new(volume_inputs(volume, &identities)),
+            tasks: Vec::new(),
+        };
+        volume.strategy.strategy().expand(volume, &mut builder)?;
+        let tasks = builder.tasks;
+        table_tasks.insert(volume.name.as_str(), tasks);
+    }
     for step in &plan.steps {
         let task = step_task(plan, templates, step, &identities);
         let index = graph.add(task)?;
@@ -72,8 +84,102 @@ pub fn expand(
             }
         }
     }
+    for volume in &plan.volumes {
+        // The entry's first tasks wait for what its `after` names.
+        let roots: Vec<NodeIndex> = table_tasks[volume.name.as_str()]
+            .iter()
+            .copied()
+            .filter(|&t| graph.dependencies(t).next().is_none())
+            .collect();
+        for after in &volume.after {
+            for &root in &roots {
+                match table_tasks.get(after.as_str()) {
+                    Some(tasks) => {
+                        for &t in tasks {
+                            graph.depend(root, t);
+                        }
+                    }
+                    None => graph.depend_on_id(root, &TaskId(after.clone()))?,
+                }
+            }
+        }
+    }
     graph.check()?;
     Ok(graph)
+}
+
+/// Builds one volume entry's tasks; its strategy calls it.
+struct VolumeBuilder<'g> {
+    graph: &'g mut TaskGraph,
+    volume: &'g VolumeSpec,
+    common: Arc<BTreeMap<String, String>>,
+    tasks: Vec<NodeIndex>,
+}
+
+impl VolumeSink for VolumeBuilder<'_> {
+    fn task(
+        &mut self,
+        name: &str,
+        kind: TaskKind,
+        placement: Placement,
+        connections: Vec<String>,
+        inputs: BTreeMap<String, String>,
+    ) -> Result<NodeIndex, GraphError> {
+        let task = Task::new(
+            format!("{}/{name}", self.volume.name),
+            kind,
+            WorkUnit::Volume {
+                volume: self.volume.index,
+            },
+            connections,
+            placement,
+            TaskInputs::new(self.common.clone(), inputs),
+        );
+        let index = self.graph.add(task)?;
+        self.tasks.push(index);
+        Ok(index)
+    }
+
+    fn depend(&mut self, task: NodeIndex, after: NodeIndex) {
+        self.graph.depend(task, after);
+    }
+}
+
+/// Inputs every task of a volume entry shares: where the volume is, where it goes, the
+/// strategy's settings and the identities of the connections.
+fn volume_inputs(
+    volume: &VolumeSpec,
+    identities: &BTreeMap<&str, String>,
+) -> BTreeMap<String, String> {
+    let mut inputs = BTreeMap::from([
+        ("strategy".to_string(), volume.strategy.name().to_string()),
+        ("ec2".to_string(), volume.ec2.clone()),
+        ("source".to_string(), volume.source.connection.clone()),
+        ("namespace".to_string(), volume.source.namespace.clone()),
+        ("claim".to_string(), volume.source.claim.clone()),
+        ("target".to_string(), volume.target.connection.clone()),
+        (
+            "target_namespace".to_string(),
+            volume.target.namespace.clone(),
+        ),
+        ("target_claim".to_string(), volume.target.claim.clone()),
+    ]);
+    if let Some(s) = &volume.statefulset {
+        inputs.insert("statefulset".into(), s.clone());
+    }
+    for (k, v) in &volume.settings {
+        inputs.insert(format!("settings.{k}"), v.to_string());
+    }
+    for name in [
+        &volume.ec2,
+        &volume.source.connection,
+        &volume.target.connection,
+    ] {
+        if let Some(id) = identities.get(name.as_str()) {
+            inputs.insert(format!("{CONNECTION_INPUT}{name}"), id.clone());
+        }
+    }
+    inputs
 }
 
 /// The partitions of a table known without (more) querying the source.

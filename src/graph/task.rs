@@ -26,6 +26,8 @@ pub enum WorkUnit {
         partition: Arc<Partition>,
         chunk: Option<u32>,
     },
+    /// A `[[volumes]]` entry.
+    Volume { volume: usize },
     /// A user step.
     Step { step: usize },
 }
@@ -34,7 +36,14 @@ impl WorkUnit {
     pub fn table(&self) -> Option<usize> {
         match self {
             WorkUnit::Table { table } | WorkUnit::Partition { table, .. } => Some(*table),
-            WorkUnit::Step { .. } => None,
+            WorkUnit::Volume { .. } | WorkUnit::Step { .. } => None,
+        }
+    }
+
+    pub fn volume(&self) -> Option<usize> {
+        match self {
+            WorkUnit::Volume { volume } => Some(*volume),
+            _ => None,
         }
     }
 }

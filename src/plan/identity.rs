@@ -49,6 +49,11 @@ pub fn identity(conn: &Connection, base_dir: &Path) -> String {
             fs_root(conn, base_dir).map(|p| p.display().to_string()),
         );
     }
+    put(
+        "kubeconfig",
+        conn.kubeconfig.as_ref().map(|p| p.display().to_string()),
+    );
+    put("context", conn.context.as_ref().map(|v| described(v, same)));
     for (name, value) in &conn.settings {
         if !super::secrets::name_marks_secret(name) {
             parts.push(format!("settings.{name}={value}"));

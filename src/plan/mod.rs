@@ -43,6 +43,7 @@ pub struct Plan {
     pub vars: BTreeMap<String, String>,
     pub connections: BTreeMap<String, Connection>,
     pub tables: Vec<TableSpec>,
+    pub volumes: Vec<VolumeSpec>,
     pub steps: Vec<StepSpec>,
 }
 
@@ -126,6 +127,9 @@ pub struct Connection {
     pub secret_access_key: Option<Interpolated>,
     pub path: Option<Interpolated>,
     pub http_url: Option<Interpolated>,
+    /// kubernetes: the kubeconfig file, resolved against the plan's directory.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<Interpolated>,
     pub settings: BTreeMap<String, String>,
     pub span: Range<usize>,
 }
@@ -226,6 +230,7 @@ pub struct TableSpec {
 pub enum SettingValue {
     Bool(bool),
     Text(String),
+    Integer(i64),
 }
 
 impl std::fmt::Display for SettingValue {
@@ -233,6 +238,7 @@ impl std::fmt::Display for SettingValue {
         match self {
             SettingValue::Bool(b) => write!(f, "{b}"),
             SettingValue::Text(t) => f.write_str(t),
+            SettingValue::Integer(n) => write!(f, "{n}"),
         }
     }
 }
@@ -340,6 +346,111 @@ pub enum Formatting {
     Auto,
     /// The server always formats.
     Server,
+}
+
+/// The strategies of `[[volumes]]` entries, by name; each is one module under
+/// `strategy::volume` ([`VolumeStrategyKind::strategy`] there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeStrategyKind {
+    /// Snapshot the claim's volume, make a new volume of it and bind it to a claim
+    /// elsewhere; the source is left as it was.
+    EbsCopy,
+    /// Snapshot the claim's volume, make a new volume of it and put it under the same
+    /// claim; the old volume is kept (retained) for a rollback.
+    EbsSwap,
+}
+
+impl VolumeStrategyKind {
+    pub const ALL: &'static [VolumeStrategyKind] =
+        &[VolumeStrategyKind::EbsCopy, VolumeStrategyKind::EbsSwap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            VolumeStrategyKind::EbsCopy => "ebs-copy",
+            VolumeStrategyKind::EbsSwap => "ebs-swap",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    pub fn names() -> String {
+        Self::ALL
+            .iter()
+            .map(|k| format!("\"{}\"", k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Where a claim is: a Kubernetes connection, a namespace, the claim's name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClaimRef {
+    pub connection: String,
+    pub namespace: String,
+    pub claim: String,
+}
+
+impl std::fmt::Display for ClaimRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "claim {}/{} on {}",
+            self.namespace, self.claim, self.connection
+        )
+    }
+}
+
+/// A checked `[[volumes]]` entry.
+#[derive(Debug, Clone)]
+pub struct VolumeSpec {
+    /// Index in `Plan::volumes`.
+    pub index: usize,
+    /// Prefix of every task id of this volume.
+    pub name: String,
+    pub strategy: VolumeStrategyKind,
+    /// The EC2 connection.
+    pub ec2: String,
+    /// The claim whose volume is snapshotted.
+    pub source: ClaimRef,
+    /// The StatefulSet using it, quiesced (scaled to 0) for the snapshot.
+    pub statefulset: Option<String>,
+    /// The claim the new volume is bound to (ebs-swap: the source claim itself).
+    pub target: ClaimRef,
+    /// Entries (step ids, table or volume names) that must be done first.
+    pub after: Vec<String>,
+    /// The strategy's settings, checked.
+    pub settings: BTreeMap<String, SettingValue>,
+    pub span: Range<usize>,
+}
+
+impl VolumeSpec {
+    /// A text setting of the volume's strategy, when set.
+    pub fn text_setting(&self, key: &str) -> Option<&str> {
+        match self.settings.get(key) {
+            Some(SettingValue::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// An integer setting of the volume's strategy, when set.
+    pub fn integer_setting(&self, key: &str) -> Option<i64> {
+        match self.settings.get(key) {
+            Some(SettingValue::Integer(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The Kubernetes connections it uses (source first), without repeats.
+    pub fn clusters(&self) -> Vec<String> {
+        let mut c = vec![self.source.connection.clone()];
+        if self.target.connection != self.source.connection {
+            c.push(self.target.connection.clone());
+        }
+        c
+    }
 }
 
 /// A checked `[[steps]]` entry.

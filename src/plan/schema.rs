@@ -25,6 +25,10 @@ pub struct PlanFile {
     #[serde(default)]
     #[schemars(with = "Vec<TableDef>")]
     pub tables: Vec<Spanned<TableDef>>,
+    /// Disk volumes to copy or replace by snapshot (EBS behind a Kubernetes claim).
+    #[serde(default)]
+    #[schemars(with = "Vec<VolumeDef>")]
+    pub volumes: Vec<Spanned<VolumeDef>>,
     /// Generic steps (sql, exec) for everything a strategy does not cover.
     #[serde(default)]
     #[schemars(with = "Vec<StepDef>")]
@@ -69,6 +73,7 @@ pub enum ConnectionKind {
     S3,
     Fs,
     Ec2,
+    Kubernetes,
 }
 
 impl ConnectionKind {
@@ -80,6 +85,7 @@ impl ConnectionKind {
             ConnectionKind::S3 => "s3",
             ConnectionKind::Fs => "fs",
             ConnectionKind::Ec2 => "ec2",
+            ConnectionKind::Kubernetes => "kubernetes",
         }
     }
 
@@ -145,6 +151,13 @@ pub struct ConnectionDef {
     /// starrocks: the FE HTTP address for Stream Load.
     #[schemars(with = "Option<String>")]
     pub http_url: Option<Spanned<String>>,
+    /// kubernetes: the kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`),
+    /// relative to the plan.
+    #[schemars(with = "Option<String>")]
+    pub kubeconfig: Option<Spanned<String>>,
+    /// kubernetes: the kubeconfig context (default: its current context).
+    #[schemars(with = "Option<String>")]
+    pub context: Option<Spanned<String>>,
     /// clickhouse: server settings sent with every query (values may use `${env:VAR}`;
     /// a setting whose name marks a secret must).
     #[serde(default)]
@@ -260,6 +273,51 @@ pub struct TableDef {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub options: BTreeMap<String, Spanned<String>>,
+}
+
+/// `[[volumes]]`: one disk volume, found through the Kubernetes claim that uses it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDef {
+    /// Prefix of the entry's task ids; also what `after` names.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// ebs-copy (a new volume from a snapshot, bound to a claim elsewhere) | ebs-swap
+    /// (the claim's volume replaced by a new one from a snapshot).
+    #[schemars(with = "String")]
+    pub strategy: Spanned<String>,
+    /// The EC2 connection that snapshots the volume and creates the new one.
+    #[schemars(with = "String")]
+    pub ec2: Spanned<String>,
+    /// The Kubernetes connection of the claim.
+    #[schemars(with = "String")]
+    pub source: Spanned<String>,
+    #[schemars(with = "String")]
+    pub namespace: Spanned<String>,
+    /// The PersistentVolumeClaim whose volume is snapshotted (`data-ch-0`).
+    #[schemars(with = "String")]
+    pub claim: Spanned<String>,
+    /// The StatefulSet that uses the claim: scaled to 0 for the snapshot, back after.
+    #[schemars(with = "Option<String>")]
+    pub statefulset: Option<Spanned<String>>,
+    /// ebs-copy: the Kubernetes connection the new claim is made in (default `source`).
+    #[schemars(with = "Option<String>")]
+    pub target: Option<Spanned<String>>,
+    /// ebs-copy: its namespace (default `namespace`).
+    #[schemars(with = "Option<String>")]
+    pub target_namespace: Option<Spanned<String>>,
+    /// ebs-copy: its claim name (default `claim`).
+    #[schemars(with = "Option<String>")]
+    pub target_claim: Option<Spanned<String>>,
+    /// Names of steps, tables or volumes that must be done first.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub after: Vec<Spanned<String>>,
+    /// The strategy's settings (`volume_type`, `availability_zone`, `iops`,
+    /// `throughput`, `kms_key_id`), typed.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub settings: BTreeMap<String, Spanned<toml::Value>>,
 }
 
 /// Kinds of generic steps.

@@ -1,7 +1,7 @@
 //! The runtime: which code runs a task of a plan. [`Dispatch`] is the one
 //! [`TaskRunner`] of a run; it routes on the task's unit: exec steps go to
 //! [`exec_steps`], sql steps to [`sql_steps`], table tasks to [`table`], which
-//! dispatches on the strategy to its runtime.
+//! dispatches on the strategy to its runtime, volume tasks to [`volume_tasks`].
 //!
 //! It is the layer above both the engines (what talks to servers) and the strategies
 //! (what a table entry turns into): it reads the strategy's settings of a table and
@@ -10,6 +10,7 @@
 pub mod exec_steps;
 pub mod sql_steps;
 mod table;
+mod volume_tasks;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::templates::Templates;
 use exec_steps::{ExecCommand, ExecRunner};
 use sql_steps::SqlRunner;
 pub use table::TableRunner;
+use volume_tasks::VolumeRunner;
 
 /// Turns an exec task into its command.
 type ResolveExec = Box<dyn Fn(&Task) -> Result<ExecCommand, TaskFailure> + Send + Sync>;
@@ -31,6 +33,7 @@ pub struct Dispatch {
     exec: ExecRunner<ResolveExec>,
     sql: SqlRunner,
     table: TableRunner,
+    volume: VolumeRunner,
 }
 
 impl Dispatch {
@@ -40,6 +43,7 @@ impl Dispatch {
         Dispatch {
             exec: ExecRunner::new(Box::new(move |task: &Task| exec_command(&p, &t, task))),
             sql: SqlRunner::new(plan.clone(), templates.clone()),
+            volume: VolumeRunner::new(plan.clone()),
             table: TableRunner::new(plan, templates),
         }
     }
@@ -60,6 +64,7 @@ impl TaskRunner for Dispatch {
             (WorkUnit::Table { .. } | WorkUnit::Partition { .. }, _) => {
                 self.table.run(task, ctx).await
             }
+            (WorkUnit::Volume { .. }, _) => self.volume.run(task, ctx).await,
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod copy;
 pub mod export;
 pub mod s3_policy;
+pub mod volume;
 
 use std::sync::Arc;
 
@@ -129,6 +130,12 @@ pub enum SettingKind {
     TableName,
     /// An object key in the target store.
     ObjectKey,
+    /// Any non-empty text.
+    Text,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// A positive integer.
+    Integer,
 }
 
 impl SettingKind {
@@ -139,6 +146,17 @@ impl SettingKind {
             (SettingKind::Bool, _) => {
                 return Err("expected true or false (a TOML boolean, without quotes)".into())
             }
+            (SettingKind::Integer, toml::Value::Integer(n))
+                if (1..=i64::from(i32::MAX)).contains(n) =>
+            {
+                return Ok(SettingValue::Integer(*n))
+            }
+            (SettingKind::Integer, toml::Value::Integer(_)) => {
+                return Err(format!("expected a positive integer up to {}", i32::MAX))
+            }
+            (SettingKind::Integer, _) => {
+                return Err("expected a positive integer (a TOML integer, without quotes)".into())
+            }
             (_, toml::Value::String(s)) => s,
             (_, _) => return Err("expected a string".into()),
         };
@@ -146,6 +164,9 @@ impl SettingKind {
             _ if text.trim().is_empty() => Err("empty".into()),
             SettingKind::TableName if text.contains('\0') || text.len() > 200 => {
                 Err("not a table name (at most 200 characters, no NUL)".into())
+            }
+            SettingKind::Choice(words) if !words.contains(&text.as_str()) => {
+                Err(format!("not one of {}", words.join(", ")))
             }
             SettingKind::ObjectKey => {
                 crate::engines::store::check_key(text).map_err(|e| e.to_string())?;

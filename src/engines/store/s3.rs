@@ -185,52 +185,19 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
-    let (code, message) = match &err {
-        SdkError::ServiceError(e) => (
-            e.err().code().map(str::to_string),
-            e.err().message().map(str::to_string),
-        ),
-        _ => (None, None),
+    let code = match &err {
+        SdkError::ServiceError(e) => e.err().code().map(str::to_string),
+        _ => None,
     };
     if status == Some(412) || code.as_deref() == Some("PreconditionFailed") {
         return StoreError::AlreadyExists { location };
     }
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(_) => {
-            matches!(status, Some(409 | 429 | 500 | 502 | 503 | 504))
-                || matches!(
-                    code.as_deref(),
-                    Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")
-                )
-        }
-        _ => false,
-    };
-    let mut text = match (code, message) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c,
-        (None, Some(m)) => m,
-        (None, None) => {
-            // Walk the source chain: dispatch failures hide the reason there.
-            let mut msg = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            msg
-        }
-    };
-    if let Some(status) = status {
-        text.push_str(&format!(" (HTTP {status})"));
-    }
+    let described = crate::engines::aws::AwsError::of(err);
     StoreError::Remote {
         location,
         action,
-        message: text,
-        retryable,
+        message: described.text,
+        retryable: described.retryable,
     }
 }
 

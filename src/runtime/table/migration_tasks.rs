@@ -55,7 +55,12 @@ impl TableRunner {
                 | TaskKind::Export
                 | TaskKind::Manifest
                 | TaskKind::Sql
-                | TaskKind::Exec,
+                | TaskKind::Exec
+                | TaskKind::Quiesce
+                | TaskKind::Snapshot
+                | TaskKind::Restore
+                | TaskKind::Bind
+                | TaskKind::Unquiesce,
                 _,
             )
             | (TaskKind::Load | TaskKind::Drop, None)

@@ -3,7 +3,10 @@
 //! The checker never stops at the first mistake: it walks the whole file, records a
 //! [`Diagnostic`] per problem (thing, problem, fix, span) and only builds the plan when
 //! there are none. Parse errors (bad TOML, unknown keys, wrong types) come from serde
-//! with their span; everything after that is checked here.
+//! with their span; everything after that is checked here (`[[volumes]]` entries in
+//! [`volumes`]).
+
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -246,6 +249,9 @@ fn keys_for(kind: ConnectionKind) -> &'static [&'static str] {
             "max_concurrency",
             "pause_between",
         ],
+        ConnectionKind::Kubernetes => {
+            &["kubeconfig", "context", "max_concurrency", "pause_between"]
+        }
     }
 }
 
@@ -254,7 +260,7 @@ fn required_for(kind: ConnectionKind) -> &'static [&'static str] {
         ConnectionKind::Clickhouse | ConnectionKind::Mysql | ConnectionKind::Starrocks => &["url"],
         ConnectionKind::S3 => &["bucket"],
         ConnectionKind::Fs => &["path"],
-        ConnectionKind::Ec2 => &[],
+        ConnectionKind::Ec2 | ConnectionKind::Kubernetes => &[],
     }
 }
 
@@ -401,7 +407,9 @@ impl Checker {
                 tables.push(t);
             }
         }
+        let volumes = self.volumes(&file.volumes, &connections, &mut table_names);
         let steps = self.steps(&file.steps, &connections, &table_names);
+        self.volume_afters(&file.volumes, &steps, &table_names);
 
         let plan = Plan {
             name,
@@ -416,6 +424,7 @@ impl Checker {
             vars,
             connections,
             tables,
+            volumes,
             steps,
         };
         // Rendered even when other errors were found, so every error shows at once.
@@ -790,6 +799,15 @@ impl Checker {
                     .interpolated(def.secret_access_key.as_ref(), &what("secret_access_key")),
                 path: self.interpolated(def.path.as_ref(), &what("path")),
                 http_url: self.interpolated(def.http_url.as_ref(), &what("http_url")),
+                kubeconfig: def.kubeconfig.as_ref().map(|p| {
+                    let p = PathBuf::from(p.get_ref());
+                    if p.is_absolute() {
+                        p
+                    } else {
+                        self.source.path.parent().map(|d| d.join(&p)).unwrap_or(p)
+                    }
+                }),
+                context: self.interpolated(def.context.as_ref(), &what("context")),
                 settings: def
                     .settings
                     .iter()
@@ -1499,7 +1517,7 @@ impl Checker {
             } else if tables.contains_key(id) {
                 self.error(
                     span(&def.get_ref().id),
-                    format!("step id \"{id}\" is also a table name"),
+                    format!("step id \"{id}\" is also a table or volume name"),
                     "ambiguous in `after`",
                     "rename the step",
                 );
@@ -1590,7 +1608,7 @@ impl Checker {
                     self.error(
                         span(a),
                         format!(
-                            "step \"{id}\": `after` names \"{}\", which is no step or table",
+                            "step \"{id}\": `after` names \"{}\", which is no step, table or volume",
                             a.get_ref()
                         ),
                         "unknown dependency",
@@ -1844,6 +1862,12 @@ impl Checker {
                         .iter()
                         .find(|t| id.0.starts_with(&format!("{}/", t.name)))
                         .map(|t| t.span.clone())
+                })
+                .or_else(|| {
+                    plan.volumes
+                        .iter()
+                        .find(|v| id.0.starts_with(&format!("{}/", v.name)))
+                        .map(|v| v.span.clone())
                 }),
             GraphError::KeyCollision { second: id, .. } => plan
                 .tables

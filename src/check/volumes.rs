@@ -1,0 +1,317 @@
+//! Checking `[[volumes]]` entries: connections of the right kinds, Kubernetes names
+//! that the API server takes, what the entry's strategy requires (a StatefulSet, a
+//! target claim or none), its typed settings, and the names its `after` gives.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::{span, valid_name, Checker};
+use crate::plan::schema::{ConnectionKind, VolumeDef};
+use crate::plan::{ClaimRef, Connection, StepSpec, VolumeSpec, VolumeStrategyKind};
+
+/// A DNS-1123 label (namespaces): at most 63 of `a-z`, `0-9`, `-`, alphanumeric at both
+/// ends.
+fn dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A DNS-1123 subdomain (claims, StatefulSets): dot-separated labels, at most 253.
+fn dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(dns_label)
+}
+
+impl Checker {
+    fn kube_name(&mut self, value: &Spanned<String>, label: &str, what: &str, subdomain: bool) {
+        let name = value.get_ref();
+        let ok = if subdomain {
+            dns_subdomain(name)
+        } else {
+            dns_label(name)
+        };
+        if !ok {
+            self.error(
+                span(value),
+                format!("volume {label}: {what} \"{name}\" is not a Kubernetes name"),
+                "invalid name",
+                format!(
+                    "use lowercase letters, digits and `-`{}, starting and ending with a letter or digit, at most {} characters",
+                    if subdomain { " (and `.` between parts)" } else { "" },
+                    if subdomain { 253 } else { 63 }
+                ),
+            );
+        }
+    }
+
+    fn connection_of_kind(
+        &mut self,
+        r: &Spanned<String>,
+        what: &str,
+        kind: ConnectionKind,
+        connections: &BTreeMap<String, Connection>,
+    ) {
+        if let Some(found) = self.reference(r, what, connections) {
+            if found != kind {
+                self.error(
+                    span(r),
+                    format!(
+                        "{what} \"{}\" is a {} connection, not {}",
+                        r.get_ref(),
+                        found.as_str(),
+                        kind.as_str()
+                    ),
+                    "wrong kind",
+                    format!("name a connection with kind = \"{}\"", kind.as_str()),
+                );
+            }
+        }
+    }
+
+    /// The checked `[[volumes]]` entries; their names join `names` (what `after` may
+    /// give), refused when a table has one.
+    pub(super) fn volumes(
+        &mut self,
+        defs: &[Spanned<VolumeDef>],
+        connections: &BTreeMap<String, Connection>,
+        names: &mut HashMap<String, Range<usize>>,
+    ) -> Vec<VolumeSpec> {
+        let mut out = Vec::new();
+        for spanned in defs {
+            let entry_span = spanned.span();
+            let def = spanned.get_ref();
+            let errors_before = self.diags.errors();
+            let name = def.name.get_ref().trim().to_string();
+            let label = name.clone();
+            if !valid_name(&name) {
+                self.error(
+                    span(&def.name),
+                    format!("volume name \"{name}\" cannot be a task id"),
+                    "invalid name",
+                    "use letters, digits, `-`, `_` or `.` (not first), at most 128 characters",
+                );
+            } else if let Some(first) = names.get(&name) {
+                let (line, _) = self.source.line_col(first.start);
+                self.error(
+                    span(&def.name),
+                    format!("volume name \"{name}\" is used twice (first at line {line})"),
+                    "duplicate",
+                    "give every table and volume its own name",
+                );
+            } else {
+                names.insert(name.clone(), def.name.span());
+            }
+            let strategy = VolumeStrategyKind::parse(def.strategy.get_ref());
+            if strategy.is_none() {
+                self.error(
+                    span(&def.strategy),
+                    format!(
+                        "volume {label}: strategy \"{}\" is not a volume strategy",
+                        def.strategy.get_ref()
+                    ),
+                    "unknown strategy",
+                    format!("use one of: {}", VolumeStrategyKind::names()),
+                );
+            }
+            self.connection_of_kind(
+                &def.ec2,
+                &format!("volume {label}: ec2"),
+                ConnectionKind::Ec2,
+                connections,
+            );
+            self.connection_of_kind(
+                &def.source,
+                &format!("volume {label}: source"),
+                ConnectionKind::Kubernetes,
+                connections,
+            );
+            if let Some(t) = &def.target {
+                self.connection_of_kind(
+                    t,
+                    &format!("volume {label}: target"),
+                    ConnectionKind::Kubernetes,
+                    connections,
+                );
+            }
+            self.kube_name(&def.namespace, &label, "namespace", false);
+            self.kube_name(&def.claim, &label, "claim", true);
+            if let Some(s) = &def.statefulset {
+                self.kube_name(s, &label, "statefulset", true);
+            }
+            if let Some(n) = &def.target_namespace {
+                self.kube_name(n, &label, "target_namespace", false);
+            }
+            if let Some(c) = &def.target_claim {
+                self.kube_name(c, &label, "target_claim", true);
+            }
+            let Some(strategy) = strategy else { continue };
+            let needs = strategy.strategy().requirements();
+            if needs.needs_statefulset && def.statefulset.is_none() {
+                self.error(
+                    Some(entry_span.clone()),
+                    format!(
+                        "volume {label}: strategy \"{}\" needs the StatefulSet using the claim",
+                        strategy.name()
+                    ),
+                    "no statefulset",
+                    "add `statefulset = \"<name>\"`: it is scaled to 0 while its volume is replaced, and back after",
+                );
+            }
+            let source = ClaimRef {
+                connection: def.source.get_ref().clone(),
+                namespace: def.namespace.get_ref().clone(),
+                claim: def.claim.get_ref().clone(),
+            };
+            let target = if needs.has_target {
+                let target = ClaimRef {
+                    connection: def
+                        .target
+                        .as_ref()
+                        .map_or_else(|| source.connection.clone(), |t| t.get_ref().clone()),
+                    namespace: def
+                        .target_namespace
+                        .as_ref()
+                        .map_or_else(|| source.namespace.clone(), |t| t.get_ref().clone()),
+                    claim: def
+                        .target_claim
+                        .as_ref()
+                        .map_or_else(|| source.claim.clone(), |t| t.get_ref().clone()),
+                };
+                if target == source {
+                    self.error(
+                        Some(entry_span.clone()),
+                        format!(
+                            "volume {label}: the target is the source {source}; ebs-copy makes a new claim and replaces none"
+                        ),
+                        "target = source",
+                        "set `target_namespace` (or `target`, `target_claim`) to where the copy goes, or use strategy \"ebs-swap\" to replace the claim's volume",
+                    );
+                }
+                target
+            } else {
+                for (key, value) in [
+                    ("target", &def.target),
+                    ("target_namespace", &def.target_namespace),
+                    ("target_claim", &def.target_claim),
+                ] {
+                    if let Some(v) = value {
+                        self.error(
+                            span(v),
+                            format!(
+                                "volume {label}: strategy \"{}\" has no `{key}`: it replaces the volume of `claim` itself",
+                                strategy.name()
+                            ),
+                            "not used by this strategy",
+                            "remove it, or use strategy \"ebs-copy\" to bind the new volume to another claim",
+                        );
+                    }
+                }
+                source.clone()
+            };
+            let settings = self.volume_settings(def, &label, strategy);
+            if errors_before != self.diags.errors() {
+                continue;
+            }
+            out.push(VolumeSpec {
+                index: out.len(),
+                name,
+                strategy,
+                ec2: def.ec2.get_ref().clone(),
+                source,
+                statefulset: def.statefulset.as_ref().map(|s| s.get_ref().clone()),
+                target,
+                after: def.after.iter().map(|a| a.get_ref().clone()).collect(),
+                settings,
+                span: entry_span,
+            });
+        }
+        out
+    }
+
+    fn volume_settings(
+        &mut self,
+        def: &VolumeDef,
+        label: &str,
+        strategy: VolumeStrategyKind,
+    ) -> BTreeMap<String, crate::plan::SettingValue> {
+        let declared = strategy.strategy().settings();
+        let mut checked = BTreeMap::new();
+        for (key, value) in &def.settings {
+            let Some(setting) = declared.iter().find(|s| s.key == key) else {
+                let keys: Vec<&str> = declared.iter().map(|s| s.key).collect();
+                self.error(
+                    span(value),
+                    format!(
+                        "volume {label}: strategy \"{}\" has no setting `{key}`",
+                        strategy.name()
+                    ),
+                    "unknown setting",
+                    format!("its settings are `{}`", keys.join("`, `")),
+                );
+                continue;
+            };
+            match setting.kind.check(value.get_ref()) {
+                Ok(v) => {
+                    checked.insert(key.clone(), v);
+                }
+                Err(problem) => self.error(
+                    span(value),
+                    format!(
+                        "volume {label}: `settings.{key}` = {}: {problem}",
+                        value.get_ref()
+                    ),
+                    "invalid setting",
+                    setting.help,
+                ),
+            }
+        }
+        let volume_type = checked.get("volume_type").map(|v| v.to_string());
+        if let (Some(t), Some(at)) = (volume_type.as_deref(), def.settings.get("throughput")) {
+            if t != "gp3" {
+                self.error(
+                    span(at),
+                    format!("volume {label}: `settings.throughput` is for gp3 volumes, not {t}"),
+                    "not for this volume type",
+                    "remove it, or set `volume_type = \"gp3\"`",
+                );
+            }
+        }
+        checked
+    }
+
+    /// Each name in a volume's `after` names a step, a table or a volume.
+    pub(super) fn volume_afters(
+        &mut self,
+        defs: &[Spanned<VolumeDef>],
+        steps: &[StepSpec],
+        names: &HashMap<String, Range<usize>>,
+    ) {
+        for def in defs {
+            let def = def.get_ref();
+            for a in &def.after {
+                let name = a.get_ref();
+                if names.contains_key(name) || steps.iter().any(|s| &s.id == name) {
+                    continue;
+                }
+                let mut known: Vec<&str> = names.keys().map(String::as_str).collect();
+                known.extend(steps.iter().map(|s| s.id.as_str()));
+                known.sort();
+                self.error(
+                    span(a),
+                    format!(
+                        "volume {}: `after` names \"{name}\", which is no step, table or volume",
+                        def.name.get_ref()
+                    ),
+                    "unknown dependency",
+                    format!("use one of: {}", known.join(", ")),
+                );
+            }
+        }
+    }
+}
