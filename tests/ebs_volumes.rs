@@ -561,3 +561,70 @@ async fn ebs_swap_killed_at_random_moments_makes_one_snapshot_one_volume_and_fin
     assert!(annotations(&sts).is_empty(), "{:?}", annotations(&sts));
     assert!(site.volume_exists(&site.old_volume).await);
 }
+
+/// A snapshot that ends in `error`: the restore fails for good, naming the snapshot and
+/// the fix; nothing is bound, the old PV is untouched (still `Delete`). After the reset
+/// the fix names, a new snapshot is taken (the failed one is not reused) and the swap
+/// completes.
+#[tokio::test]
+async fn ebs_swap_after_a_failed_snapshot_touches_nothing_and_a_reset_takes_a_new_one() {
+    let site = Site::new("ebs_snapfail", "Delete").await;
+    let ec2_url = support::env("FLOW_TEST_EC2_URL");
+    let (code, body) = support::standin_control(
+        &ec2_url,
+        "POST",
+        "/_standin/rules",
+        Some(
+            &json!({"action": "CreateSnapshot", "access_key": site.key, "outcome": "error", "seconds": 1}),
+        ),
+    );
+    assert_eq!(code, 200, "{body}");
+    let plan = site.plan("strategy = \"ebs-swap\"\n");
+    let out = site.apply(&plan, false);
+    assert!(!out.status.success(), "{}", support::output_text(&out));
+    let text = support::output_text(&out);
+    assert!(
+        text.contains("failed")
+            && text.contains("flow state reset")
+            && text.contains("db-data/snapshot"),
+        "{text}"
+    );
+    let claim = site.claim(&site.source_ns).await.expect("the claim");
+    assert_eq!(claim_pv(&claim), (site.old_pv.clone(), "Bound".into()));
+    let old = site.pv(&site.old_pv).await.unwrap();
+    assert_eq!(
+        old.spec
+            .as_ref()
+            .unwrap()
+            .persistent_volume_reclaim_policy
+            .as_deref(),
+        Some("Delete"),
+        "nothing touched the old PV"
+    );
+    let (snapshots, volumes) = site.made().await;
+    assert_eq!((snapshots.len(), volumes.len()), (1, 0));
+
+    let reset = site
+        .flow(&["state", "reset"], &plan)
+        .arg("db-data/snapshot")
+        .output()
+        .unwrap();
+    assert_ok(&reset, "flow state reset");
+    let out = site.apply(&plan, true);
+    assert_ok(&out, "flow apply --resume after the reset");
+    let (snapshots, volumes) = site.made().await;
+    assert_eq!(snapshots.len(), 2, "a new snapshot beside the failed one");
+    assert_eq!(volumes.len(), 1);
+    let good = snapshots
+        .iter()
+        .find(|s| s.state().map(|s| s.as_str()) == Some("completed"))
+        .expect("a completed snapshot");
+    assert_eq!(volumes[0].snapshot_id(), good.snapshot_id());
+    let (pv_name, phase) = claim_pv(&site.claim(&site.source_ns).await.unwrap());
+    assert_eq!(phase, "Bound");
+    assert_eq!(
+        pv_handle(&site.pv(&pv_name).await.unwrap()),
+        volumes[0].volume_id().unwrap()
+    );
+    site.wait_ready(1).await;
+}

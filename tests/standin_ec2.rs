@@ -67,14 +67,15 @@ impl Standin {
     /// POSTs a rule for this test's access key; returns its id.
     fn rule(&self, mut rule: Value) -> u64 {
         rule["access_key"] = json!(self.key);
-        let (code, body) = control(&self.url, "POST", "/_standin/rules", Some(&rule));
+        let (code, body) =
+            support::standin_control(&self.url, "POST", "/_standin/rules", Some(&rule));
         assert_eq!(code, 200, "rule {rule} refused: {body}");
         body["id"].as_u64().expect("the rule's id")
     }
 
     /// (action, HTTP status) of every request this test's key made, in order.
     fn requests(&self) -> Vec<(String, u64)> {
-        let (code, body) = control(
+        let (code, body) = support::standin_control(
             &self.url,
             "GET",
             &format!("/_standin/requests?access_key={}", self.key),
@@ -156,7 +157,7 @@ impl Standin {
 
 impl Drop for Standin {
     fn drop(&mut self) {
-        let _ = control(
+        let _ = support::standin_control(
             &self.url,
             "DELETE",
             &format!("/_standin/rules?access_key={}", self.key),
@@ -192,36 +193,6 @@ fn client(url: &str, key: &str, attempts: u32) -> aws_sdk_ec2::Client {
 
 /// A request to the stand-in's control API with curl (method, path, JSON body) →
 /// (HTTP status, JSON answer).
-fn control(url: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]);
-    if let Some(body) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
-            .arg(body.to_string());
-    }
-    let out = cmd
-        .arg(format!("{url}{path}"))
-        .output()
-        .expect("curl should run (scripts/services installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (json_text, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let code = code.trim().parse().unwrap_or_else(|_| {
-        panic!(
-            "no HTTP status from the stand-in at {url}{path}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, serde_json::from_str(json_text).unwrap_or(Value::Null))
-}
-
 fn percent(progress: &str) -> u32 {
     progress
         .trim_end_matches('%')
@@ -636,7 +607,7 @@ fn bad_rules_are_refused_with_the_reason() {
         ),
         (json!([1, 2]), "JSON object"),
     ] {
-        let (code, body) = control(&url, "POST", "/_standin/rules", Some(&rule));
+        let (code, body) = support::standin_control(&url, "POST", "/_standin/rules", Some(&rule));
         assert_eq!(code, 400, "{rule} should be refused: {body}");
         let text = body["error"].as_str().unwrap_or_default();
         assert!(

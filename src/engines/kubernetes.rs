@@ -280,7 +280,7 @@ impl Cluster {
                     "{what}: the claim is bound to PV {v} instead; something else made it — \
                      delete claim {ns}/{claim} if it is not in use, then resume"
                 ))),
-                _ => Ok(Err(format!("{phase}"))),
+                _ => Ok(Err(phase)),
             }
         })
         .await

@@ -342,7 +342,7 @@ impl VolumeRunner {
                 None => Err(TaskFailure::permanent(format!(
                     "{what} is gone; take another: `flow state reset {} '{snapshot_task}'`, \
                      then `flow apply --resume`",
-                    self.plan.name
+                    self.plan.source.path.display()
                 ))),
                 Some(s) => match s.state {
                     SnapshotState::Completed => Ok(Ok(())),
@@ -353,7 +353,7 @@ impl VolumeRunner {
                     SnapshotState::Error { message } => Err(TaskFailure::permanent(format!(
                         "{what} failed: {message}; take another: `flow state reset {} \
                          '{snapshot_task}'`, then `flow apply --resume`",
-                        self.plan.name
+                        self.plan.source.path.display()
                     ))),
                 },
             }

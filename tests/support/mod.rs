@@ -478,3 +478,43 @@ impl Drop for PgDatabase {
             .output();
     }
 }
+
+/// A request to a stand-in's control API (`/_standin/…`, with curl): the HTTP status
+/// and the JSON body (Null when there is none).
+pub fn standin_control(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if let Some(body) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(body.to_string());
+    }
+    let out = cmd
+        .arg(format!("{url}{path}"))
+        .output()
+        .expect("curl should run (scripts/services installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (json_text, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = code.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "no HTTP status from the stand-in at {url}{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (
+        code,
+        serde_json::from_str(json_text).unwrap_or(serde_json::Value::Null),
+    )
+}
