@@ -628,3 +628,66 @@ async fn ebs_swap_after_a_failed_snapshot_touches_nothing_and_a_reset_takes_a_ne
     );
     site.wait_ready(1).await;
 }
+
+/// Verify, then destroy — checked again at run time: the StatefulSet is scaled back up
+/// by someone else while the snapshot completes. The verify of the new volume passes,
+/// but the swap, right before it would delete the claim, finds a pod running and
+/// refuses; the claim and the old PV are as they were.
+#[tokio::test]
+async fn ebs_swap_refuses_when_a_pod_runs_again_before_the_claim_is_replaced() {
+    let site = Site::new("ebs_podback", "Delete").await;
+    let (code, body) = support::standin_control(
+        &support::env("FLOW_TEST_EC2_URL"),
+        "POST",
+        "/_standin/rules",
+        Some(&json!({"action": "CreateSnapshot", "access_key": site.key, "seconds": 4})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let plan = site.plan("strategy = \"ebs-swap\"\n");
+    let child = site
+        .flow(&["apply"], &plan)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flow starts");
+    // Once the snapshot is taken (pending), scale the StatefulSet back by hand.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while site.made().await.0.is_empty() {
+        assert!(Instant::now() < deadline, "no snapshot after 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    site.statefulsets(&site.source_ns)
+        .patch(
+            "db",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale db back to 1");
+    site.wait_ready(1).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = support::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("run again; the claim is not replaced"),
+        "{text}"
+    );
+    assert!(
+        text.contains("done db-data/verify"),
+        "the verify passed first: {text}"
+    );
+    let claim = site.claim(&site.source_ns).await.expect("the claim");
+    assert_eq!(claim_pv(&claim), (site.old_pv.clone(), "Bound".into()));
+    let old = site.pv(&site.old_pv).await.unwrap();
+    assert_eq!(
+        old.spec
+            .as_ref()
+            .unwrap()
+            .persistent_volume_reclaim_policy
+            .as_deref(),
+        Some("Delete")
+    );
+}

@@ -39,6 +39,10 @@ impl GraphError {
                  {{ chunk }} when max_rows/max_bytes cut partitions, and give each table its \
                  own path (e.g. start it with {{ table.name }})"
             }
+            GraphError::Cycle(_) => {
+                "remove one of the `after` entries that close the cycle: a step or volume \
+                 waits for every task of what its `after` names"
+            }
             _ => "rename the table or step so task ids are unique, and make destructive work depend on a verify",
         }
     }
