@@ -158,6 +158,19 @@ impl Site {
             .expect("get PV")
     }
 
+    /// The claim still on the old PV, which is still `Delete`: nothing was replaced.
+    async fn assert_untouched(&self) {
+        let claim = self.claim(&self.source_ns).await.expect("the claim");
+        assert_eq!(claim_pv(&claim), (self.old_pv.clone(), "Bound".into()));
+        let old = self.pv(&self.old_pv).await.expect("the old PV");
+        let policy = old.spec.and_then(|s| s.persistent_volume_reclaim_policy);
+        assert_eq!(
+            policy.as_deref(),
+            Some("Delete"),
+            "nothing touched the old PV"
+        );
+    }
+
     async fn wait_ready(&self, replicas: i32) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -589,18 +602,7 @@ async fn ebs_swap_after_a_failed_snapshot_touches_nothing_and_a_reset_takes_a_ne
             && text.contains("db-data/snapshot"),
         "{text}"
     );
-    let claim = site.claim(&site.source_ns).await.expect("the claim");
-    assert_eq!(claim_pv(&claim), (site.old_pv.clone(), "Bound".into()));
-    let old = site.pv(&site.old_pv).await.unwrap();
-    assert_eq!(
-        old.spec
-            .as_ref()
-            .unwrap()
-            .persistent_volume_reclaim_policy
-            .as_deref(),
-        Some("Delete"),
-        "nothing touched the old PV"
-    );
+    site.assert_untouched().await;
     let (snapshots, volumes) = site.made().await;
     assert_eq!((snapshots.len(), volumes.len()), (1, 0));
 
@@ -679,15 +681,5 @@ async fn ebs_swap_refuses_when_a_pod_runs_again_before_the_claim_is_replaced() {
         text.contains("done db-data/verify"),
         "the verify passed first: {text}"
     );
-    let claim = site.claim(&site.source_ns).await.expect("the claim");
-    assert_eq!(claim_pv(&claim), (site.old_pv.clone(), "Bound".into()));
-    let old = site.pv(&site.old_pv).await.unwrap();
-    assert_eq!(
-        old.spec
-            .as_ref()
-            .unwrap()
-            .persistent_volume_reclaim_policy
-            .as_deref(),
-        Some("Delete")
-    );
+    site.assert_untouched().await;
 }

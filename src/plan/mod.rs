@@ -145,6 +145,14 @@ pub enum PartitionSource {
     Online,
 }
 
+/// `"a", "b", "c"`: the names a plan may write, for messages.
+fn quoted_names(names: impl Iterator<Item = &'static str>) -> String {
+    names
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The strategies flow knows, by name; each is one module under `strategy/`, which
 /// gives each kind its strategy ([`StrategyKind::strategy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -175,11 +183,7 @@ impl StrategyKind {
     }
 
     pub fn names() -> String {
-        Self::ALL
-            .iter()
-            .map(|k| format!("\"{}\"", k.name()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        quoted_names(Self::ALL.iter().map(|k| k.name()))
     }
 }
 
@@ -377,11 +381,7 @@ impl VolumeStrategyKind {
     }
 
     pub fn names() -> String {
-        Self::ALL
-            .iter()
-            .map(|k| format!("\"{}\"", k.name()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        quoted_names(Self::ALL.iter().map(|k| k.name()))
     }
 }
 
