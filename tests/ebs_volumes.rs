@@ -465,8 +465,20 @@ async fn ebs_copy_binds_a_volume_made_of_a_snapshot_to_a_new_claim_in_another_na
     assert_ok(&again, "flow apply --resume");
     let (snapshots_after, volumes_after) = site.made().await;
     assert_eq!((snapshots_after.len(), volumes_after.len()), (1, 1));
+    // The EC2 secret is in no output, state or report.
     let text = support::output_text(&out) + &support::output_text(&again);
     assert!(!text.contains("ebs-test-secret-value"), "{text}");
+    for file in std::fs::read_dir(site.dir.path().join(".flow")).unwrap() {
+        let path = file.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("ebs-test-secret-value"),
+                "{} holds the secret",
+                path.display()
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -682,4 +694,31 @@ async fn ebs_swap_refuses_when_a_pod_runs_again_before_the_claim_is_replaced() {
         "the verify passed first: {text}"
     );
     site.assert_untouched().await;
+}
+
+/// A zone EC2 does not have: the restore fails for good with EC2's own error, the copy's
+/// source is running again (its unquiesce follows the snapshot, not the restore), and no
+/// claim is made in the target namespace.
+#[tokio::test]
+async fn ebs_copy_into_a_zone_ec2_does_not_have_fails_the_restore_and_the_source_runs_again() {
+    let site = Site::new("ebs_zone", "Delete").await;
+    let plan = site.plan(&format!(
+        "strategy = \"ebs-copy\"\ntarget_namespace = \"{}\"\nsettings = {{ availability_zone = \"us-east-1z\" }}\n",
+        site.target_ns
+    ));
+    let out = site.apply(&plan, false);
+    let text = support::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("InvalidZone.NotFound"), "{text}");
+    assert!(text.contains("db-data/restore"), "{text}");
+    assert!(text.contains("done db-data/unquiesce"), "{text}");
+    site.wait_ready(1).await;
+    assert!(annotations(&site.statefulset().await).is_empty());
+    assert!(
+        site.claim(&site.target_ns).await.is_none(),
+        "no target claim"
+    );
+    site.assert_untouched().await;
+    let (snapshots, volumes) = site.made().await;
+    assert_eq!((snapshots.len(), volumes.len()), (1, 0));
 }

@@ -215,6 +215,7 @@ impl Checker {
                 source.clone()
             };
             let settings = self.volume_settings(def, &label, strategy);
+            self.zone_in_region(def, &label, connections);
             if errors_before != self.diags.errors() {
                 continue;
             }
@@ -283,6 +284,45 @@ impl Checker {
             }
         }
         checked
+    }
+
+    /// `availability_zone` is a zone of the ec2 connection's region (`us-east-1b` of
+    /// `us-east-1`), when the region is written in the plan: a volume is made in the
+    /// region its client talks to.
+    fn zone_in_region(
+        &mut self,
+        def: &VolumeDef,
+        label: &str,
+        connections: &BTreeMap<String, Connection>,
+    ) {
+        let (Some(zone), Some(region)) = (
+            def.settings.get("availability_zone"),
+            connections
+                .get(def.ec2.get_ref())
+                .and_then(|c| c.region.as_ref())
+                .filter(|r| r.is_literal()),
+        ) else {
+            return;
+        };
+        let (Some(zone_text), region) = (zone.get_ref().as_str(), region.raw()) else {
+            return;
+        };
+        let suffix = zone_text.strip_prefix(region).unwrap_or_default();
+        if suffix.is_empty()
+            || !suffix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            self.error(
+                span(zone),
+                format!(
+                    "volume {label}: `settings.availability_zone` = \"{zone_text}\" is not a zone of region {region} (connection `{}`)",
+                    def.ec2.get_ref()
+                ),
+                "zone of another region",
+                format!("use a zone of {region} (e.g. \"{region}a\"), or an ec2 connection of the zone's region; a snapshot is copied across regions by CopySnapshot, which flow does not do"),
+            );
+        }
     }
 
     /// Each name in a volume's `after` names a step, a table or a volume.
