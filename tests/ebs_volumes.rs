@@ -387,6 +387,17 @@ async fn ebs_copy_binds_a_volume_made_of_a_snapshot_to_a_new_claim_in_another_na
         "strategy = \"ebs-copy\"\ntarget_namespace = \"{}\"\n",
         site.target_ns
     ));
+    // `flow plan` (online) says where the volume is and that the target claim is free.
+    let shown = site.flow(&["plan"], &plan).output().unwrap();
+    let said = support::output_text(&shown);
+    assert!(shown.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "volume db-data: claim {}/{CLAIM} on k8s is on PV {} (EBS {}, 10 GiB, gp2, zone {ZONE}, reclaim policy Delete)",
+            site.source_ns, site.old_pv, site.old_volume
+        )) && said.contains("is free"),
+        "{said}"
+    );
     let out = site.apply(&plan, false);
     assert_ok(&out, "flow apply");
 
@@ -463,6 +474,11 @@ async fn ebs_copy_binds_a_volume_made_of_a_snapshot_to_a_new_claim_in_another_na
     assert_eq!(report["volumes"][0]["status"], "done");
     let again = site.apply(&plan, true);
     assert_ok(&again, "flow apply --resume");
+    let shown = support::output_text(&site.flow(&["plan"], &plan).output().unwrap());
+    assert!(
+        shown.contains(&format!("is on flow's PV {pv_name}")),
+        "{shown}"
+    );
     let (snapshots_after, volumes_after) = site.made().await;
     assert_eq!((snapshots_after.len(), volumes_after.len()), (1, 1));
     // The EC2 secret is in no output, state or report.

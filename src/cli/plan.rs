@@ -330,7 +330,8 @@ pub fn render_text(model: &PlanJson) -> String {
 
 /// For each table, whether its target fits its migration (read-only): for s3-policy, a
 /// copy onto a policy whose first volume is local, or a volume that is not of S3 disks,
-/// is said now rather than at the table's prepare.
+/// is said now rather than at the table's prepare. For each volume entry, the EBS
+/// volume its claim is on, and whether the claim it goes to is free.
 async fn say_preflights(plan: &Plan, templates: &Templates) {
     let runner =
         crate::runtime::TableRunner::new(std::sync::Arc::new(plan.clone()), templates.clone());
@@ -346,6 +347,17 @@ async fn say_preflights(plan: &Plan, templates: &Templates) {
             Err(e) => crate::errln!(
                 "warning: table {}: {} (its prepare step will refuse it)",
                 table.name,
+                e.message
+            ),
+        }
+    }
+    let volumes = crate::runtime::VolumeRunner::new(std::sync::Arc::new(plan.clone()));
+    for volume in &plan.volumes {
+        match volumes.preflight(volume).await {
+            Ok(found) => crate::errln!("volume {}: {found}", volume.name),
+            Err(e) => crate::errln!(
+                "warning: volume {}: {} (its tasks will refuse it)",
+                volume.name,
                 e.message
             ),
         }

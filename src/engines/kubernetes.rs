@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::engines::volume::{
     poll_until, BlockVolume, Bound, ClaimBinding, ClaimHost, ClaimedVolume, EffectKey, Quiesced,
-    KEY_TAG, PLAN_TAG, TASK_TAG,
+    KEY_TAG, PLAN_TAG, PV_PREFIX, TASK_TAG,
 };
 use crate::plan::Connection;
 use crate::task::TaskFailure;
@@ -59,7 +59,7 @@ impl std::fmt::Debug for Cluster {
 
 /// The PV flow makes for the volume of `key`.
 pub fn pv_name(key: &EffectKey) -> String {
-    format!("flow-{}", key.key)
+    format!("{PV_PREFIX}{}", key.key)
 }
 
 impl Cluster {

@@ -43,6 +43,8 @@ impl EffectKey {
 pub const KEY_TAG: &str = "flow/key";
 pub const PLAN_TAG: &str = "flow/plan";
 pub const TASK_TAG: &str = "flow/task";
+/// The start of the name of every PV flow makes (`flow-<key>`).
+pub const PV_PREFIX: &str = "flow-";
 
 /// A snapshot's state, as the block store reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::templates::Templates;
 use exec_steps::{ExecCommand, ExecRunner};
 use sql_steps::SqlRunner;
 pub use table::TableRunner;
-use volume_tasks::VolumeRunner;
+pub use volume_tasks::VolumeRunner;
 
 /// Turns an exec task into its command.
 type ResolveExec = Box<dyn Fn(&Task) -> Result<ExecCommand, TaskFailure> + Send + Sync>;

@@ -19,7 +19,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::engines::registry;
 use crate::engines::volume::{
     poll_until, BlockStore, BlockVolume, Bound, ClaimBinding, ClaimHost, ClaimedVolume, EffectKey,
-    NewVolume, Quiesced, Snapshot, SnapshotState,
+    NewVolume, Quiesced, Snapshot, SnapshotState, PV_PREFIX,
 };
 use crate::exec::runner::{TaskContext, TaskFailure, TaskOutcome, TaskRunner};
 use crate::graph::{Task, TaskKind, WorkUnit};
@@ -73,14 +73,14 @@ impl Artifact for Attached {
 }
 
 /// Runs the tasks of `[[volumes]]` entries.
-pub(super) struct VolumeRunner {
+pub struct VolumeRunner {
     plan: Arc<Plan>,
     blocks: AsyncMutex<HashMap<String, Arc<dyn BlockStore>>>,
     hosts: AsyncMutex<HashMap<String, Arc<dyn ClaimHost>>>,
 }
 
 impl VolumeRunner {
-    pub(super) fn new(plan: Arc<Plan>) -> Self {
+    pub fn new(plan: Arc<Plan>) -> Self {
         VolumeRunner {
             plan,
             blocks: AsyncMutex::new(HashMap::new()),
@@ -106,6 +106,53 @@ impl VolumeRunner {
         let h = registry::claim_host(self.plan.connection(connection)).await?;
         open.insert(connection.to_string(), h.clone());
         Ok(h)
+    }
+
+    /// What `flow plan` says of a volume entry, read-only: the EBS volume its claim is
+    /// on, and for a copy whether the target claim is free.
+    pub async fn preflight(&self, volume: &VolumeSpec) -> Result<String, TaskFailure> {
+        let host = self.claim_host(&volume.source.connection).await?;
+        let blocks = self.block_store(&volume.ec2).await?;
+        let claimed = host
+            .claimed_volume(&volume.source.namespace, &volume.source.claim)
+            .await?;
+        let ebs = blocks.volume(&claimed.volume_id).await?.ok_or_else(|| {
+            TaskFailure::permanent(format!(
+                "EBS volume {} of PV {} does not exist on connection `{}`",
+                claimed.volume_id, claimed.pv, volume.ec2
+            ))
+        })?;
+        let mut line = format!(
+            "{} is on PV {} (EBS {}, {} GiB, {}, zone {}, reclaim policy {})",
+            volume.source,
+            claimed.pv,
+            ebs.id,
+            ebs.size_gib,
+            ebs.volume_type.as_deref().unwrap_or("?"),
+            ebs.zone,
+            claimed.reclaim_policy.as_deref().unwrap_or("?")
+        );
+        if volume.strategy == VolumeStrategyKind::EbsCopy {
+            let target = self.claim_host(&volume.target.connection).await?;
+            let on = target
+                .claim_volume_name(&volume.target.namespace, &volume.target.claim)
+                .await?;
+            match on {
+                None => line.push_str(&format!("; {} is free", volume.target)),
+                Some(pv) if pv.starts_with(PV_PREFIX) => line.push_str(&format!(
+                    "; {} is on flow's PV {pv} (an earlier run's bind)",
+                    volume.target
+                )),
+                Some(pv) => {
+                    return Err(TaskFailure::permanent(format!(
+                        "{line}; but {} exists already (on PV {pv}): the bind makes it and \
+                         replaces none",
+                        volume.target
+                    )))
+                }
+            }
+        }
+        Ok(line)
     }
 
     /// The key of `task`'s effects: the plan, the task, its inputs (and `more`).
