@@ -738,3 +738,65 @@ async fn ebs_copy_into_a_zone_ec2_does_not_have_fails_the_restore_and_the_source
     let (snapshots, volumes) = site.made().await;
     assert_eq!((snapshots.len(), volumes.len()), (1, 0));
 }
+
+/// A kubeconfig that is not there, or a context it does not have: the first task that
+/// needs the cluster fails with the connection, the file or context and the fix; no
+/// panic, nothing else runs.
+#[test]
+fn a_missing_kubeconfig_or_context_fails_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::env("FLOW_TEST_KUBECONFIG");
+    for (file, context, expect) in [
+        (
+            "/nonexistent/kubeconfig",
+            "",
+            "kubeconfig /nonexistent/kubeconfig",
+        ),
+        (kubeconfig.as_str(), "context = \"nope\"\n", "nope"),
+    ] {
+        let plan = dir.path().join("bad.toml");
+        std::fs::write(
+            &plan,
+            format!(
+                r#"
+[plan]
+name = "bad-kubeconfig"
+state_dir = "state"
+[connections.aws]
+kind = "ec2"
+region = "us-east-1"
+[connections.k8s]
+kind = "kubernetes"
+kubeconfig = "{file}"
+{context}
+[[volumes]]
+name = "v"
+strategy = "ebs-swap"
+ec2 = "aws"
+source = "k8s"
+namespace = "db"
+claim = "data-db-0"
+statefulset = "db"
+"#
+            ),
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(dir.path().join("state"));
+        let out = Command::new(env!("CARGO_BIN_EXE_flow"))
+            .arg("apply")
+            .arg(&plan)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = support::output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("connection `k8s`")
+                && text.contains(expect)
+                && text.contains("fix `kubeconfig` / `context`"),
+            "{text}"
+        );
+        assert!(text.contains("v/quiesce"), "{text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
