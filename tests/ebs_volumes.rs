@@ -559,17 +559,21 @@ async fn ebs_swap_puts_a_new_volume_under_the_claim_and_keeps_the_old_one_retain
     );
 }
 
-#[tokio::test]
-async fn ebs_swap_killed_at_random_moments_makes_one_snapshot_one_volume_and_finishes() {
-    let site = Site::new("ebs_kill", "Delete").await;
-    let plan = site.plan("strategy = \"ebs-swap\"\n");
+/// Runs `flow apply` (then `--resume`) six times, each SIGKILLed after a random 150 ms
+/// to 2.5 s unless it ended first; returns how many were killed.
+async fn kill_at_random_moments(site: &Site, plan: &Path) -> u32 {
     let mut kills = 0;
     for round in 0..6 {
         let mut args = vec!["apply"];
         if round > 0 {
             args.push("--resume");
         }
-        let mut child = site.flow(&args, &plan).spawn().expect("flow starts");
+        let mut child = site
+            .flow(&args, plan)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("flow starts");
         let wait = Duration::from_millis(fastrand::u64(150..2500));
         let started = Instant::now();
         loop {
@@ -585,6 +589,14 @@ async fn ebs_swap_killed_at_random_moments_makes_one_snapshot_one_volume_and_fin
         }
         let _ = child.wait();
     }
+    kills
+}
+
+#[tokio::test]
+async fn ebs_swap_killed_at_random_moments_makes_one_snapshot_one_volume_and_finishes() {
+    let site = Site::new("ebs_kill", "Delete").await;
+    let plan = site.plan("strategy = \"ebs-swap\"\n");
+    let kills = kill_at_random_moments(&site, &plan).await;
     let out = site.apply(&plan, true);
     assert_ok(&out, &format!("flow apply --resume after {kills} kill(s)"));
 
@@ -799,4 +811,28 @@ statefulset = "db"
         assert!(text.contains("v/quiesce"), "{text}");
         assert!(!text.contains("panicked"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn ebs_copy_killed_at_random_moments_makes_one_snapshot_one_volume_one_claim() {
+    let site = Site::new("ebs_copykill", "Delete").await;
+    let plan = site.plan(&format!(
+        "strategy = \"ebs-copy\"\ntarget_namespace = \"{}\"\n",
+        site.target_ns
+    ));
+    let kills = kill_at_random_moments(&site, &plan).await;
+    let out = site.apply(&plan, true);
+    assert_ok(&out, &format!("flow apply --resume after {kills} kill(s)"));
+    let (snapshots, volumes) = site.made().await;
+    assert_eq!(snapshots.len(), 1, "after {kills} kill(s): {snapshots:?}");
+    assert_eq!(volumes.len(), 1, "after {kills} kill(s): {volumes:?}");
+    let (pv_name, phase) = claim_pv(&site.claim(&site.target_ns).await.expect("the target claim"));
+    assert_eq!(phase, "Bound");
+    assert_eq!(
+        pv_handle(&site.pv(&pv_name).await.unwrap()),
+        volumes[0].volume_id().unwrap()
+    );
+    site.wait_ready(1).await;
+    assert!(annotations(&site.statefulset().await).is_empty());
+    site.assert_untouched().await;
 }
