@@ -728,6 +728,9 @@ impl ClaimHost for Cluster {
         let (ns, claim) = (binding.namespace, binding.claim);
         let pv = pv_name(binding.key);
         let mut changed = false;
+        // The new PV first (pre-bound by name only, it waits while the claim is on the
+        // old one): a PV that cannot be made stops the swap before anything is deleted.
+        self.ensure_pv(binding).await?;
         match self.claim_state(ns, claim).await? {
             Some((Some(on), _)) if on == pv => {}
             Some((Some(on), deleting)) if on == old_pv => {
@@ -764,7 +767,6 @@ impl ClaimHost for Cluster {
             }
             None => changed = true,
         }
-        self.ensure_pv(binding).await?;
         self.ensure_claim(binding, &pv).await?;
         self.wait_bound(ns, claim, &pv).await?;
         Ok(Bound {

@@ -209,9 +209,10 @@ pub trait ClaimHost: Send + Sync {
     /// Binds a new claim (which must not exist, or be bound to this binding's PV
     /// already) to a new static PV of the volume; waits until both are Bound.
     async fn bind_new_claim(&self, binding: &ClaimBinding<'_>) -> Result<Bound, TaskFailure>;
-    /// Puts the volume under an existing claim now bound to `old_pv`: the old PV is set
-    /// to Retain (and that is read back) before the claim is deleted, then the claim is
-    /// made again on a new static PV of the volume. A claim already on that PV is done.
+    /// Puts the volume under an existing claim now bound to `old_pv`: a new static PV of
+    /// the volume is made first, the old PV is set to Retain (and that is read back)
+    /// before the claim is deleted, then the claim is made again on the new PV. A claim
+    /// already on that PV is done.
     async fn replace_claim_volume(
         &self,
         binding: &ClaimBinding<'_>,
