@@ -559,6 +559,18 @@ async fn ebs_swap_puts_a_new_volume_under_the_claim_and_keeps_the_old_one_retain
     );
 }
 
+/// Kills six runs at random moments, then resumes to the end: one snapshot and one
+/// volume were made, whatever the kills hit. Returns the volumes made.
+async fn kill_then_finish(site: &Site, plan: &Path) -> Vec<aws_sdk_ec2::types::Volume> {
+    let kills = kill_at_random_moments(site, plan).await;
+    let out = site.apply(plan, true);
+    assert_ok(&out, &format!("flow apply --resume after {kills} kill(s)"));
+    let (snapshots, volumes) = site.made().await;
+    assert_eq!(snapshots.len(), 1, "after {kills} kill(s): {snapshots:?}");
+    assert_eq!(volumes.len(), 1, "after {kills} kill(s): {volumes:?}");
+    volumes
+}
+
 /// Runs `flow apply` (then `--resume`) six times, each SIGKILLed after a random 150 ms
 /// to 2.5 s unless it ended first; returns how many were killed.
 async fn kill_at_random_moments(site: &Site, plan: &Path) -> u32 {
@@ -596,13 +608,7 @@ async fn kill_at_random_moments(site: &Site, plan: &Path) -> u32 {
 async fn ebs_swap_killed_at_random_moments_makes_one_snapshot_one_volume_and_finishes() {
     let site = Site::new("ebs_kill", "Delete").await;
     let plan = site.plan("strategy = \"ebs-swap\"\n");
-    let kills = kill_at_random_moments(&site, &plan).await;
-    let out = site.apply(&plan, true);
-    assert_ok(&out, &format!("flow apply --resume after {kills} kill(s)"));
-
-    let (snapshots, volumes) = site.made().await;
-    assert_eq!(snapshots.len(), 1, "after {kills} kill(s): {snapshots:?}");
-    assert_eq!(volumes.len(), 1, "after {kills} kill(s): {volumes:?}");
+    let volumes = kill_then_finish(&site, &plan).await;
     let claim = site.claim(&site.source_ns).await.expect("the claim");
     let (pv_name, phase) = claim_pv(&claim);
     assert_eq!(phase, "Bound");
@@ -820,12 +826,7 @@ async fn ebs_copy_killed_at_random_moments_makes_one_snapshot_one_volume_one_cla
         "strategy = \"ebs-copy\"\ntarget_namespace = \"{}\"\n",
         site.target_ns
     ));
-    let kills = kill_at_random_moments(&site, &plan).await;
-    let out = site.apply(&plan, true);
-    assert_ok(&out, &format!("flow apply --resume after {kills} kill(s)"));
-    let (snapshots, volumes) = site.made().await;
-    assert_eq!(snapshots.len(), 1, "after {kills} kill(s): {snapshots:?}");
-    assert_eq!(volumes.len(), 1, "after {kills} kill(s): {volumes:?}");
+    let volumes = kill_then_finish(&site, &plan).await;
     let (pv_name, phase) = claim_pv(&site.claim(&site.target_ns).await.expect("the target claim"));
     assert_eq!(phase, "Bound");
     assert_eq!(
