@@ -232,7 +232,47 @@ impl Checker {
                 span: entry_span,
             });
         }
+        self.shared_workloads(&out);
         out
+    }
+
+    /// Two entries may not quiesce one StatefulSet (the first one's unquiesce would
+    /// start its pods while the second one's snapshot is taken), nor put a volume under
+    /// one claim.
+    fn shared_workloads(&mut self, volumes: &[VolumeSpec]) {
+        let mut quiesced: HashMap<(&str, &str, &str), &str> = HashMap::new();
+        let mut claims: HashMap<&ClaimRef, &str> = HashMap::new();
+        for v in volumes {
+            if let Some(sts) = &v.statefulset {
+                let key = (
+                    v.source.connection.as_str(),
+                    v.source.namespace.as_str(),
+                    sts.as_str(),
+                );
+                if let Some(first) = quiesced.insert(key, &v.name) {
+                    self.error(
+                        Some(v.span.clone()),
+                        format!(
+                            "volume {}: StatefulSet {}/{sts} is quiesced by volume {first} too",
+                            v.name, v.source.namespace
+                        ),
+                        "one StatefulSet, two entries",
+                        "quiesce each StatefulSet from one entry: put the other claims in a plan of their own, run after this one; one entry's unquiesce would start the pods while the other's snapshot is taken (several claims in one entry are not supported yet)",
+                    );
+                }
+            }
+            if let Some(first) = claims.insert(&v.target, &v.name) {
+                self.error(
+                    Some(v.span.clone()),
+                    format!(
+                        "volume {}: {} gets a new volume from volume {first} too",
+                        v.name, v.target
+                    ),
+                    "one claim, two entries",
+                    "give each entry its own target claim",
+                );
+            }
+        }
     }
 
     fn volume_settings(
