@@ -398,8 +398,28 @@ async fn ebs_copy_binds_a_volume_made_of_a_snapshot_to_a_new_claim_in_another_na
         )) && said.contains("is free"),
         "{said}"
     );
-    let out = site.apply(&plan, false);
+    let metrics = site.dir.path().join("volumes.prom");
+    let out = site
+        .flow(
+            &["apply", "--metrics-file", metrics.to_str().unwrap()],
+            &plan,
+        )
+        .output()
+        .expect("flow runs");
     assert_ok(&out, "flow apply");
+    // The metrics count the entry like a table.
+    let prom = std::fs::read_to_string(&metrics).expect("the metrics file");
+    let gauge = |name: &str| format!("{name}{{plan=\"{}\"}} ", site.plan_name);
+    for (name, value) in [
+        ("total_volumes", 1),
+        ("completed_volumes", 1),
+        ("failed_volumes", 0),
+    ] {
+        assert!(
+            prom.contains(&format!("{}{value}", gauge(name))),
+            "{name} should be {value}:\n{prom}"
+        );
+    }
 
     // One snapshot of the old volume, one new volume of it, both tagged with the task.
     let (snapshots, volumes) = site.made().await;

@@ -58,7 +58,28 @@ impl Ebs {
     where
         E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
+        self.failure_of(action, AwsError::of(err))
+    }
+
+    /// Nothing when EC2 answered `not_found` (the id names nothing), else the failure.
+    fn missing_or<E>(
+        &self,
+        action: &str,
+        not_found: &str,
+        err: aws_sdk_ec2::error::SdkError<E>,
+    ) -> Result<(), TaskFailure>
+    where
+        E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
         let e = AwsError::of(err);
+        if e.code.as_deref() == Some(not_found) {
+            Ok(())
+        } else {
+            Err(self.failure_of(action, e))
+        }
+    }
+
+    fn failure_of(&self, action: &str, e: AwsError) -> TaskFailure {
         let mut message = format!("connection `{}`: {action}: {}", self.connection, e.text);
         if e.code.as_deref() == Some("IdempotentParameterMismatch") {
             message.push_str(
@@ -138,14 +159,13 @@ impl BlockStore for Ebs {
     async fn volume(&self, id: &str) -> Result<Option<BlockVolume>, TaskFailure> {
         match self.client.describe_volumes().volume_ids(id).send().await {
             Ok(out) => Ok(out.volumes().first().map(volume_of)),
-            Err(e) => {
-                let f = self.failure(&format!("DescribeVolumes {id}"), e);
-                if f.message.contains("InvalidVolume.NotFound") {
-                    Ok(None)
-                } else {
-                    Err(f)
-                }
-            }
+            Err(e) => self
+                .missing_or(
+                    &format!("DescribeVolumes {id}"),
+                    "InvalidVolume.NotFound",
+                    e,
+                )
+                .map(|()| None),
         }
     }
 
@@ -158,14 +178,13 @@ impl BlockStore for Ebs {
             .await
         {
             Ok(out) => Ok(out.snapshots().first().map(snapshot_of)),
-            Err(e) => {
-                let f = self.failure(&format!("DescribeSnapshots {id}"), e);
-                if f.message.contains("InvalidSnapshot.NotFound") {
-                    Ok(None)
-                } else {
-                    Err(f)
-                }
-            }
+            Err(e) => self
+                .missing_or(
+                    &format!("DescribeSnapshots {id}"),
+                    "InvalidSnapshot.NotFound",
+                    e,
+                )
+                .map(|()| None),
         }
     }
 

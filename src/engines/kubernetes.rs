@@ -612,7 +612,6 @@ impl ClaimHost for Cluster {
         statefulset: &str,
         quiesce_key: &EffectKey,
         fallback: Option<i32>,
-        wait_ready: bool,
     ) -> Result<Quiesced, TaskFailure> {
         let sts = self.statefulset(namespace, statefulset).await?;
         let (replicas, changed) = match annotation(&sts, QUIESCED_BY) {
@@ -654,7 +653,7 @@ impl ClaimHost for Cluster {
             }
             None => (replicas_of(&sts), false),
         };
-        if wait_ready && replicas > 0 {
+        if replicas > 0 {
             let what = format!(
                 "connection `{}`: StatefulSet {namespace}/{statefulset} back to {replicas} Ready \
                  replica(s) (look at its pods' events: `kubectl describe pod`)",

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::{Artifact, TaskFailure};
+use crate::task::TaskFailure;
 
 /// The identity of one task's effect: a hash of the plan, the task and its inputs.
 /// Tagged on what the task creates, so a retry after a crash finds it.
@@ -193,8 +193,8 @@ pub trait ClaimHost: Send + Sync {
         statefulset: &str,
         key: &EffectKey,
     ) -> Result<Quiesced, TaskFailure>;
-    /// Scales a StatefulSet quiesced under `quiesce_key` back to its replicas and,
-    /// when `wait_ready`, waits until they are Ready. `fallback` is the replicas the
+    /// Scales a StatefulSet quiesced under `quiesce_key` back to its replicas and waits
+    /// until they are Ready. `fallback` is the replicas the
     /// quiesce recorded, for a StatefulSet whose annotation is gone.
     async fn unquiesce(
         &self,
@@ -202,7 +202,6 @@ pub trait ClaimHost: Send + Sync {
         statefulset: &str,
         quiesce_key: &EffectKey,
         fallback: Option<i32>,
-        wait_ready: bool,
     ) -> Result<Quiesced, TaskFailure>;
     /// Whether any pod of `statefulset` is left (a swap refuses while one is).
     async fn pods_left(&self, namespace: &str, statefulset: &str) -> Result<usize, TaskFailure>;
@@ -218,11 +217,6 @@ pub trait ClaimHost: Send + Sync {
         binding: &ClaimBinding<'_>,
         old_pv: &str,
     ) -> Result<Bound, TaskFailure>;
-}
-
-/// A quiesce's outcome.
-impl Artifact for Quiesced {
-    const NAME: &'static str = "quiesced StatefulSet";
 }
 
 /// Polls `check` until it gives a value: first after 200 ms, then 1.5 times longer

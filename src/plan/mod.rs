@@ -237,6 +237,22 @@ pub enum SettingValue {
     Integer(i64),
 }
 
+impl SettingValue {
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            SettingValue::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn as_integer(&self) -> Option<i64> {
+        match self {
+            SettingValue::Integer(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for SettingValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -250,10 +266,7 @@ impl std::fmt::Display for SettingValue {
 impl TableSpec {
     /// A text setting of the table's strategy, when set.
     pub fn text_setting(&self, key: &str) -> Option<&str> {
-        match self.settings.get(key) {
-            Some(SettingValue::Text(t)) => Some(t),
-            _ => None,
-        }
+        self.settings.get(key).and_then(SettingValue::as_text)
     }
 
     /// A boolean setting of the table's strategy (false when not set).
@@ -429,27 +442,12 @@ pub struct VolumeSpec {
 impl VolumeSpec {
     /// A text setting of the volume's strategy, when set.
     pub fn text_setting(&self, key: &str) -> Option<&str> {
-        match self.settings.get(key) {
-            Some(SettingValue::Text(t)) => Some(t),
-            _ => None,
-        }
+        self.settings.get(key).and_then(SettingValue::as_text)
     }
 
     /// An integer setting of the volume's strategy, when set.
     pub fn integer_setting(&self, key: &str) -> Option<i64> {
-        match self.settings.get(key) {
-            Some(SettingValue::Integer(n)) => Some(*n),
-            _ => None,
-        }
-    }
-
-    /// The Kubernetes connections it uses (source first), without repeats.
-    pub fn clusters(&self) -> Vec<String> {
-        let mut c = vec![self.source.connection.clone()];
-        if self.target.connection != self.source.connection {
-            c.push(self.target.connection.clone());
-        }
-        c
+        self.settings.get(key).and_then(SettingValue::as_integer)
     }
 }
 

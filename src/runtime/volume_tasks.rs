@@ -32,6 +32,11 @@ const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 const VOLUME_DEADLINE: Duration = Duration::from_secs(3600);
 const MAX_POLL: Duration = Duration::from_secs(15);
 
+/// A quiesce's outcome (and an unquiesce's).
+impl Artifact for Quiesced {
+    const NAME: &'static str = "quiesced StatefulSet";
+}
+
 /// A snapshot task's outcome: the snapshot, the claim and volume it was taken of, and
 /// the quiesce before it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,23 +94,37 @@ impl VolumeRunner {
     }
 
     async fn block_store(&self, connection: &str) -> Result<Arc<dyn BlockStore>, TaskFailure> {
-        let mut open = self.blocks.lock().await;
-        if let Some(b) = open.get(connection) {
-            return Ok(b.clone());
-        }
-        let b = registry::block_store(self.plan.connection(connection)).await?;
-        open.insert(connection.to_string(), b.clone());
-        Ok(b)
+        opened(&self.blocks, connection, || {
+            registry::block_store(self.plan.connection(connection))
+        })
+        .await
     }
 
     async fn claim_host(&self, connection: &str) -> Result<Arc<dyn ClaimHost>, TaskFailure> {
-        let mut open = self.hosts.lock().await;
-        if let Some(h) = open.get(connection) {
-            return Ok(h.clone());
-        }
-        let h = registry::claim_host(self.plan.connection(connection)).await?;
-        open.insert(connection.to_string(), h.clone());
-        Ok(h)
+        opened(&self.hosts, connection, || {
+            registry::claim_host(self.plan.connection(connection))
+        })
+        .await
+    }
+
+    /// The artifact of the entry's `kind` task (a direct dependency of `task`).
+    fn one<A: Artifact>(
+        &self,
+        task: &Task,
+        ctx: &TaskContext,
+        volume: &VolumeSpec,
+        kind: TaskKind,
+    ) -> Result<A, TaskFailure> {
+        ctx.artifacts::<A>(kind)?.into_iter().next().ok_or_else(|| {
+            TaskFailure::permanent(format!(
+                "task `{}` found no {} of its `{kind}` task; run that one again: `flow state \
+                 reset {} '{}/{kind}'`, then `flow apply --resume`",
+                task.id,
+                A::NAME,
+                self.plan.source.path.display(),
+                volume.name
+            ))
+        })
     }
 
     /// What `flow plan` says of a volume entry, read-only: the EBS volume its claim is
@@ -181,15 +200,23 @@ impl VolumeRunner {
     }
 }
 
-fn one<A: Artifact>(task: &Task, ctx: &TaskContext, kind: TaskKind) -> Result<A, TaskFailure> {
-    ctx.artifacts::<A>(kind)?.into_iter().next().ok_or_else(|| {
-        TaskFailure::permanent(format!(
-            "task `{}` found no {} of its `{kind}` task; run that one again: `flow state reset \
-             <plan> '<volume>/{kind}'`, then `flow apply --resume`",
-            task.id,
-            A::NAME
-        ))
-    })
+/// The client of `connection` in `cache`, opened by `open` the first time.
+async fn opened<T: ?Sized, F, Fut>(
+    cache: &AsyncMutex<HashMap<String, Arc<T>>>,
+    connection: &str,
+    open: F,
+) -> Result<Arc<T>, TaskFailure>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<T>, TaskFailure>>,
+{
+    let mut cache = cache.lock().await;
+    if let Some(c) = cache.get(connection) {
+        return Ok(c.clone());
+    }
+    let c = open().await?;
+    cache.insert(connection.to_string(), c.clone());
+    Ok(c)
 }
 
 fn outcome<A: Artifact>(note: String, outputs: Vec<String>, artifact: &A) -> TaskOutcome {
@@ -215,7 +242,6 @@ impl TaskRunner for VolumeRunner {
 
 impl VolumeRunner {
     async fn run_task(&self, task: &Task, ctx: &TaskContext) -> Result<TaskOutcome, TaskFailure> {
-        let ctx = ctx.clone();
         let WorkUnit::Volume { volume } = task.unit else {
             return Err(TaskFailure::permanent(format!(
                 "task `{}` is not a volume task",
@@ -228,12 +254,12 @@ impl VolumeRunner {
         let swap = volume.strategy == VolumeStrategyKind::EbsSwap;
         match task.kind {
             TaskKind::Quiesce => self.quiesce(volume).await,
-            TaskKind::Snapshot => self.snapshot(task, &ctx, volume).await,
-            TaskKind::Unquiesce => self.unquiesce(task, &ctx, volume, swap).await,
-            TaskKind::Restore => self.restore(task, &ctx, volume).await,
-            TaskKind::Verify => self.verify(task, &ctx, volume).await,
-            TaskKind::Bind if !swap => self.bind(task, &ctx, volume).await,
-            TaskKind::Swap if swap => self.swap(task, &ctx, volume).await,
+            TaskKind::Snapshot => self.snapshot(task, ctx, volume).await,
+            TaskKind::Unquiesce => self.unquiesce(task, ctx, volume, swap).await,
+            TaskKind::Restore => self.restore(task, ctx, volume).await,
+            TaskKind::Verify => self.verify(task, ctx, volume).await,
+            TaskKind::Bind if !swap => self.bind(task, ctx, volume).await,
+            TaskKind::Swap if swap => self.swap(task, ctx, volume).await,
             TaskKind::Bind
             | TaskKind::Swap
             | TaskKind::Split
@@ -349,9 +375,10 @@ impl VolumeRunner {
         // A swap's unquiesce follows the swap (which carries the replicas); a copy's
         // follows the snapshot.
         let fallback = if swap {
-            one::<Attached>(task, ctx, TaskKind::Swap)?.replicas
+            self.one::<Attached>(task, ctx, volume, TaskKind::Swap)?
+                .replicas
         } else {
-            one::<Taken>(task, ctx, TaskKind::Snapshot)?
+            self.one::<Taken>(task, ctx, volume, TaskKind::Snapshot)?
                 .quiesced
                 .map(|q| q.replicas)
         };
@@ -362,7 +389,6 @@ impl VolumeRunner {
                 sts,
                 &self.quiesce_key(volume, sts),
                 fallback,
-                true,
             )
             .await?;
         let note = if q.changed {
@@ -379,7 +405,7 @@ impl VolumeRunner {
         ctx: &TaskContext,
         volume: &VolumeSpec,
     ) -> Result<TaskOutcome, TaskFailure> {
-        let taken: Taken = one(task, ctx, TaskKind::Snapshot)?;
+        let taken: Taken = self.one(task, ctx, volume, TaskKind::Snapshot)?;
         let blocks = self.block_store(&volume.ec2).await?;
         let snap_id = taken.snapshot.id.clone();
         let what = format!("volume {}: snapshot {snap_id}", volume.name);
@@ -522,7 +548,7 @@ impl VolumeRunner {
         ctx: &TaskContext,
         volume: &VolumeSpec,
     ) -> Result<TaskOutcome, TaskFailure> {
-        let restored: Restored = one(task, ctx, TaskKind::Restore)?;
+        let restored: Restored = self.one(task, ctx, volume, TaskKind::Restore)?;
         let now = self.check_new_volume(volume, &restored).await?;
         let host = self.claim_host(&volume.target.connection).await?;
         let target = &volume.target;
@@ -582,7 +608,7 @@ impl VolumeRunner {
         ctx: &TaskContext,
         volume: &VolumeSpec,
     ) -> Result<TaskOutcome, TaskFailure> {
-        let checked: Restored = one(task, ctx, TaskKind::Verify)?;
+        let checked: Restored = self.one(task, ctx, volume, TaskKind::Verify)?;
         let host = self.claim_host(&volume.target.connection).await?;
         let key = self.claim_key(volume, "bind", &checked.volume.id);
         let bound = host
@@ -617,7 +643,7 @@ impl VolumeRunner {
         ctx: &TaskContext,
         volume: &VolumeSpec,
     ) -> Result<TaskOutcome, TaskFailure> {
-        let verified: Restored = one(task, ctx, TaskKind::Verify)?;
+        let verified: Restored = self.one(task, ctx, volume, TaskKind::Verify)?;
         // Verify, then destroy: what the verify checked, checked again now.
         let now = self.check_new_volume(volume, &verified).await?;
         let sts = self.statefulset(volume)?;
