@@ -1600,22 +1600,12 @@ impl Checker {
                 );
                 continue;
             };
-            for a in &def.after {
-                if !ids.contains_key(a.get_ref()) && !tables.contains_key(a.get_ref()) {
-                    let mut known: Vec<&str> = ids.keys().map(String::as_str).collect();
-                    known.extend(tables.keys().map(String::as_str));
-                    known.sort();
-                    self.error(
-                        span(a),
-                        format!(
-                            "step \"{id}\": `after` names \"{}\", which is no step, table or volume",
-                            a.get_ref()
-                        ),
-                        "unknown dependency",
-                        format!("use one of: {}", known.join(", ")),
-                    );
-                }
-            }
+            let known: Vec<&str> = ids
+                .keys()
+                .chain(tables.keys())
+                .map(String::as_str)
+                .collect();
+            self.after_names(&format!("step \"{id}\""), &def.after, known);
             if let Some(u) = &def.uses {
                 self.reference(u, &format!("step \"{id}\": uses"), connections);
             }
@@ -1687,6 +1677,25 @@ impl Checker {
     }
 
     /// Reports each cycle in `after` with the edges that close it.
+    /// Each name in `after` (of the entry `who`) is one of `known`: a step, a table or a
+    /// volume.
+    fn after_names(&mut self, who: &str, after: &[Spanned<String>], mut known: Vec<&str>) {
+        known.sort();
+        for a in after {
+            if known.binary_search(&a.get_ref().as_str()).is_err() {
+                self.error(
+                    span(a),
+                    format!(
+                        "{who}: `after` names \"{}\", which is no step, table or volume",
+                        a.get_ref()
+                    ),
+                    "unknown dependency",
+                    format!("use one of: {}", known.join(", ")),
+                );
+            }
+        }
+    }
+
     fn step_cycles(&mut self, defs: &[Spanned<StepDef>]) {
         let mut graph = DiGraph::<usize, Range<usize>>::new();
         let nodes: Vec<_> = (0..defs.len()).map(|i| graph.add_node(i)).collect();

@@ -372,26 +372,15 @@ impl Checker {
         steps: &[StepSpec],
         names: &HashMap<String, Range<usize>>,
     ) {
+        let known: Vec<&str> = names
+            .keys()
+            .map(String::as_str)
+            .chain(steps.iter().map(|s| s.id.as_str()))
+            .collect();
         for def in defs {
             let def = def.get_ref();
-            for a in &def.after {
-                let name = a.get_ref();
-                if names.contains_key(name) || steps.iter().any(|s| &s.id == name) {
-                    continue;
-                }
-                let mut known: Vec<&str> = names.keys().map(String::as_str).collect();
-                known.extend(steps.iter().map(|s| s.id.as_str()));
-                known.sort();
-                self.error(
-                    span(a),
-                    format!(
-                        "volume {}: `after` names \"{name}\", which is no step, table or volume",
-                        def.name.get_ref()
-                    ),
-                    "unknown dependency",
-                    format!("use one of: {}", known.join(", ")),
-                );
-            }
+            let who = format!("volume {}", def.name.get_ref());
+            self.after_names(&who, &def.after, known.clone());
         }
     }
 }
